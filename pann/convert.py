@@ -1,0 +1,208 @@
+"""Turn a ``torch.nn.Module`` into a PANN: prepare, calibrate, convert.
+
+>>> observed = prepare(model)                 # ReLU / max-pool -> range observers
+>>> calibrate(observed, training_batches)     # record the input range of each
+>>> pann = convert(observed, relu_for_precision(9), scope="layer", margin=1.1)
+
+:func:`prepare` traces the model with ``torch.fx``, so functional calls
+(``F.relu``, ``torch.relu``, ``x.relu()``, ``F.max_pool2d``) are caught as well as
+modules. Operations that are not polynomial and have no replacement raise
+:class:`NonPolynomialError` naming each of them.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from pann.approximation import ReluApproximation
+from pann.modules import ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU
+
+Scope = Literal["global", "layer"]
+
+_RELU_FUNCTIONS = {F.relu, torch.relu, torch.relu_, F.relu_}
+_RELU_METHODS = {"relu", "relu_"}
+_MAXPOOL_FUNCTIONS = {F.max_pool2d, torch.max_pool2d}
+
+_NON_POLYNOMIAL_MODULES = (
+    nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Softmax, nn.LogSoftmax, nn.ELU, nn.SELU, nn.CELU,
+    nn.LeakyReLU, nn.PReLU, nn.ReLU6, nn.Hardswish, nn.Hardsigmoid, nn.Hardtanh, nn.Mish,
+    nn.Softplus, nn.Softsign, nn.Tanhshrink, nn.Threshold, nn.MaxPool1d, nn.MaxPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.LayerNorm, nn.GroupNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.LocalResponseNorm,
+)
+_NON_POLYNOMIAL_FUNCTIONS = {
+    F.gelu, F.silu, F.sigmoid, torch.sigmoid, F.tanh, torch.tanh, F.softmax, torch.softmax,
+    F.log_softmax, torch.log_softmax, F.elu, F.selu, F.celu, F.leaky_relu, F.relu6, F.hardswish,
+    F.hardsigmoid, F.hardtanh, F.mish, F.softplus, F.max_pool1d, F.max_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.layer_norm,
+    F.group_norm, F.instance_norm, torch.max, torch.amax, torch.min, torch.amin, torch.maximum,
+    torch.minimum, torch.clamp, torch.clip, torch.abs, torch.exp, torch.log, torch.sqrt,
+    torch.rsqrt, torch.sign, torch.where,
+}
+_NON_POLYNOMIAL_METHODS = {
+    "sigmoid", "tanh", "softmax", "log_softmax", "max", "amax", "min", "amin", "clamp", "clip",
+    "abs", "exp", "log", "sqrt", "rsqrt", "sign",
+}
+
+
+class NonPolynomialError(ValueError):
+    """The model holds operations that a PANN cannot evaluate."""
+
+
+def _describe(node: fx.Node, modules: dict[str, nn.Module]) -> str:
+    if node.op == "call_module":
+        return f"{node.target} ({type(modules[node.target]).__name__})"
+    if node.op == "call_method":
+        return f"{node.name} (Tensor.{node.target})"
+    return f"{node.name} ({getattr(node.target, '__name__', node.target)})"
+
+
+def _maxpool_arguments(node: fx.Node) -> tuple:
+    names = ("kernel_size", "stride", "padding", "dilation", "ceil_mode", "return_indices")
+    values = dict(zip(names, node.args[1:]))
+    values.update(node.kwargs)
+    return values.get("kernel_size"), values.get("stride"), values.get("padding", 0), \
+        values.get("dilation", 1), values.get("ceil_mode", False), values.get("return_indices", False)
+
+
+def prepare(model: nn.Module) -> fx.GraphModule:
+    """Copy ``model`` with every ReLU and 2-d max-pool replaced by a range observer.
+
+    Raises :class:`NonPolynomialError` listing every operation a PANN cannot evaluate
+    (other activations, normalisations by data-dependent statistics, other poolings),
+    and ``ValueError`` if the model cannot be traced by ``torch.fx``.
+    """
+    try:
+        graph_module = fx.symbolic_trace(copy.deepcopy(model).eval())
+    except Exception as exc:  # fx raises many types for untraceable code
+        raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
+    modules = dict(graph_module.named_modules())
+    unsupported = []
+    for node in list(graph_module.graph.nodes):
+        observer: nn.Module | None = None
+        if node.op == "call_module":
+            module = modules[node.target]
+            if isinstance(module, nn.ReLU):
+                observer = ObservedReLU()
+            elif isinstance(module, nn.MaxPool2d):
+                if module.dilation not in (1, (1, 1)) or module.ceil_mode or module.return_indices:
+                    unsupported.append(_describe(node, modules) + " with dilation/ceil_mode/return_indices")
+                    continue
+                observer = ObservedMaxPool2d(module.kernel_size, module.stride, module.padding)
+            elif isinstance(module, _NON_POLYNOMIAL_MODULES):
+                unsupported.append(_describe(node, modules))
+            if observer is not None:
+                _set_submodule(graph_module, node.target, observer)
+            continue
+        if node.op == "call_function" and node.target in _RELU_FUNCTIONS or \
+                node.op == "call_method" and node.target in _RELU_METHODS:
+            observer = ObservedReLU()
+        elif node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS:
+            kernel, stride, padding, dilation, ceil_mode, indices = _maxpool_arguments(node)
+            if dilation not in (1, (1, 1)) or ceil_mode or indices:
+                unsupported.append(_describe(node, modules) + " with dilation/ceil_mode/return_indices")
+                continue
+            observer = ObservedMaxPool2d(kernel, stride, padding)
+        elif (node.op == "call_function" and node.target in _NON_POLYNOMIAL_FUNCTIONS
+              or node.op == "call_method" and node.target in _NON_POLYNOMIAL_METHODS):
+            unsupported.append(_describe(node, modules))
+            continue
+        if observer is None:
+            continue
+        owner = next(reversed(node.meta.get("nn_module_stack") or {"": None}))
+        name = f"{owner}_{node.name}".strip("_").replace(".", "_")
+        graph_module.add_submodule(name, observer)
+        with graph_module.graph.inserting_after(node):
+            replacement = graph_module.graph.call_module(name, args=(node.args[0],))
+        node.replace_all_uses_with(replacement)
+        graph_module.graph.erase_node(node)
+    if unsupported:
+        raise NonPolynomialError("cannot convert to a PANN; non-polynomial operations without a "
+                                 "polynomial replacement: " + ", ".join(unsupported))
+    graph_module.graph.lint()
+    graph_module.recompile()
+    return graph_module
+
+
+def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
+    parent_name, _, name = target.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, name, module)
+
+
+def observers(model: nn.Module) -> dict[str, ObservedReLU | ObservedMaxPool2d]:
+    """The range observers of a prepared model, by qualified name, in execution order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, (ObservedReLU, ObservedMaxPool2d))}
+
+
+@torch.no_grad()
+def calibrate(observed: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Run ``batches`` of inputs through a prepared model to record activation ranges."""
+    observed.eval()
+    seen = False
+    for inputs in batches:
+        observed(inputs)
+        seen = True
+    if not seen:
+        raise ValueError("calibration saw no data")
+
+
+def interval_bounds(observed: nn.Module, scope: Scope = "layer", margin: float = 1.0) -> dict[str, float]:
+    """``B`` of each observer: ``margin`` times its largest ``|x|`` (``scope='layer'``)
+    or times the largest over all observers (``scope='global'``). Max-pools get twice
+    that, since they approximate ReLU of a difference of two inputs."""
+    if scope not in ("global", "layer"):
+        raise ValueError(f"interval scope must be 'global' or 'layer', got {scope!r}")
+    if not margin > 0:
+        raise ValueError(f"margin must be positive, got {margin}")
+    found = observers(observed)
+    if not found:
+        return {}
+    ranges = {name: float(m.max_abs) for name, m in found.items()}
+    if max(ranges.values()) == 0:
+        raise ValueError("no activation range recorded: run calibrate() on data first")
+    if scope == "global":
+        ranges = dict.fromkeys(ranges, max(ranges.values()))
+    return {name: margin * max(r, 1e-6) * (2 if isinstance(found[name], ObservedMaxPool2d) else 1)
+            for name, r in ranges.items()}
+
+
+def convert(observed: nn.Module, approximation: ReluApproximation, scope: Scope = "layer",
+            margin: float = 1.0, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A copy of a calibrated model with every observer swapped for its polynomial module."""
+    bounds = interval_bounds(observed, scope, margin)
+    pann = copy.deepcopy(observed)
+    for name, observer in observers(pann).items():
+        if isinstance(observer, ObservedMaxPool2d):
+            poly = PolyMaxPool2d(approximation, bounds[name], observer.kernel_size, observer.stride,
+                                 observer.padding, dtype=dtype)
+        else:
+            poly = PolyReLU(approximation, bounds[name], dtype=dtype)
+        _set_submodule(pann, name, poly)
+    return pann
+
+
+def _poly_modules(pann: nn.Module) -> dict[str, PolyReLU | PolyMaxPool2d]:
+    return {name: m for name, m in pann.named_modules() if isinstance(m, (PolyReLU, PolyMaxPool2d))}
+
+
+def out_of_range(pann: nn.Module) -> dict[str, float]:
+    """Fraction of inputs outside ``[-B, B]`` per polynomial layer since the last reset."""
+    return {name: m.out_of_range.item() / max(m.seen.item(), 1) for name, m in _poly_modules(pann).items()}
+
+
+def out_of_range_rate(pann: nn.Module) -> float:
+    """Fraction of all polynomial-layer inputs outside their ``[-B, B]`` since the last reset."""
+    modules = _poly_modules(pann).values()
+    return sum(m.out_of_range.item() for m in modules) / max(sum(m.seen.item() for m in modules), 1)
+
+
+def reset_out_of_range(pann: nn.Module) -> None:
+    for m in _poly_modules(pann).values():
+        m.out_of_range.zero_()
+        m.seen.zero_()
