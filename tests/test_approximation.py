@@ -1,0 +1,103 @@
+import json
+import math
+
+import numpy as np
+import pytest
+
+from pann import catalog, fhe_cost
+from pann.approximation import ReluApproximation, composite_relu, composite_sign, direct_relu
+from pann.catalog import get_approximation, relu_for_precision
+
+# Lee et al.'s degree sets and the ReLU error of their published polynomials (log2).
+LEE = {4: ((5,), 3.71), 5: ((13,), 4.86), 6: ((3, 7), 6.05), 7: ((7, 7), 7.04), 8: ((7, 15), 8.03),
+       9: ((15, 15), 9.01), 10: ((7, 7, 13), 10.11), 11: ((7, 7, 27), 11.05), 12: ((7, 15, 27), 12.09),
+       13: ((15, 15, 27), 13.08), 14: ((15, 27, 29), 14.02)}
+
+
+@pytest.mark.parametrize("alpha", sorted(LEE))
+def test_lee_degree_sets_reach_published_precision(alpha):
+    degrees, published = LEE[alpha]
+    approx = get_approximation("composite", degrees)
+    assert approx.precision >= published - 0.15
+    assert approx.depth == fhe_cost.sign_depth(degrees) + 1
+
+
+def test_precision_is_the_relu_error_on_a_dense_grid():
+    approx = get_approximation("composite", (7, 15))
+    t = np.linspace(-1, 1, 400001)
+    error = np.abs(approx.relu(t) - np.maximum(t, 0)).max()
+    assert -math.log2(error) == pytest.approx(approx.precision, abs=0.01)
+
+
+def test_composite_stages_map_onto_next_interval():
+    stages = composite_sign((7, 7), 0.05)
+    t = np.linspace(0.05, 1, 10001)
+    image = stages[0](t)
+    # Stage 2 was solved on the image of stage 1, whose width it records.
+    assert image.max() == pytest.approx(stages[1].width, rel=1e-6)
+    assert np.abs(stages[1](image) - 1).max() < np.abs(image - 1).max()
+
+
+def test_relu_for_precision_is_cheapest_and_no_deeper_than_lee():
+    for alpha in range(4, 15):
+        approx = relu_for_precision(alpha)
+        assert approx.precision >= alpha
+        assert approx.depth - 1 <= fhe_cost.sign_depth(LEE[alpha][0])
+    # Brute force over one- and two-stage sets: none cheaper than the answer reaches alpha 9.
+    best = relu_for_precision(9)
+    best_cost = (best.depth, best.multiplications)
+    cheaper = [ds for ds in catalog._degree_sets() if len(ds) <= 2
+               and (fhe_cost.sign_depth(ds) + 1, fhe_cost.sign_multiplications(ds) + 1) < best_cost]
+    assert len(cheaper) > 10
+    assert all(get_approximation("composite", ds).precision < 9 for ds in cheaper)
+
+
+def test_cache_solves_once_and_survives_corruption(approximation_cache):
+    approx = get_approximation("composite", (3, 3))
+    path = catalog._cache_path("composite", (3, 3))
+    assert path.is_file()
+    assert ReluApproximation.from_dict(json.loads(path.read_text())) == approx
+    path.write_text("{not json")
+    catalog._cached.cache_clear()
+    assert get_approximation("composite", (3, 3)) == approx
+
+
+def test_json_export_round_trips():
+    approx = get_approximation("composite", (7, 7))
+    data = json.loads(approx.to_json())
+    assert data["family"] == "composite" and data["degrees"] == [7, 7] and data["basis"] == "chebyshev"
+    assert {"precision", "depth", "multiplications", "dead_zone", "stages", "interval"} <= set(data)
+    again = ReluApproximation.from_dict(data)
+    t = np.linspace(-1, 1, 1001)
+    np.testing.assert_array_equal(again.relu(t), approx.relu(t))
+
+
+def test_direct_minimax_relu_known_error():
+    # Best quadratic for ReLU: x/2 + (x^2 + 1/8)/2, error 1/16 -> 4 bits.
+    assert direct_relu(2).precision == pytest.approx(4.0, abs=1e-6)
+    for degree in (4, 8, 16):
+        minimax_bits = direct_relu(degree, "minimax").precision
+        assert minimax_bits > direct_relu(degree, "least-squares").precision
+    assert direct_relu(8).depth == 4
+
+
+def test_fhe_cost_formulas():
+    assert [fhe_cost.polynomial_multiplications(d) for d in (3, 7, 15, 27, 31)] == [2, 4, 7, 11, 11]
+    assert [fhe_cost.polynomial_depth(d) for d in (3, 7, 15, 27, 31)] == [2, 3, 4, 5, 5]
+    assert fhe_cost.sign_depth((15, 15, 27)) == 13
+    assert fhe_cost.maxpool_rounds(2) == 2 and fhe_cost.maxpool_rounds(3) == 4
+
+
+@pytest.mark.parametrize("family,degrees,message", [
+    ("composite", (16,), "even"), ("composite", (), "empty"), ("composite", (33,), "outside"),
+    ("minimax", (1,), "degree >= 2"), ("minimax", (4, 4), "one degree"), ("cubic", (3,), "unknown"),
+])
+def test_impossible_degree_sets_are_rejected(family, degrees, message):
+    with pytest.raises(ValueError, match=message):
+        get_approximation(family, degrees)
+
+
+@pytest.mark.parametrize("alpha", [1, 17, float("nan")])
+def test_alpha_outside_supported_range(alpha):
+    with pytest.raises(ValueError, match="supported range"):
+        relu_for_precision(alpha)

@@ -1,0 +1,74 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pann.models import save_weights, vgg11_bn
+
+
+def run(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "pann.cli", *args], capture_output=True, text=True, timeout=600)
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_approx_json_table():
+    rows = json.loads(run("approx", "--alphas", "5-7", "--json").stdout)
+    assert [r["alpha"] for r in rows] == [5, 6, 7]
+    assert all(r["precision"] >= r["alpha"] for r in rows)
+    assert rows[0]["stages"][0]["coefficients"]
+
+
+def test_approx_text_for_one_degree_set():
+    out = run("approx", "--degrees", "15,15").stdout
+    assert "15,15" in out and "9.01" in out
+
+
+def test_evaluate_end_to_end_on_synthetic_data(tmp_path):
+    result = run("evaluate", "--model", "resnet20", "--dataset", "synthetic", "--alphas", "6,12",
+                 "--calibration-size", "200", "--limit", "100", "--json")
+    report = json.loads(result.stdout)
+    assert report["test_images"] == 100 and report["calibration_images"] == 200
+    assert [p["alpha"] for p in report["curve"]] == [6, 12]
+    assert len(report["bounds"]) == 19
+    for point in report["curve"]:
+        assert 0 <= point["accuracy"] <= 1 and 0 <= point["out_of_range"] <= 1
+
+
+def test_evaluate_text_report(tmp_path):
+    out = run("evaluate", "--model", "vgg11_bn", "--dataset", "synthetic", "--alphas", "10",
+              "--calibration-size", "100", "--limit", "50", "--interval", "global").stdout
+    assert "backbone accuracy" in out and "interval global" in out and "out-of-range" in out
+
+
+@pytest.fixture
+def vgg_weights(tmp_path):
+    path = tmp_path / "vgg.pt"
+    save_weights(vgg11_bn(), path)
+    return path
+
+
+@pytest.mark.parametrize("args,message", [
+    (["evaluate", "--model", "resnet21", "--dataset", "synthetic"], "unknown model 'resnet21'"),
+    (["evaluate", "--model", "resnet20", "--weights", "VGG"], "do not fit resnet20"),
+    (["evaluate", "--model", "resnet20", "--data-dir", "/nonexistent/pann-data"], "does not exist"),
+    (["evaluate", "--model", "resnet20", "--dataset", "synthetic", "--alphas", "20"], "supported range"),
+    (["approx", "--alphas", "1-30"], "supported range"),
+    (["approx", "--alphas", "nine"], "cannot read alphas"),
+    (["approx", "--degrees", "15,16"], "degree 16 is even"),
+    (["approx", "--degrees", "15,99"], "outside 1..31"),
+])
+def test_bad_input_is_one_line_error(args, message, vgg_weights):
+    args = [str(vgg_weights) if a == "VGG" else a for a in args]
+    result = run(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_negative_margin_is_rejected_by_the_parser():
+    result = run("evaluate", "--model", "resnet20", "--margin", "-1", check=False)
+    assert result.returncode == 2 and "must be positive" in result.stderr
