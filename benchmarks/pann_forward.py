@@ -4,7 +4,8 @@
 
 Uses the shared pretrained weights and CIFAR-10 test images when ../shared/data is there
 (random images and weights otherwise). Prints the median of --repeats timings per variant
-and its ratio to the backbone; the float64 rows are the straightforward reference evaluation.
+and its ratio to the backbone: the fused compiled float32 path (the default), the eager
+float32 path (the fallback) and the eager float64 reference.
 """
 
 from __future__ import annotations
@@ -17,16 +18,18 @@ from pathlib import Path
 import torch
 
 from pann.catalog import relu_for_precision
+from pann.convert import convert
 from pann.data import load_dataset
 from pann.evaluate import calibrated
-from pann.convert import convert
 from pann.models import build_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
+VARIANTS = {"compiled float32": (torch.float32, True), "eager float32": (torch.float32, False),
+            "eager float64 (reference)": (torch.float64, False)}
 
 
 def median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
+    fn()  # warm-up (and compilation)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -42,6 +45,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--alphas", default="9,13")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -49,27 +53,32 @@ def main() -> None:
     if weights.is_file():
         model = build_model(args.model, weights=weights)
         test = load_dataset("cifar10", "test", SHARED).subset(slice(0, args.batch))
-        train = load_dataset("cifar10", "train", SHARED).subset(slice(0, 2000))
+        calibration = load_dataset("cifar10", "train", SHARED).subset(slice(0, 2000))
         batch, source = next(test.batches(args.batch))[0], "CIFAR-10 test images, pretrained weights"
-        observed = calibrated(model, train)
     else:
         model = build_model(args.model)
+        calibration = load_dataset("synthetic", "train")
         batch, source = torch.rand(args.batch, 3, 32, 32), "random images and weights"
-        observed = calibrated(model, load_dataset("synthetic", "train"))
-    model.eval()
+    model = model.eval().to(args.device)
+    batch = batch.to(args.device)
+    observed = calibrated(model, calibration, device=args.device)
 
-    print(f"{args.model}, batch {args.batch}, {args.threads} threads, {source}, torch {torch.__version__}")
+    def run(module):
+        module(batch)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    print(f"{args.model}, batch {args.batch}, {args.threads} threads, {args.device}, {source}, torch {torch.__version__}")
     with torch.no_grad():
-        backbone = median_time(lambda: model(batch), args.repeats)
-        print(f"{'backbone':<28} {backbone * 1000:9.1f} ms   ratio 1.00")
+        backbone = median_time(lambda: run(model), args.repeats)
+        print(f"{'backbone':<40} {backbone * 1000:9.1f} ms   ratio 1.00")
         for alpha in (float(a) for a in args.alphas.split(",")):
             approx = relu_for_precision(alpha)
-            for dtype in (torch.float32, torch.float64):
-                pann = convert(observed, approx, "layer", 1.0, dtype=dtype).eval()
-                seconds = median_time(lambda: pann(batch), args.repeats)
-                label = f"PANN alpha {alpha:g} {str(dtype).removeprefix('torch.')}"
-                print(f"{label:<28} {seconds * 1000:9.1f} ms   ratio {seconds / backbone:.2f}"
-                      f"   ({approx.name})")
+            for name, (dtype, compiled) in VARIANTS.items():
+                pann = convert(observed, approx, "layer", 1.0, dtype=dtype, compiled=compiled).eval()
+                seconds = median_time(lambda: run(pann), args.repeats)
+                label = f"PANN alpha {alpha:g} {name}"
+                print(f"{label:<40} {seconds * 1000:9.1f} ms   ratio {seconds / backbone:.2f}   ({approx.name})")
 
 
 if __name__ == "__main__":

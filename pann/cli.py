@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from pann.approximation import FAMILIES, ReluApproximation
@@ -94,22 +95,28 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     calibration = train.subset(order[:args.calibration_size])
     progress = not args.json
+    start = time.perf_counter()
     backbone_accuracy = accuracy(model, test, args.batch_size, device, "backbone" if progress else None)
+    backbone_seconds = time.perf_counter() - start
     observed = calibrated(model, calibration, args.batch_size, device)
     bounds = interval_bounds(observed, args.interval, args.margin)
+    start = time.perf_counter()
     curve = accuracy_curve(observed, test, alphas, args.interval, args.margin, args.batch_size, device,
                            progress=progress)
+    curve_seconds = time.perf_counter() - start
     if args.json:
         json.dump({"model": args.model, "weights": args.weights, "dataset": args.dataset,
                    "test_images": len(test), "calibration_images": len(calibration),
                    "interval": args.interval, "margin": args.margin, "bounds": bounds,
-                   "backbone_accuracy": backbone_accuracy, "curve": [p.to_dict() for p in curve]},
+                   "backbone_accuracy": backbone_accuracy, "backbone_seconds": backbone_seconds,
+                   "curve_seconds": curve_seconds, "curve": [p.to_dict() for p in curve]},
                   sys.stdout, indent=2)
         print()
         return
     values = list(bounds.values())
     print(f"{args.model} on {args.dataset}: {len(test)} test images, device {device}")
-    print(f"backbone accuracy {100 * backbone_accuracy:.2f}%")
+    print(f"backbone accuracy {100 * backbone_accuracy:.2f}% ({backbone_seconds:.1f} s); "
+          f"{len(curve)} PANNs evaluated in {curve_seconds:.1f} s")
     print(f"interval {args.interval}, margin {args.margin:g}, calibrated on {len(calibration)} training images: "
           f"B from {min(values):.3g} to {max(values):.3g} over {len(values)} layers")
     print(f"{'alpha':>5}  {'degrees':<12} {'precision':>9} {'depth':>6} {'mults':>6} {'accuracy':>9} {'out-of-range':>13}")

@@ -173,16 +173,17 @@ def interval_bounds(observed: nn.Module, scope: Scope = "layer", margin: float =
 
 
 def convert(observed: nn.Module, approximation: ReluApproximation, scope: Scope = "layer",
-            margin: float = 1.0, dtype: torch.dtype = torch.float32) -> nn.Module:
-    """A copy of a calibrated model with every observer swapped for its polynomial module."""
+            margin: float = 1.0, dtype: torch.dtype = torch.float32, compiled: bool = True) -> nn.Module:
+    """A copy of a calibrated model with every observer swapped for its polynomial module
+    (evaluated in ``dtype``, by a fused compiled kernel unless ``compiled=False``)."""
     bounds = interval_bounds(observed, scope, margin)
     pann = copy.deepcopy(observed)
     for name, observer in observers(pann).items():
         if isinstance(observer, ObservedMaxPool2d):
             poly = PolyMaxPool2d(approximation, bounds[name], observer.kernel_size, observer.stride,
-                                 observer.padding, dtype=dtype)
+                                 observer.padding, dtype=dtype, compiled=compiled)
         else:
-            poly = PolyReLU(approximation, bounds[name], dtype=dtype)
+            poly = PolyReLU(approximation, bounds[name], dtype=dtype, compiled=compiled)
         _set_submodule(pann, name, poly)
     return pann
 

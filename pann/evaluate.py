@@ -9,9 +9,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pann.approximation import ReluApproximation
 from pann.catalog import relu_for_precision
-from pann.convert import Scope, calibrate, convert, interval_bounds, out_of_range_rate, prepare
+from pann.convert import Scope, calibrate, convert, out_of_range_rate, prepare
 from pann.data import ImageSet
 
 
@@ -32,18 +31,24 @@ class CurvePoint:
         return {**asdict(self), "degrees": list(self.degrees)}
 
 
+def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Correct predictions; a prediction whose logits are not all finite counts as wrong."""
+    logits = logits.float()
+    ok = (logits.argmax(1).cpu() == labels) & torch.isfinite(logits).all(1).cpu()
+    return int(ok.sum())
+
+
+def _progress(data: ImageSet, batch_size: int, desc: str | None):
+    return tqdm(data.batches(batch_size), total=-(-len(data) // batch_size), desc=desc, leave=False,
+                disable=desc is None)
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500, device: str | torch.device = "cpu",
              desc: str | None = None) -> float:
-    """Top-1 accuracy; a prediction whose logits are not all finite counts as wrong."""
+    """Top-1 accuracy of ``model`` on ``data``."""
     model.eval().to(device)
-    correct = 0
-    batches = data.batches(batch_size)
-    for x, y in tqdm(batches, total=-(-len(data) // batch_size), desc=desc, leave=False, disable=desc is None):
-        logits = model(x.to(device)).float()
-        ok = (logits.argmax(1).cpu() == y) & torch.isfinite(logits).all(1).cpu()
-        correct += int(ok.sum())
-    return correct / len(data)
+    return sum(_correct(model(x.to(device)), y) for x, y in _progress(data, batch_size, desc)) / len(data)
 
 
 def calibrated(backbone: nn.Module, calibration: ImageSet, batch_size: int = 500,
@@ -54,23 +59,23 @@ def calibrated(backbone: nn.Module, calibration: ImageSet, batch_size: int = 500
     return observed
 
 
-def pann_accuracy(observed: nn.Module, approximation: ReluApproximation, data: ImageSet, scope: Scope,
-                  margin: float, alpha: float | None = None, batch_size: int = 500,
-                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32,
-                  desc: str | None = None) -> CurvePoint:
-    """Convert a calibrated model with ``approximation`` and measure it on ``data``."""
-    pann = convert(observed, approximation, scope, margin, dtype=dtype).to(device)
-    acc = accuracy(pann, data, batch_size, device, desc)
-    return CurvePoint(alpha if alpha is not None else approximation.precision, approximation.family,
-                      approximation.degrees, approximation.precision, approximation.depth,
-                      approximation.multiplications, acc, out_of_range_rate(pann))
-
-
+@torch.no_grad()
 def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float], scope: Scope = "layer",
                    margin: float = 1.0, batch_size: int = 500, device: str | torch.device = "cpu",
-                   dtype: torch.dtype = torch.float32, progress: bool = True) -> list[CurvePoint]:
-    """PANN accuracy at each ``alpha``, with the cheapest composite reaching it."""
-    interval_bounds(observed, scope, margin)  # validate before the long loop
-    return [pann_accuracy(observed, relu_for_precision(alpha), data, scope, margin, alpha, batch_size,
-                          device, dtype, desc=f"alpha {alpha:g}" if progress else None)
-            for alpha in alphas]
+                   dtype: torch.dtype = torch.float32, compiled: bool = True,
+                   progress: bool = True) -> list[CurvePoint]:
+    """PANN accuracy at each ``alpha``, with the cheapest composite reaching it.
+
+    Every batch is loaded once and run through the PANNs of all alphas.
+    """
+    approximations = [relu_for_precision(alpha) for alpha in alphas]
+    panns = [convert(observed, a, scope, margin, dtype=dtype, compiled=compiled).to(device).eval()
+             for a in approximations]
+    correct = [0] * len(panns)
+    for x, y in _progress(data, batch_size, f"{len(panns)} PANNs" if progress else None):
+        x = x.to(device)
+        for i, pann in enumerate(panns):
+            correct[i] += _correct(pann(x), y)
+    return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, c / len(data),
+                       out_of_range_rate(pann))
+            for alpha, a, pann, c in zip(alphas, approximations, panns, correct)]

@@ -8,7 +8,8 @@ replace them with the polynomial approximation scaled to an interval ``[-B, B]``
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -17,85 +18,135 @@ from torch import nn
 from pann.approximation import ReluApproximation
 
 
-_CHUNK = 1 << 16  # elements per chunk: keeps the Clenshaw temporaries in cache
+_CHUNK = 1 << 16  # elements per eager chunk: keeps the Clenshaw temporaries in cache
 
 
-def _inplace(x: torch.Tensor) -> bool:
-    return not (torch.is_grad_enabled() and x.requires_grad)
-
-
-def odd_chebyshev(x: torch.Tensor, coefficients: Sequence[float]) -> torch.Tensor:
+def odd_chebyshev(x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     """``sum_k c_k T_{2k+1}(x)`` for ``coefficients = (c_0, c_1, ...)``.
 
     Uses ``T_{2k+1}(x) = x V_k(2x^2 - 1)`` with ``V_k`` the Chebyshev polynomials of
     the third kind, summed by Clenshaw's recurrence ``b_k = c_k + 2y b_{k+1} - b_{k+2}``,
     ``sum = b_0 - b_1``: half the steps of a full Chebyshev series, and backward
-    stable like it (error about ``n eps max|b_k|`` for ``|x| <= 1``). Works in place
-    on its temporaries unless autograd needs them.
+    stable like it (error about ``n eps max|b_k|`` for ``|x| <= 1``).
     """
-    inplace = _inplace(x)
     two_y = 4 * x * x - 2
     b1, b2 = torch.zeros_like(x), torch.zeros_like(x)
-    for c in reversed(coefficients):
-        b2 = b2.neg_().add_(c).addcmul_(two_y, b1) if inplace else torch.addcmul(c - b2, two_y, b1)
-        b1, b2 = b2, b1
+    for k in range(coefficients.shape[0] - 1, -1, -1):
+        b1, b2 = coefficients[k] + two_y * b1 - b2, b1
     return x * (b1 - b2)
 
 
-def chebyshev(x: torch.Tensor, coefficients: Sequence[float]) -> torch.Tensor:
+def chebyshev(x: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
     """``sum_k c_k T_k(x)`` by Clenshaw's recurrence."""
-    inplace = _inplace(x)
     two_x = 2 * x
     b1, b2 = torch.zeros_like(x), torch.zeros_like(x)
-    for c in reversed(coefficients[1:]):
-        b2 = b2.neg_().add_(c).addcmul_(two_x, b1) if inplace else torch.addcmul(c - b2, two_x, b1)
-        b1, b2 = b2, b1
+    for k in range(coefficients.shape[0] - 1, 0, -1):
+        b1, b2 = coefficients[k] + two_x * b1 - b2, b1
     return coefficients[0] + x * b1 - b2
+
+
+def relu_polynomial(x: torch.Tensor, bound: torch.Tensor, widths: list[torch.Tensor],
+                    coefficients: list[torch.Tensor], composite: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B r(x / B)`` for the approximation ``r`` given by its stages, and the number of
+    inputs with ``|x| > B``.
+
+    Composite: ``r(t) = t (1 + p(t)) / 2`` with ``p`` the odd stages applied in turn,
+    stage ``i`` being ``sum_k c_k T_{2k+1}(u / width_i)``. Direct: ``r`` is the one
+    full Chebyshev series. Pure tensor code, so that ``torch.compile`` fuses it into
+    one pass over memory.
+    """
+    outside = (x.abs() > bound).sum()
+    t = x / bound
+    if not composite:
+        return bound * chebyshev(t, coefficients[0]), outside
+    p = t
+    for width, coef in zip(widths, coefficients):
+        p = odd_chebyshev(p / width, coef)
+    return x * (1 + p) / 2, outside
+
+
+_compiled_relu_polynomial = None
+
+
+def _compiled():
+    """``relu_polynomial`` compiled by TorchInductor (one fused kernel per degree set),
+    or ``None`` where compilation is switched off (``PANN_COMPILE=0``) or has failed."""
+    global _compiled_relu_polynomial
+    if _compiled_relu_polynomial is None:
+        if os.environ.get("PANN_COMPILE", "1") == "0":
+            _compiled_relu_polynomial = False
+        else:
+            # One entry per degree set, dtype and grad mode; the default limit of 8 is too few.
+            config = torch._dynamo.config
+            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+            setattr(config, name, max(getattr(config, name), 256))
+            _compiled_relu_polynomial = torch.compile(relu_polynomial, dynamic=True)
+    return _compiled_relu_polynomial or None
+
+
+def _disable_compilation(exc: Exception) -> None:
+    global _compiled_relu_polynomial
+    _compiled_relu_polynomial = False
+    warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); PANN layers fall back to "
+                  "eager evaluation. Set PANN_COMPILE=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
 
 
 class _PolynomialReLU(nn.Module):
     """ReLU on ``[-B, B]`` as ``B r(x / B)`` for a :class:`ReluApproximation` ``r``.
 
-    Evaluates in ``dtype`` and returns the input's dtype; without autograd it works
-    chunk by chunk so that the temporaries stay in cache. Counts the inputs outside
-    ``[-B, B]``, where the polynomial diverges from ReLU.
+    Evaluates in ``dtype`` and returns the input's dtype. ``compiled`` (default) runs
+    :func:`relu_polynomial` as one fused TorchInductor kernel; otherwise it runs eagerly,
+    chunk by chunk without autograd so that its temporaries stay in cache (the float64
+    eager path is the reference). Counts the inputs outside ``[-B, B]``, where the
+    polynomial diverges from ReLU.
     """
 
-    def __init__(self, approximation: ReluApproximation, bound: float, dtype: torch.dtype = torch.float32):
+    def __init__(self, approximation: ReluApproximation, bound: float, dtype: torch.dtype = torch.float32,
+                 compiled: bool = True):
         super().__init__()
         if not bound > 0:
             raise ValueError(f"interval bound B must be positive, got {bound}")
         self.approximation = approximation
-        self.bound = float(bound)
         self.dtype = dtype
-        composite = approximation.family == "composite"
-        # Odd stages keep only their T_1, T_3, ... coefficients.
-        self._stages = [(s.width, list(s.coefficients[1::2] if composite else s.coefficients))
-                        for s in approximation.stages]
+        self.compiled = compiled
+        self.composite = approximation.family == "composite"
+        self.register_buffer("bound", torch.tensor(float(bound), dtype=dtype), persistent=False)
+        self._stage_names = []
+        for i, stage in enumerate(approximation.stages):
+            # Odd stages keep only their T_1, T_3, ... coefficients.
+            coef = stage.coefficients[1::2] if self.composite else stage.coefficients
+            self.register_buffer(f"coefficients{i}", torch.tensor(coef, dtype=dtype), persistent=False)
+            self.register_buffer(f"width{i}", torch.tensor(stage.width, dtype=dtype), persistent=False)
+            self._stage_names.append((f"width{i}", f"coefficients{i}"))
         self.register_buffer("out_of_range", torch.zeros((), dtype=torch.long), persistent=False)
         self.register_buffer("seen", torch.zeros((), dtype=torch.long), persistent=False)
 
-    def _relu_values(self, x: torch.Tensor) -> torch.Tensor:
-        t = x / self.bound
-        if self.approximation.family != "composite":
-            return self.bound * chebyshev(t, self._stages[0][1])
-        p = t
-        for width, coefficients in self._stages:
-            p = odd_chebyshev(p / width, coefficients)
-        return x * (1 + p) / 2
+    def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        widths = [getattr(self, w) for w, _ in self._stage_names]
+        coefficients = [getattr(self, c) for _, c in self._stage_names]
+        kernel = _compiled() if self.compiled else None
+        if kernel is not None:
+            try:
+                return kernel(x, self.bound, widths, coefficients, self.composite)
+            except Exception as exc:  # no C++ compiler, unsupported platform, ...
+                _disable_compilation(exc)
+        if torch.is_grad_enabled() and x.requires_grad:
+            return relu_polynomial(x, self.bound, widths, coefficients, self.composite)
+        flat = x.reshape(-1)
+        out = torch.empty_like(flat)
+        outside = torch.zeros((), dtype=torch.long, device=x.device)
+        for start in range(0, flat.numel(), _CHUNK):
+            out[start:start + _CHUNK], count = relu_polynomial(flat[start:start + _CHUNK], self.bound, widths,
+                                                               coefficients, self.composite)
+            outside += count
+        return out.view_as(x), outside
 
     def relu(self, x: torch.Tensor) -> torch.Tensor:
+        y, outside = self._evaluate(x.to(self.dtype))
         with torch.no_grad():
-            self.out_of_range += (x.abs() > self.bound).sum()
+            self.out_of_range += outside
             self.seen += x.numel()
-        values = x.to(self.dtype)
-        if not _inplace(values):
-            return self._relu_values(values).to(x.dtype)
-        flat = values.reshape(-1)
-        out = torch.empty_like(flat)
-        for start in range(0, flat.numel(), _CHUNK):
-            out[start:start + _CHUNK] = self._relu_values(flat[start:start + _CHUNK])
-        return out.view_as(x).to(x.dtype)
+        return y.to(x.dtype)
 
 
 class PolyReLU(_PolynomialReLU):
@@ -105,7 +156,7 @@ class PolyReLU(_PolynomialReLU):
         return self.relu(x)
 
     def extra_repr(self) -> str:
-        return f"{self.approximation.name}, B={self.bound:.4g}, alpha={self.approximation.precision:.2f}"
+        return f"{self.approximation.name}, B={self.bound.item():.4g}, alpha={self.approximation.precision:.2f}"
 
 
 class PolyMaxPool2d(_PolynomialReLU):
@@ -117,8 +168,8 @@ class PolyMaxPool2d(_PolynomialReLU):
     """
 
     def __init__(self, approximation: ReluApproximation, bound: float, kernel_size, stride=None,
-                 padding=0, dtype: torch.dtype = torch.float32):
-        super().__init__(approximation, bound, dtype)
+                 padding=0, dtype: torch.dtype = torch.float32, compiled: bool = True):
+        super().__init__(approximation, bound, dtype, compiled)
         self.kernel_size = nn.modules.utils._pair(kernel_size)
         self.stride = nn.modules.utils._pair(stride if stride is not None else kernel_size)
         self.padding = nn.modules.utils._pair(padding)
@@ -126,7 +177,7 @@ class PolyMaxPool2d(_PolynomialReLU):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
         if ph or pw:
-            x = F.pad(x, (pw, pw, ph, ph), value=-self.bound / 2)
+            x = F.pad(x, (pw, pw, ph, ph), value=-self.bound.item() / 2)
         windows = x.unfold(2, kh, sh).unfold(3, kw, sw).flatten(-2)
         while windows.shape[-1] > 1:
             half = windows.shape[-1] // 2
@@ -136,7 +187,7 @@ class PolyMaxPool2d(_PolynomialReLU):
 
     def extra_repr(self) -> str:
         return (f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}, "
-                f"{self.approximation.name}, B={self.bound:.4g}")
+                f"{self.approximation.name}, B={self.bound.item():.4g}")
 
 
 class _RangeObserver(nn.Module):
