@@ -13,8 +13,8 @@ modules. Operations that are not polynomial and have no replacement raise
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Callable, Iterable
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -71,63 +71,76 @@ def _maxpool_arguments(node: fx.Node) -> tuple:
         values.get("dilation", 1), values.get("ceil_mode", False), values.get("return_indices", False)
 
 
-def prepare(model: nn.Module) -> fx.GraphModule:
-    """Copy ``model`` with every ReLU and 2-d max-pool replaced by a range observer.
+def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
+                        maxpool: Callable[[Any, Any, Any], nn.Module] | None = None,
+                        require_polynomial: bool = True) -> fx.GraphModule:
+    """Copy ``model`` with every ReLU (module or functional call) replaced by ``relu()``
+    and, when ``maxpool`` is given, every 2-d max-pool by ``maxpool(kernel, stride, padding)``.
 
-    Raises :class:`NonPolynomialError` listing every operation a PANN cannot evaluate
-    (other activations, normalisations by data-dependent statistics, other poolings),
-    and ``ValueError`` if the model cannot be traced by ``torch.fx``.
+    With ``require_polynomial`` raises :class:`NonPolynomialError` listing every other
+    operation a PANN cannot evaluate. Raises ``ValueError`` if the model cannot be traced
+    by ``torch.fx``.
     """
     try:
-        graph_module = fx.symbolic_trace(copy.deepcopy(model).eval())
+        graph_module = fx.symbolic_trace(copy.deepcopy(model))
     except Exception as exc:  # fx raises many types for untraceable code
         raise ValueError(f"cannot trace {type(model).__name__} with torch.fx: {exc}") from exc
     modules = dict(graph_module.named_modules())
     unsupported = []
     for node in list(graph_module.graph.nodes):
-        observer: nn.Module | None = None
+        replacement: nn.Module | None = None
         if node.op == "call_module":
             module = modules[node.target]
             if isinstance(module, nn.ReLU):
-                observer = ObservedReLU()
-            elif isinstance(module, nn.MaxPool2d):
+                replacement = relu()
+            elif isinstance(module, nn.MaxPool2d) and maxpool is not None:
                 if module.dilation not in (1, (1, 1)) or module.ceil_mode or module.return_indices:
                     unsupported.append(_describe(node, modules) + " with dilation/ceil_mode/return_indices")
                     continue
-                observer = ObservedMaxPool2d(module.kernel_size, module.stride, module.padding)
+                replacement = maxpool(module.kernel_size, module.stride, module.padding)
             elif isinstance(module, _NON_POLYNOMIAL_MODULES):
                 unsupported.append(_describe(node, modules))
-            if observer is not None:
-                _set_submodule(graph_module, node.target, observer)
+            if replacement is not None:
+                _set_submodule(graph_module, node.target, replacement)
             continue
         if node.op == "call_function" and node.target in _RELU_FUNCTIONS or \
                 node.op == "call_method" and node.target in _RELU_METHODS:
-            observer = ObservedReLU()
-        elif node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS:
+            replacement = relu()
+        elif node.op == "call_function" and node.target in _MAXPOOL_FUNCTIONS and maxpool is not None:
             kernel, stride, padding, dilation, ceil_mode, indices = _maxpool_arguments(node)
             if dilation not in (1, (1, 1)) or ceil_mode or indices:
                 unsupported.append(_describe(node, modules) + " with dilation/ceil_mode/return_indices")
                 continue
-            observer = ObservedMaxPool2d(kernel, stride, padding)
+            replacement = maxpool(kernel, stride, padding)
         elif (node.op == "call_function" and node.target in _NON_POLYNOMIAL_FUNCTIONS
               or node.op == "call_method" and node.target in _NON_POLYNOMIAL_METHODS):
             unsupported.append(_describe(node, modules))
             continue
-        if observer is None:
+        if replacement is None:
             continue
         owner = next(reversed(node.meta.get("nn_module_stack") or {"": None}))
         name = f"{owner}_{node.name}".strip("_").replace(".", "_")
-        graph_module.add_submodule(name, observer)
+        graph_module.add_submodule(name, replacement)
         with graph_module.graph.inserting_after(node):
-            replacement = graph_module.graph.call_module(name, args=(node.args[0],))
-        node.replace_all_uses_with(replacement)
+            call = graph_module.graph.call_module(name, args=(node.args[0],))
+        node.replace_all_uses_with(call)
         graph_module.graph.erase_node(node)
-    if unsupported:
+    if unsupported and require_polynomial:
         raise NonPolynomialError("cannot convert to a PANN; non-polynomial operations without a "
                                  "polynomial replacement: " + ", ".join(unsupported))
     graph_module.graph.lint()
     graph_module.recompile()
     return graph_module
+
+
+def prepare(model: nn.Module) -> fx.GraphModule:
+    """Copy ``model`` (in eval mode) with every ReLU and 2-d max-pool replaced by a range observer.
+
+    Raises :class:`NonPolynomialError` listing every operation a PANN cannot evaluate
+    (other activations, normalisations by data-dependent statistics, other poolings),
+    and ``ValueError`` if the model cannot be traced by ``torch.fx``.
+    """
+    return replace_activations(model, ObservedReLU, ObservedMaxPool2d).eval()
 
 
 def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:

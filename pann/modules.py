@@ -150,10 +150,23 @@ class _PolynomialReLU(nn.Module):
 
 
 class PolyReLU(_PolynomialReLU):
-    """Polynomial replacement of ``ReLU`` calibrated to ``[-B, B]``."""
+    """Polynomial replacement of ``ReLU`` calibrated to ``[-B, B]``.
+
+    ``offset`` (per channel, dimension 1; set by :func:`pann.corrections.compensate_leakage`)
+    is subtracted from the output: a constant, so it folds into the next layer's bias.
+    """
+
+    offset: torch.Tensor | None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("offset", None, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.relu(x)
+        y = self.relu(x)
+        if self.offset is not None:
+            y = y - self.offset.view(1, -1, *([1] * (x.ndim - 2))).to(y.dtype)
+        return y
 
     def extra_repr(self) -> str:
         return f"{self.approximation.name}, B={self.bound.item():.4g}, alpha={self.approximation.precision:.2f}"

@@ -1,0 +1,53 @@
+import torch
+from torch import nn
+
+from pann.catalog import relu_for_precision
+from pann.convert import calibrate, convert, prepare
+from pann.corrections import compensate_leakage, reestimate_batchnorm
+from pann.modules import PolyReLU
+
+
+def conv_net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(),
+                         nn.Conv2d(6, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU()).eval()
+
+
+def pann_of(model, x, alpha=5):
+    observed = prepare(model)
+    calibrate(observed, [x])
+    return convert(observed, relu_for_precision(alpha))
+
+
+def test_leakage_compensation_removes_the_measured_mean_shift():
+    x = torch.randn(64, 3, 8, 8)
+    pann = pann_of(conv_net(), x)
+    first = next(m for m in pann.modules() if isinstance(m, PolyReLU))
+    captured = {}
+    first.register_forward_hook(lambda m, i, o: captured.update(input=i[0], output=o))
+    with torch.no_grad():
+        pann(x)
+    shift = (captured["output"] - captured["input"].relu()).mean(dim=(0, 2, 3))
+    assert shift.abs().max() > 1e-3  # alpha 5 leaks visibly
+    offsets = compensate_leakage(pann, [x])
+    torch.testing.assert_close(next(iter(offsets.values())), shift, atol=1e-6, rtol=1e-4)
+    with torch.no_grad():
+        pann(x)
+    remaining = (captured["output"] - captured["input"].relu()).mean(dim=(0, 2, 3))
+    assert remaining.abs().max() < 1e-5
+
+
+def test_batchnorm_reestimation_matches_statistics_under_the_pann():
+    x = torch.randn(128, 3, 8, 8)
+    model = conv_net()
+    pann = pann_of(model, x)
+    first, second = [m for m in pann.modules() if isinstance(m, nn.BatchNorm2d)]
+    before = second.running_mean.clone()
+    captured = {}
+    first.register_forward_hook(lambda m, i, o: captured.update(input=i[0]))
+    reestimate_batchnorm(pann, [x[:64], x[64:]])
+    assert not first.training and first.momentum == 0.1
+    with torch.no_grad():
+        pann(x)
+    # The first norm's input does not depend on any polynomial: its new mean is exactly the data's.
+    torch.testing.assert_close(first.running_mean, captured["input"].mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
+    assert not torch.allclose(second.running_mean, before)

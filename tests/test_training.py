@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from pann.catalog import relu_for_precision
+from pann.models import resnet20, save_weights, vgg11_bn
+from pann.modules import PolyReLU
+from pann.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
+from pann.training import ConfigError, TrainConfig, TrainingDiverged, train
+
+
+def test_random_slope_is_zero_mean_on_negatives_and_vanishes_in_eval():
+    module = RandomSlopeReLU(0.1).train()
+    x = torch.full((200000,), -2.0)
+    y = module(x)
+    slopes = y / x
+    assert slopes.abs().max() <= 0.1 and slopes.std() > 0.05
+    assert abs(slopes.mean()) < 1e-3
+    positive = torch.linspace(0.1, 3, 100)
+    assert torch.equal(module(positive), positive)
+    assert torch.equal(module.eval()(x), torch.zeros_like(x))
+
+
+@pytest.mark.parametrize("mode", ["precision", "std"])
+def test_negative_noise_touches_only_negative_inputs(mode):
+    module = NegativeNoiseReLU(mode, alpha=6, factor=0.05).train()
+    x = torch.cat([torch.linspace(-8, -0.01, 100000), torch.linspace(0.01, 8, 100000)])
+    y = module(x)
+    assert torch.equal(y[100000:], x[100000:])
+    expected_std = 8 * 2.0**-6 if mode == "precision" else 0.05 * x.std()
+    assert y[:100000].std() == pytest.approx(float(expected_std), rel=0.02)
+    assert abs(y[:100000].mean()) < 5 * expected_std / 100000**0.5  # zero-mean
+    assert torch.equal(module.eval()(x), x.relu())
+
+
+def test_approximation_aware_forward_is_the_polynomial_and_gradient_is_relus():
+    approx = relu_for_precision(6)
+    module = ApproximationAwareReLU(approx).train()
+    x = torch.linspace(-4, 4, 1001, requires_grad=True)
+    y = module(x)
+    with torch.no_grad():
+        torch.testing.assert_close(y, PolyReLU(approx, 4.0)(x))
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (x.detach() > 0).float())
+    assert torch.equal(module.eval()(x.detach()), x.detach().relu())
+
+
+def tiny(**overrides) -> TrainConfig:
+    values = dict(dataset="synthetic", epochs=2, batch_size=64, train_limit=256, validation_size=100,
+                  lr=0.05, schedule="cosine")
+    values.update(overrides)
+    return TrainConfig.from_dict(values)
+
+
+@pytest.mark.parametrize("leakage", ["none", "noise", "random-slope", "approximation-aware"])
+def test_training_runs_with_each_technique(leakage):
+    seen = []
+    result = train(tiny(leakage=leakage, epochs=1, mixup_alpha=0.4 if leakage == "none" else None),
+                   callback=lambda epoch, metrics: seen.append(metrics), progress=False)
+    assert [m["epoch"] for m in seen] == [1] and result.history == seen
+    assert 0 <= seen[0]["val_accuracy"] <= 1 and seen[0]["train_loss"] > 0
+    assert not any(isinstance(m, (RandomSlopeReLU, NegativeNoiseReLU)) for m in result.model.modules())
+
+
+def test_training_learns_synthetic_data():
+    result = train(tiny(epochs=3, train_limit=None), progress=False)
+    assert result.history[-1]["val_accuracy"] > 0.5
+
+
+def test_resume_from_checkpoint_reaches_the_same_state(tmp_path):
+    straight = train(tiny(), progress=False).model.state_dict()
+    path = tmp_path / "run.pt"
+    train(tiny(), checkpoint=path, callback=lambda epoch, metrics: True, progress=False)  # stop after epoch 1
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    resumed = train(tiny(), checkpoint=path, progress=False).model.state_dict()
+    for key in straight:
+        torch.testing.assert_close(resumed[key], straight[key], rtol=0, atol=0)
+
+
+def test_diverging_run_stops_without_a_checkpoint(tmp_path):
+    path = tmp_path / "run.pt"
+    with pytest.raises(TrainingDiverged, match="loss became"):
+        train(tiny(lr=1e12, schedule="constant", optimizer="sgd"), checkpoint=path, progress=False)
+    assert not path.exists()
+
+
+def test_bad_configuration_names_every_field(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict({"leakage": "dropout", "weight_decay": -1e-4, "mixup_alpha": 0,
+                               "optimizer": "lion", "colour": "red"})
+    message = str(info.value)
+    for field in ("leakage", "weight_decay", "mixup_alpha", "optimizer", "colour: unknown field"):
+        assert field in message
+    wrong = tmp_path / "vgg.pt"
+    save_weights(vgg11_bn(), wrong)
+    with pytest.raises(ConfigError, match="pretrained: weights .* do not fit resnet20"):
+        train(tiny(pretrained=str(wrong)), progress=False)
+
+
+def test_weight_decay_can_spare_norm_and_bias(tmp_path):
+    from pann.training import _parameter_groups
+
+    model = resnet20()
+    groups = _parameter_groups(model, tiny(decay_norm_and_bias=False, weight_decay=5e-3))
+    assert groups[0]["weight_decay"] == 5e-3 and groups[1]["weight_decay"] == 0
+    assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
