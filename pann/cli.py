@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 from pann.approximation import FAMILIES, ReluApproximation
 from pann.catalog import MAX_ALPHA, MIN_ALPHA, check_alpha, get_approximation, relu_for_precision
@@ -125,6 +127,44 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"{p.multiplications:6d} {100 * p.accuracy:8.2f}% {100 * p.out_of_range:12.5f}%")
 
 
+def read_yaml(path: str) -> dict:
+    import yaml
+
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise UsageError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
+    return data
+
+
+def cmd_train(args: argparse.Namespace) -> None:
+    from pann.models import save_weights
+    from pann.training import TrainConfig, TrainingDiverged, train
+
+    config = TrainConfig.from_dict(read_yaml(args.config))
+    out = args.out
+    if out.exists() and not args.overwrite:
+        raise UsageError(f"{out} exists; pass --overwrite to replace it")
+
+    def report(epoch: int, metrics: dict) -> None:
+        print(f"epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
+              f"validation loss {metrics['val_loss']:.4f}, validation accuracy {100 * metrics['val_accuracy']:.2f}%",
+              flush=True)
+
+    try:
+        result = train(config, checkpoint=args.checkpoint, callback=report)
+    except TrainingDiverged as exc:
+        print(f"pann train: training diverged: {exc}", file=sys.stderr)
+        sys.exit(1)
+    save_weights(result.model, out, config=dataclasses.asdict(config), history=result.history)
+    print(f"weights written to {out}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pann", description="Polynomial approximations of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -153,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(run=cmd_evaluate)
+
+    tr = sub.add_parser("train", help="train or fine-tune a backbone from a YAML config (see configs/)")
+    tr.add_argument("config", help="YAML file with the fields of pann.training.TrainConfig")
+    tr.add_argument("--out", type=Path, required=True, help="where to write the trained weights (.pt)")
+    tr.add_argument("--checkpoint", type=Path, help="checkpoint file: saved every epoch, resumed from if present")
+    tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    tr.set_defaults(run=cmd_train)
     return parser
 
 

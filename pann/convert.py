@@ -101,7 +101,7 @@ def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
             elif isinstance(module, _NON_POLYNOMIAL_MODULES):
                 unsupported.append(_describe(node, modules))
             if replacement is not None:
-                _set_submodule(graph_module, node.target, replacement)
+                graph_module.set_submodule(node.target, replacement)
             continue
         if node.op == "call_function" and node.target in _RELU_FUNCTIONS or \
                 node.op == "call_method" and node.target in _RELU_METHODS:
@@ -141,11 +141,6 @@ def prepare(model: nn.Module) -> fx.GraphModule:
     and ``ValueError`` if the model cannot be traced by ``torch.fx``.
     """
     return replace_activations(model, ObservedReLU, ObservedMaxPool2d).eval()
-
-
-def _set_submodule(root: nn.Module, target: str, module: nn.Module) -> None:
-    parent_name, _, name = target.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, name, module)
 
 
 def observers(model: nn.Module) -> dict[str, ObservedReLU | ObservedMaxPool2d]:
@@ -197,7 +192,7 @@ def convert(observed: nn.Module, approximation: ReluApproximation, scope: Scope 
                                  observer.padding, dtype=dtype, compiled=compiled)
         else:
             poly = PolyReLU(approximation, bounds[name], dtype=dtype, compiled=compiled)
-        _set_submodule(pann, name, poly)
+        pann.set_submodule(name, poly)
     return pann
 
 

@@ -288,7 +288,7 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
-            total_loss += float(loss) * len(y)
+            total_loss += float(loss.detach()) * len(y)
             seen += len(y)
         val_loss, val_accuracy = evaluate_loss_accuracy(model, validation, config.batch_size, device)
         metrics = {"epoch": epoch + 1, "train_loss": total_loss / seen, "val_loss": val_loss,

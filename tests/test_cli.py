@@ -72,3 +72,31 @@ def test_bad_input_is_one_line_error(args, message, vgg_weights):
 def test_negative_margin_is_rejected_by_the_parser():
     result = run("evaluate", "--model", "resnet20", "--margin", "-1", check=False)
     assert result.returncode == 2 and "must be positive" in result.stderr
+
+
+def test_train_from_yaml_writes_loadable_weights(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("model: resnet20\ndataset: synthetic\nepochs: 1\nbatch_size: 64\ntrain_limit: 128\n"
+                      "validation_size: 64\nleakage: random-slope\nslope: 0.02\n")
+    out = tmp_path / "w.pt"
+    result = run("train", str(config), "--out", str(out))
+    assert "epoch 1/1" in result.stdout and out.is_file()
+    saved = torch.load(out, weights_only=True)
+    assert saved["config"]["leakage"] == "random-slope" and len(saved["history"]) == 1
+    report = json.loads(run("evaluate", "--model", "resnet20", "--weights", str(out), "--dataset", "synthetic",
+                            "--alphas", "9", "--calibration-size", "64", "--limit", "64", "--json").stdout)
+    assert len(report["curve"]) == 1
+    again = run("train", str(config), "--out", str(out), check=False)
+    assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_train_rejects_bad_config_before_training(tmp_path):
+    config = tmp_path / "bad.yaml"
+    config.write_text("model: resnet20\nleakage: dropout\nweight_decay: -0.1\nmixup_alpha: 0\n")
+    result = run("train", str(config), "--out", str(tmp_path / "w.pt"), check=False)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+    for field in ("leakage", "weight_decay", "mixup_alpha"):
+        assert field in result.stderr
+    assert not (tmp_path / "w.pt").exists()
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    assert "mapping" in run("train", str(tmp_path / "list.yaml"), "--out", str(tmp_path / "w.pt"), check=False).stderr
