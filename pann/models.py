@@ -9,6 +9,7 @@ which also record the model name and normalisation.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -126,27 +127,25 @@ class CifarVGG(nn.Module):
 
 # --- builders --------------------------------------------------------------------------------
 
-def _cifar_resnet(depth: int) -> Callable[..., Classifier]:
+def _builder(name: str, make_net: Callable[[int], nn.Module], mean: Sequence[float], std: Sequence[float],
+             doc: str) -> Callable[..., Classifier]:
     def build(num_classes: int = 10, weights: str | Path | None = None) -> Classifier:
-        # The shared pretrained CIFAR ResNets were trained with ImageNet statistics.
-        model = Classifier(CifarResNet(depth, num_classes), IMAGENET_MEAN, IMAGENET_STD, f"resnet{depth}")
+        model = Classifier(make_net(num_classes), mean, std, name)
         return load_weights(model, weights) if weights else model
-    build.__name__ = build.__qualname__ = f"resnet{depth}"
-    build.__doc__ = f"CIFAR ResNet-{depth} (option-A shortcuts), ImageNet input normalisation."
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = doc
     return build
 
 
-def _cifar_vgg(depth: int) -> Callable[..., Classifier]:
-    def build(num_classes: int = 10, weights: str | Path | None = None) -> Classifier:
-        model = Classifier(CifarVGG(depth, num_classes), CIFAR10_MEAN, CIFAR10_STD, f"vgg{depth}_bn")
-        return load_weights(model, weights) if weights else model
-    build.__name__ = build.__qualname__ = f"vgg{depth}_bn"
-    build.__doc__ = f"VGG-{depth} with batch norm for 32x32 inputs, CIFAR-10 input normalisation."
-    return build
-
-
-resnet20, resnet32, resnet44, resnet56, resnet110 = (_cifar_resnet(d) for d in (20, 32, 44, 56, 110))
-vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn = (_cifar_vgg(d) for d in (11, 13, 16, 19))
+# The shared pretrained CIFAR ResNets were trained with ImageNet statistics.
+resnet20, resnet32, resnet44, resnet56, resnet110 = (
+    _builder(f"resnet{d}", functools.partial(CifarResNet, d), IMAGENET_MEAN, IMAGENET_STD,
+             f"CIFAR ResNet-{d} (option-A shortcuts), ImageNet input normalisation.")
+    for d in (20, 32, 44, 56, 110))
+vgg11_bn, vgg13_bn, vgg16_bn, vgg19_bn = (
+    _builder(f"vgg{d}_bn", functools.partial(CifarVGG, d), CIFAR10_MEAN, CIFAR10_STD,
+             f"VGG-{d} with batch norm for 32x32 inputs, CIFAR-10 input normalisation.")
+    for d in (11, 13, 16, 19))
 
 CIFAR_MODELS: dict[str, Callable[..., Classifier]] = {
     f.__name__: f for f in (resnet20, resnet32, resnet44, resnet56, resnet110,
