@@ -281,7 +281,7 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
                 else:
                     loss = F.cross_entropy(model(x), y)
             if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss became {float(loss)} in epoch {epoch + 1}; "
+                raise TrainingDiverged(f"loss became {float(loss.detach())} in epoch {epoch + 1}; "
                                        "lower the learning rate (nothing was saved for this epoch)")
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
