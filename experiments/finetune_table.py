@@ -6,8 +6,7 @@
 Every variant starts from the shared pretrained ResNet-20 and is fine-tuned for --epochs on the 45,000
 training images not held out for validation (CPU size: 1-3 epochs). Each resulting backbone is converted with
 per-layer B calibrated on 10,000 training images and measured on the 10,000 test images at every alpha, both
-as converted and after the post-training corrections (batch-norm re-estimation and leakage compensation on
-2,000 training images). Prints the table and, per variant, the lowest alpha within 1 point of the pretrained
+as converted and after leakage compensation measured on 2,000 training images. Prints the table and, per variant, the lowest alpha within 1 point of the pretrained
 backbone.
 """
 
@@ -23,7 +22,7 @@ import torch
 from pann.catalog import relu_for_precision
 from pann.cli import parse_alphas
 from pann.convert import convert
-from pann.corrections import compensate_leakage, reestimate_batchnorm
+from pann.corrections import compensate_leakage
 from pann.data import load_dataset
 from pann.evaluate import accuracy, calibrated
 from pann.models import resnet20
@@ -44,7 +43,7 @@ VARIANTS = {
     "wd 1e-4": {"weight_decay": 1e-4},
     "wd 5e-3": {"weight_decay": 5e-3},
 }
-DEFAULT_VARIANTS = list(VARIANTS)[:8]
+DEFAULT_VARIANTS = [name for name in list(VARIANTS)[:8] if name != "wd 5e-4"]
 
 
 def main() -> None:
@@ -84,9 +83,7 @@ def main() -> None:
         for alpha in alphas:
             pann = convert(observed, relu_for_precision(alpha))
             row["plain"][alpha] = accuracy(pann, test)
-            batches = [x for x, _ in correction.batches(500)]
-            reestimate_batchnorm(pann, batches)
-            compensate_leakage(pann, batches)
+            compensate_leakage(pann, [x for x, _ in correction.batches(500)])
             row["corrected"][alpha] = accuracy(pann, test)
         row["seconds"] = time.perf_counter() - start
         results.append(row)

@@ -14,19 +14,53 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import update_bn
 
 from pann.modules import PolyReLU
 
 
+@torch.no_grad()
 def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    """Replace every BatchNorm's running mean and variance by their average over ``batches``
-    of inputs run through ``pann`` (``torch.optim.swa_utils.update_bn``); leaves ``pann`` in eval mode."""
+    """Set every BatchNorm's running mean and variance to those of its inputs over ``batches``
+    run through ``pann`` in eval mode, one norm after the other in execution order (each
+    measured with the norms before it already re-estimated; one pass over ``batches`` per norm).
+
+    Eval mode matters: normalising with batch statistics (``torch.optim.swa_utils.update_bn``)
+    moves activations past ``B``, where the polynomials explode.
+    """
     batches = list(batches)
     if not batches:
         raise ValueError("batch-norm re-estimation saw no data")
-    update_bn(batches, pann)
     pann.eval()
+    order: list[nn.Module] = []
+    norms = [m for m in pann.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    handles = [m.register_forward_pre_hook(lambda module, inputs: order.append(module)) for m in norms]
+    try:
+        pann(batches[0])
+    finally:
+        for h in handles:
+            h.remove()
+    for norm in dict.fromkeys(order):  # execution order, each norm once
+        total = squares = count = 0
+
+        def measure(module, inputs):
+            nonlocal total, squares, count
+            x = inputs[0].double()
+            finite = torch.isfinite(x)  # activations a polynomial blew up carry no statistics
+            x = torch.where(finite, x, 0.0)
+            dims = [d for d in range(x.ndim) if d != 1]
+            total = total + x.sum(dim=dims)
+            squares = squares + (x * x).sum(dim=dims)
+            count = count + finite.sum(dim=dims)
+
+        handle = norm.register_forward_pre_hook(measure)
+        try:
+            for inputs in batches:
+                pann(inputs)
+        finally:
+            handle.remove()
+        mean = total / count.clamp(min=1)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_(squares / count.clamp(min=1) - mean * mean)
 
 
 @torch.no_grad()
@@ -42,10 +76,12 @@ def compensate_leakage(pann: nn.Module, batches: Iterable[torch.Tensor]) -> dict
 
     def measure(name):
         def hook(module, inputs, output):
-            error = (output - F.relu(inputs[0])).double()
+            # Only inputs inside [-B, B]: outside, the error is divergence, not leakage.
+            inside = inputs[0].abs() <= module.bound
+            error = torch.where(inside, output - F.relu(inputs[0]), 0.0).double()
             dims = [d for d in range(error.ndim) if d != 1]
             sums[name] = sums.get(name, 0) + error.sum(dim=dims)
-            counts[name] = counts.get(name, 0) + error.numel() // error.shape[1]
+            counts[name] = counts.get(name, 0) + inside.sum(dim=dims)
         return hook
 
     for m in layers.values():
@@ -63,6 +99,6 @@ def compensate_leakage(pann: nn.Module, batches: Iterable[torch.Tensor]) -> dict
     offsets = {}
     for name, m in layers.items():
         if name in counts:
-            m.offset = (sums[name] / counts[name]).float()
+            m.offset = (sums[name] / counts[name].clamp(min=1)).float()
             offsets[name] = m.offset
     return offsets
