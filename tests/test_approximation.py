@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from pann import catalog, fhe_cost
-from pann.approximation import ReluApproximation, composite_relu, composite_sign, direct_relu
+from pann.approximation import ReluApproximation, composite_sign, direct_relu
 from pann.catalog import get_approximation, relu_for_precision
 
 # Lee et al.'s degree sets and the ReLU error of their published polynomials (log2).
