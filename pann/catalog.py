@@ -73,13 +73,14 @@ def check_alpha(alpha: float) -> float:
     return alpha
 
 
-def _stage_degrees() -> list[int]:
+@functools.lru_cache(maxsize=None)
+def _stage_degrees() -> tuple[int, ...]:
     """Odd degrees not dominated by a higher degree of the same depth and no more multiplications."""
     odd = range(3, MAX_DEGREE + 1, 2)
-    return [d for d in odd
-            if not any(fhe_cost.polynomial_depth(h) == fhe_cost.polynomial_depth(d)
-                       and fhe_cost.polynomial_multiplications(h) <= fhe_cost.polynomial_multiplications(d)
-                       for h in odd if h > d)]
+    return tuple(d for d in odd
+                 if not any(fhe_cost.polynomial_depth(h) == fhe_cost.polynomial_depth(d)
+                            and fhe_cost.polynomial_multiplications(h) <= fhe_cost.polynomial_multiplications(d)
+                            for h in odd if h > d))
 
 
 def _degree_sets() -> Iterator[tuple[int, ...]]:

@@ -300,5 +300,5 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
             break
 
     # The trained weights, back in a plain backbone with exact ReLUs.
-    backbone.load_state_dict({k: v for k, v in model.state_dict().items()})
+    backbone.load_state_dict(model.state_dict())
     return TrainResult(backbone.cpu().eval(), history)
