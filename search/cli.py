@@ -1,0 +1,99 @@
+"""The ``pann`` command: the numerical commands of :mod:`pann.cli` plus ``search``, ``pareto`` and ``ui``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pann.cli import build_parser
+
+_FORMATS = (".csv", ".json", ".png", ".html")
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    from search import config
+    from search.runner import print_outcome, run_search
+
+    search = config.load(args.config)
+    outcome = run_search(search, address=args.address, resume=args.resume)
+    print_outcome(outcome, search)
+
+
+def cmd_pareto(args: argparse.Namespace) -> None:
+    from mlflow import MlflowClient
+
+    from tracking.pareto import export_front
+    from tracking.runs import check_reachable, find_search, trial_points
+
+    if args.out.suffix not in _FORMATS:
+        raise ValueError(f"--out must end in one of {', '.join(_FORMATS)} (got {args.out.name!r})")
+    uri = args.tracking_uri or _default_store()
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    parents = list(args.run_id or []) + [find_search(client, name) for name in args.search or []]
+    points = [p for parent in parents for p in trial_points(client, parent)]
+    target = args.target
+    if target is None:
+        target = float(client.get_run(parents[0]).data.params["target_accuracy"])
+    front = export_front(args.out, points, target, title=", ".join(args.search or args.run_id))
+    print(f"{len(front)} front points of {len(points)} measured, target {100 * target:.2f}%, written to {args.out}")
+
+
+def _default_store() -> str:
+    from tracking.runs import default_tracking_uri
+
+    uri = default_tracking_uri()
+    if not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise FileNotFoundError(f"no MLflow store here ({uri}); run a search in this folder or pass --tracking-uri")
+    return uri
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from tracking.runs import artifact_location
+
+    uri = args.tracking_uri or _default_store()
+    command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if artifact_location(uri):
+        command += ["--default-artifact-root", artifact_location(uri)]
+    print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
+    os.execvp(sys.executable, [sys.executable, "-m", *command])
+
+
+def build_full_parser() -> argparse.ArgumentParser:
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    se = sub.add_parser("search", help="search the lowest precision meeting a target accuracy (see configs/)")
+    se.add_argument("config", help="YAML search config, e.g. configs/quickstart.yaml")
+    se.add_argument("--address", help="Ray cluster to run on (e.g. auto); default: a local Ray instance")
+    se.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    se.set_defaults(run=cmd_search)
+
+    pa = sub.add_parser("pareto", help="export the feasible Pareto front of searches from MLflow")
+    which = pa.add_mutually_exclusive_group(required=True)
+    which.add_argument("--search", action="append", help="search name (repeat to merge searches)")
+    which.add_argument("--run-id", action="append", help="parent run id of a search (repeatable)")
+    pa.add_argument("--out", type=Path, required=True, help="FILE.csv, .json, .png or .html")
+    pa.add_argument("--target", type=float, help="target accuracy (default: the first search's)")
+    pa.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
+    pa.set_defaults(run=cmd_pareto)
+
+    ui = sub.add_parser("ui", help="browse the searches in the MLflow UI")
+    ui.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
+    ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(run=cmd_ui)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from pann.cli import run
+
+    return run(build_full_parser(), argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

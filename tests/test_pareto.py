@@ -1,0 +1,124 @@
+import csv
+import json
+import re
+
+import pytest
+
+from tracking.pareto import Point, export_front, lowest_precision, pareto_front
+
+TARGET = 0.9
+
+
+def point(trial: str, alpha: float, accuracy: float, depth: int = 4, **params) -> Point:
+    return Point(trial=trial, alpha=alpha, accuracy=accuracy, depth=depth, params=params)
+
+
+# a: cheapest feasible; b: more accurate at higher alpha; c: dominated by b; d: cheapest of all, but infeasible
+POINTS = [point("b", 10, 0.95, lr=0.1), point("a", 8, 0.91, lr=0.2, wd=1e-4), point("c", 12, 0.93),
+          point("d", 6, 0.89)]
+
+
+def test_front_drops_dominated_and_infeasible_points():
+    front = pareto_front(POINTS, TARGET)
+    assert [p.trial for p in front] == ["a", "b"]
+
+
+def test_infeasible_points_excluded_though_cheaper():
+    points = [point("x", 8, 0.91, depth=4), point("y", 4, 0.899, depth=2)]
+    assert pareto_front(points, 0.9) == [points[0]]
+    assert pareto_front(points, 0.9, with_depth=True) == [points[0]]
+    assert pareto_front(points, 0.85) == [points[1], points[0]]
+
+
+def test_front_sorted_by_alpha_then_accuracy_and_keeps_first_duplicate():
+    points = [point("late", 9, 0.97), point("first", 7, 0.92), point("copy", 7, 0.92), point("mid", 8, 0.95)]
+    assert [p.trial for p in pareto_front(points, TARGET)] == ["first", "mid", "late"]
+
+
+def test_depth_objective_keeps_shallower_point():
+    points = [point("cheap", 8, 0.92, depth=6), point("shallow", 9, 0.92, depth=3), point("deep", 9, 0.92, depth=7)]
+    assert [p.trial for p in pareto_front(points, TARGET)] == ["cheap"]
+    assert [p.trial for p in pareto_front(points, TARGET, with_depth=True)] == ["cheap", "shallow"]
+
+
+def test_lowest_precision_tie_breaking():
+    points = [point("worse", 7, 0.91, depth=2), point("deep", 7, 0.95, depth=6), point("best", 7, 0.95, depth=5),
+              point("costly", 9, 0.99, depth=1), point("infeasible", 5, 0.5)]
+    assert lowest_precision(points, TARGET).trial == "best"
+    assert lowest_precision([point("low", 5, 0.5)], TARGET) is None
+    assert lowest_precision([], TARGET) is None
+
+
+@pytest.mark.parametrize("target", [0.0, -0.1, 1.5, 90])
+def test_target_outside_unit_interval_rejected(target):
+    with pytest.raises(ValueError, match="target"):
+        pareto_front(POINTS, target)
+    with pytest.raises(ValueError, match="target"):
+        lowest_precision(POINTS, target)
+
+
+def test_export_csv(tmp_path):
+    path = tmp_path / "out" / "front.csv"
+    front = export_front(path, POINTS, TARGET)
+    with path.open(newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["trial", "alpha", "accuracy", "depth", "run_id", "param.lr", "param.wd"]
+    assert [r[0] for r in rows[1:]] == [p.trial for p in front] == ["a", "b"]
+    assert rows[1][1:] == ["8", "0.91", "4", "", "0.2", "0.0001"]
+    assert rows[2][-1] == ""
+
+
+def test_export_json(tmp_path):
+    path = tmp_path / "front.json"
+    export_front(path, [*POINTS, Point("r", 7, 0.92, 5, run_id="abc", params={"lr": 0.3})], TARGET)
+    data = json.loads(path.read_text())
+    assert data["target"] == TARGET and data["points"] == 5
+    assert data["front"][0] == {"trial": "r", "alpha": 7, "accuracy": 0.92, "depth": 5, "run_id": "abc",
+                                "params": {"lr": 0.3}}
+    assert [p["trial"] for p in data["front"]] == ["r", "b"]
+
+
+def test_export_png(tmp_path):
+    path = tmp_path / "front.png"
+    export_front(path, POINTS, TARGET, title="search")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_export_html(tmp_path):
+    path = tmp_path / "front.html"
+    points = [*POINTS, point("<evil>", 11, 0.96, note="a&b")]
+    export_front(path, points, TARGET, title="my <search>")
+    page = path.read_text()
+    tooltips = re.findall(r"<circle [^>]*><title>(.*?)</title></circle>", page, re.S)
+    assert len(tooltips) == len(points)
+    assert any("alpha 8," in t and "accuracy 91.00%" in t and "depth 4" in t and "lr=0.2" in t for t in tooltips)
+    assert "target 90%" in page
+    assert "<evil>" not in page and "&lt;evil&gt;" in page and "my &lt;search&gt;" in page
+    assert page.count('fill="crimson"') == 3  # a, b and <evil> are on the front
+    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing external
+
+
+def test_unknown_suffix_writes_nothing(tmp_path):
+    with pytest.raises(ValueError, match=r"'\.txt'.*\.csv, \.json, \.png, \.html"):
+        export_front(tmp_path / "sub" / "front.txt", POINTS, TARGET)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_overwrites_without_leftovers(tmp_path):
+    path = tmp_path / "front.json"
+    export_front(path, POINTS, TARGET)
+    export_front(path, POINTS[:1], TARGET)
+    assert json.loads(path.read_text())["points"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["front.json"]
+
+
+@pytest.mark.parametrize("points", [[], [point("low", 8, 0.5)]])
+def test_empty_front_exports(tmp_path, points):
+    assert export_front(tmp_path / "f.csv", points, TARGET) == []
+    assert (tmp_path / "f.csv").read_text().strip() == "trial,alpha,accuracy,depth,run_id"
+    export_front(tmp_path / "f.json", points, TARGET)
+    assert json.loads((tmp_path / "f.json").read_text())["front"] == []
+    export_front(tmp_path / "f.png", points, TARGET)
+    assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    export_front(tmp_path / "f.html", points, TARGET)
+    assert "target 90%" in (tmp_path / "f.html").read_text()

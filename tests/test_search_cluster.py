@@ -1,0 +1,138 @@
+"""End to end on real components: a two-node Ray cluster started here, a real ``mlflow server`` on
+127.0.0.1, a search submitted with ``ray job submit``, its runs read back with the MLflow client.
+
+Ray and MLflow processes are started by the fixtures (``.ci/run`` additionally stops any left over).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def ray_env(tmp: Path) -> dict:
+    # A loopback-only test cluster: Ray 2.60's token authentication is switched off explicitly.
+    return {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
+            "PANN_CACHE_DIR": os.environ["PANN_CACHE_DIR"], "TMPDIR": str(tmp)}
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A tracking server on 127.0.0.1 (or the one .ci/run started, given by PANN_TEST_MLFLOW_URI)."""
+    if os.environ.get("PANN_TEST_MLFLOW_URI"):
+        yield os.environ["PANN_TEST_MLFLOW_URI"]
+        return
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: listening(port), 120, "mlflow server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(server.pid, 15)
+        server.wait(30)
+
+
+@pytest.fixture(scope="module")
+def two_node_cluster(tmp_path_factory):
+    """``ray start --head`` plus a second ``ray start --address``: two raylets, one CPU each."""
+    tmp = tmp_path_factory.mktemp("ray")
+    env = ray_env(tmp)
+    port, dashboard = free_port(), free_port()
+    ray = str(BIN / "ray")
+    try:
+        subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard",
+                        "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
+                        "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, timeout=180)
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
+                        "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+                       env=env, check=True, capture_output=True, timeout=180)
+        wait_for(lambda: listening(dashboard), 120, "Ray dashboard")
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def write_config(folder: Path, name: str, tracking_uri: str, **space) -> Path:
+    data = {"name": name, "target_accuracy": 0.3,
+            "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100,
+                         "calibration_size": 100},
+            "training": {"batch_size": 16, "train_limit": 256, "lr": 0.05, "amp": False},
+            "space": {"alpha": [6, 8], "epochs": [2], "correction": ["none", "compensate"], **space},
+            "budget": {"trials": 4, "concurrency": 2, "max_failures": 0},
+            "search": {"seed": 0, "early_stopping": False, "neighbours": 1},
+            "storage": str(folder / "runs"), "tracking": {"uri": tracking_uri, "experiment": "cluster-test"}}
+    path = folder / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def child_runs(client: MlflowClient, search: str) -> tuple:
+    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                                f"tags.`pann.search` = '{search}'")
+    assert len(parent) == 1, "one parent run per search"
+    children = client.search_runs([parent[0].info.experiment_id],
+                                  f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent[0].info.run_id}'")
+    return parent[0], children
+
+
+def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflow_server, tmp_path):
+    env = two_node_cluster["env"]
+    status = subprocess.run([str(BIN / "ray"), "status", "--address", two_node_cluster["address"]], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert status.stdout.count("node_") >= 2, status.stdout
+    # lr 1e9 makes some trials diverge: each is recorded FAILED and the search goes on.
+    cfg = write_config(tmp_path, "job", mlflow_server, lr=[0.05, 1.0e9])
+    job = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster["dashboard"], "--",
+         sys.executable, "-m", "search.cli", "search", str(cfg), "--address", "auto"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "4 trials" in job.stdout
+
+    parent, children = child_runs(MlflowClient(mlflow_server), "job")
+    assert len(children) == 4 and len({c.data.tags["pann.trial_id"] for c in children}) == 4
+    by_lr = {c.data.tags["pann.trial_id"]: (c.data.params["lr"], c.info.status) for c in children}
+    assert {s for lr, s in by_lr.values() if float(lr) > 1} == {"FAILED"} or \
+        all(float(lr) < 1 for lr, _ in by_lr.values()), by_lr
+    assert {s for lr, s in by_lr.values() if float(lr) < 1} <= {"FINISHED"}
+    assert any(s == "FINISHED" for _, s in by_lr.values())
+    failed = [c for c in children if c.info.status == "FAILED"]
+    assert all("diverged" in c.data.tags["pann.error"] for c in failed)
+    assert parent.info.status == "FINISHED"
+    artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(parent.info.run_id, "pareto")}
+    assert artifacts == {f"pareto/front.{s}" for s in ("csv", "json", "png", "html")}

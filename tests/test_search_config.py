@@ -1,0 +1,116 @@
+"""Search configuration: every problem reported at once, paths made absolute, sampled points -> training runs."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from search import config
+from search.config import SearchConfigError
+from search.trial import backbone_key
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def minimal(**overrides) -> dict:
+    data = {"name": "t", "target_accuracy": 0.5,
+            "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100},
+            "space": {"alpha": {"low": 6, "high": 8}, "epochs": [1]}}
+    data.update(overrides)
+    return data
+
+
+def problems(data: dict) -> list[str]:
+    with pytest.raises(SearchConfigError) as err:
+        config.from_dict(data)
+    return err.value.problems
+
+
+def test_minimal_config_gets_defaults_and_absolute_paths(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    search = config.from_dict(minimal(storage="runs"))
+    assert search.storage == str(tmp_path / "runs")
+    assert search.tracking_uri == f"sqlite:///{tmp_path / 'mlflow.db'}"
+    assert Path(search.data_dir).is_absolute()
+    assert search.run_dir == tmp_path / "runs" / "t"
+
+
+def test_every_problem_is_listed_with_its_field():
+    found = problems(minimal(
+        colour="red", target_accuracy=1.5,
+        budget={"trials": 0, "cpus_per_trial": -1, "gpus_per_trial": 1.5, "bogus": 1},
+        training={"optimizer": "rmsprop", "model": "vgg11_bn"},
+        space={"alpha": [1, 7], "weight_decay": [-1e-4], "mixup_alpha": [0], "leakage": ["magic"],
+               "scope": ["local"], "dropout": [0.1]}))
+    expected = ["colour: unknown field", "target_accuracy:", "budget.trials:", "budget.cpus_per_trial:",
+                "budget.gpus_per_trial:", "budget.bogus: unknown field", "training.optimizer:",
+                "training.model: set in the backbone", "space.alpha: 1 is not a precision", "space.weight_decay:",
+                "space.mixup_alpha:", "space.leakage:", "space.scope:", "space.dropout: unknown dimension"]
+    for start in expected:
+        assert any(p.startswith(start) for p in found), (start, found)
+
+
+@pytest.mark.parametrize("space, message", [
+    ({}, "space: empty"),
+    ({"alpha": []}, "space.alpha: no values"),
+    ({"alpha": [7]}, "space: nothing to search"),
+    ({"epochs": [1, 2]}, "space.alpha: required"),
+    ({"alpha": {"low": 9, "high": 6}}, "space.alpha: low and high"),
+    ({"alpha": {"low": 6.5, "high": 8}}, "space.alpha: low and high must be integers"),
+])
+def test_empty_or_malformed_space(space, message):
+    assert any(p.startswith(message) for p in problems(minimal(space=space)))
+
+
+def test_target_accuracy_bounds():
+    assert any(p.startswith("target_accuracy") for p in problems(minimal(target_accuracy=0)))
+    assert config.from_dict(minimal(target_accuracy=1)).target_accuracy == 1
+
+
+def test_no_training_needs_pretrained_weights():
+    assert any("needs backbone.weights" in p
+               for p in problems(minimal(space={"alpha": [6, 7], "epochs": [0, 1]})))
+
+
+def test_weights_are_found_in_the_data_folder(tmp_path):
+    (tmp_path / "w.pt").write_bytes(b"x")
+    search = config.from_dict(minimal(backbone={"model": "resnet20", "dataset": "cifar10",
+                                                "data_dir": str(tmp_path), "weights": "w.pt"}))
+    assert search.weights == str(tmp_path / "w.pt")
+    assert any(p.startswith("backbone.weights: file not found")
+               for p in problems(minimal(backbone={"dataset": "cifar10", "data_dir": str(tmp_path),
+                                                   "weights": "missing.pt"})))
+
+
+def test_load_reports_bad_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed")
+    with pytest.raises(SearchConfigError, match="not valid YAML"):
+        config.load(bad)
+    with pytest.raises(FileNotFoundError):
+        config.load(tmp_path / "nope.yaml")
+
+
+def test_train_config_of_a_point_and_its_key(tmp_path):
+    search = config.from_dict(minimal(training={"lr": 0.1, "train_limit": 64, "weight_decay": 0.1}))
+    assert search.train_config({"alpha": 7, "epochs": 0}) is None
+    a = search.train_config({"alpha": 7, "epochs": 2, "weight_decay": 0.0, "leakage": "approximation-aware",
+                             "leakage_alpha": 6})
+    assert (a.epochs, a.lr, a.weight_decay, a.leakage, a.alpha, a.train_limit) == (2, 0.1, 0.0,
+                                                                                    "approximation-aware", 6, 64)
+    # The approximation settings do not change the backbone; the training settings do.
+    b = search.train_config({"alpha": 9, "epochs": 2, "weight_decay": 0.0, "leakage": "approximation-aware",
+                             "leakage_alpha": 6, "scope": "global", "correction": "compensate"})
+    c = search.train_config({"alpha": 7, "epochs": 2, "weight_decay": 1e-4, "leakage": "approximation-aware",
+                             "leakage_alpha": 6})
+    assert backbone_key(a) == backbone_key(b) != backbone_key(c)
+
+
+@pytest.mark.parametrize("name", ["quickstart.yaml", "resnet20_cifar10_cpu.yaml", "resnet20_cifar10_gpu.yaml"])
+def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
+    monkeypatch.setenv("PANN_DATA_DIR", str(shared_data))
+    search = config.load(ROOT / "configs" / name)
+    # The CPU configs fine-tune the shared pretrained ResNet-20; the paper-scale one trains from scratch.
+    assert (search.weights is not None) == ("gpu" not in name)
+    assert search.weights is None or Path(search.weights).is_file()
+    assert yaml.safe_load((ROOT / "configs" / name).read_text())["name"] == search.name

@@ -1,0 +1,137 @@
+"""Searches on a local Ray instance with the embedded MLflow store: bad input, a trial killed
+mid-training, a killed driver resumed with ``--resume``."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from tests.test_search_cluster import child_runs, wait_for, write_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pann(*args, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, **kwargs)
+
+
+def test_invalid_config_lists_every_problem_and_creates_nothing(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"name": "bad", "target_accuracy": 2, "colour": 1,
+                                   "backbone": {"dataset": "synthetic"}, "space": {},
+                                   "budget": {"cpus_per_trial": 0}}))
+    result = pann("search", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2
+    for field in ("target_accuracy", "colour: unknown field", "space: empty", "budget.cpus_per_trial"):
+        assert field in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.yaml"]
+
+
+def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
+    cfg = write_config(tmp_path, "offline", "http://127.0.0.1:9")
+    start = time.monotonic()
+    result = pann("search", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2
+    assert "MLflow tracking server http://127.0.0.1:9 is not reachable" in result.stderr
+    assert time.monotonic() - start < 60
+    assert not (tmp_path / "runs").exists()
+
+
+def test_impossible_resources_fail_before_mlflow(tmp_path):
+    cfg = write_config(tmp_path, "greedy", "")
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"]["cpus_per_trial"] = 512
+    cfg.write_text(yaml.safe_dump(data))
+    result = pann("search", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "budget.cpus_per_trial: 512 CPUs per trial" in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+def ray_processes_of(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    return [int(line.split()[0]) for line in out.splitlines()[1:] if "ImplicitFunc" in line]
+
+
+def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
+    cfg = write_config(tmp_path, "crash", "", epochs=[3, 4])
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].update(trials=4, concurrency=2, max_failures=2)
+    data["training"]["train_limit"] = 512  # epochs long enough to kill a trial between two of them
+    data["storage"] = "runs"  # relative: must land under the search's working directory
+    cfg.write_text(yaml.safe_dump(data))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        # Kill one trial's process after its first epoch checkpoint: Tune retries it from the checkpoint.
+        wait_for(lambda: list((tmp_path / "runs" / "crash").glob("*/checkpoint_000000")), 300, "a checkpoint")
+        victims = ray_processes_of(driver.pid)
+        assert victims, "no trial process found"
+        os.kill(victims[0], signal.SIGKILL)
+
+        # Then kill the whole driver once a trial has finished.
+        def finished() -> bool:
+            if not (tmp_path / "mlflow.db").exists():
+                return False
+            try:
+                _, children = child_runs(MlflowClient(uri), "crash")
+            except AssertionError:
+                return False
+            return any(c.info.status == "FINISHED" for c in children)
+
+        wait_for(finished, 400, "a finished trial")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait(60)
+
+    resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "lowest precision meeting" in resumed.stdout
+
+    study = optuna.load_study(study_name="crash", storage=f"sqlite:///{tmp_path / 'runs' / 'crash' / 'optuna.db'}")
+    assert len(study.trials) == 4, [t.state for t in study.trials]
+    assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+    parent, children = child_runs(MlflowClient(uri), "crash")
+    assert len(children) == 4 and len({c.data.tags["pann.trial_id"] for c in children}) == 4
+    assert {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
+    assert max(c.data.metrics.get("resumed_from_epoch", 0) for c in children) >= 1
+
+    # Running the same search again without --resume is refused; so is resuming an unknown one.
+    again = pann("search", str(cfg), cwd=tmp_path)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    other = write_config(tmp_path, "never-ran", "")
+    missing = pann("search", str(other), "--resume", cwd=tmp_path)
+    assert missing.returncode == 2 and "nothing to resume" in missing.stderr
+
+
+@pytest.mark.parametrize("suffix", ["csv", "html"])
+def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
+    pytest.importorskip("tracking.pareto")
+    from tracking.runs import SearchRecorder
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    for name, accuracies in (("a", {6: 0.5, 7: 0.8}), ("b", {5: 0.7, 8: 0.9})):
+        recorder = SearchRecorder(uri, "pann-search")
+        recorder.start_search(name, {"target_accuracy": 0.75})
+        recorder.start_trial(f"{name}1", {"alpha": 7})
+        recorder.log_curve(f"{name}1", [{"alpha": a, "accuracy": acc, "depth": 2 * a} for a, acc in accuracies.items()])
+        recorder.finish_trial(f"{name}1", "FINISHED")
+        recorder.finish_search()
+    out = tmp_path / f"front.{suffix}"
+    result = pann("pareto", "--search", "a", "--search", "b", "--out", str(out), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 front points of 4 measured" in result.stdout  # alpha 7 (0.8) and 8 (0.9); 5 and 6 miss 0.75
+    assert out.is_file()
+    bad = pann("pareto", "--search", "a", "--out", str(tmp_path / "front.txt"), cwd=tmp_path)
+    assert bad.returncode == 2 and ".csv" in bad.stderr and not (tmp_path / "front.txt").exists()

@@ -1,0 +1,132 @@
+"""The search's parts on real Optuna and MLflow, without a Ray cluster: the traps of
+../shared/notes/ray-optuna-mlflow.md that can be shown on one component at a time."""
+
+import pickle
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+from ray import tune
+
+from search import config
+from search.runner import FeasibleOnlyOptunaSearch, TrackingCallback, check_resources, param_space
+from tracking.runs import SearchRecorder, TrackingUnavailable, check_reachable, trial_points
+
+
+def searcher(tmp_path, name="s") -> FeasibleOnlyOptunaSearch:
+    s = FeasibleOnlyOptunaSearch(metric=["precision_bits", "accuracy"], mode=["min", "max"],
+                                 storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
+                                 study_name=name, seed=0, target_accuracy=0.8)
+    s.set_search_properties(None, None, param_space({"alpha": {"low": 5, "high": 9}, "scope": ["layer", "global"]}))
+    return s
+
+
+def test_searcher_keeps_two_objectives_prunes_unfinished_and_constrains(tmp_path):
+    s = searcher(tmp_path)
+    for trial in ("pruned", "feasible", "infeasible", "failed"):
+        point = s.suggest(trial)
+        assert 5 <= point["alpha"] <= 9 and point["scope"] in ("layer", "global")
+    # An intermediate result (what ASHA leaves behind) must not complete the Optuna trial.
+    s.on_trial_complete("pruned", {"precision_bits": 5.0, "accuracy": 0.95, "epoch": 1})
+    s.on_trial_complete("feasible", {"precision_bits": 8.0, "accuracy": 0.85, "final": 1})
+    s.on_trial_complete("infeasible", {"precision_bits": 6.0, "accuracy": 0.5, "final": 1})
+    s.on_trial_complete("failed", None, error=True)
+
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
+                      optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+    # The infeasible trial would dominate in precision; the constraint keeps it off the front.
+    assert [t.values for t in study.best_trials] == [[8.0, 0.85]]
+    assert study.trials[2].constraints == {"accuracy": pytest.approx(0.3)}
+
+
+def test_searcher_and_callback_survive_tune_checkpointing(tmp_path):
+    s = searcher(tmp_path)
+    s.suggest("a")
+    s.save(str(tmp_path / "searcher.pkl"))
+    restored = FeasibleOnlyOptunaSearch(target_accuracy=0.1)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.target_accuracy == 0.8 and "a" in restored._ot_trials
+    search = config.from_dict({"name": "t", "target_accuracy": 0.5,
+                               "backbone": {"dataset": "synthetic", "validation_size": 100},
+                               "space": {"alpha": [6, 7], "epochs": [1]}})
+    callback = pickle.loads(pickle.dumps(TrackingCallback(search)))
+    assert callback.search == search
+
+
+def test_param_space_choices_constants_and_ranges():
+    space = param_space({"alpha": {"low": 5, "high": 9}, "scope": ["layer"], "margin": [1.0, 1.1],
+                         "weight_decay": {"low": 1e-5, "high": 1e-3, "log": True}})
+    assert space["scope"] == "layer"
+    assert isinstance(space["margin"], tune.search.sample.Categorical)
+    assert (space["alpha"].lower, space["alpha"].upper) == (5, 10)  # randint excludes its upper end
+    assert isinstance(space["weight_decay"].get_sampler(), tune.search.sample.LogUniform)
+
+
+def test_impossible_resources_are_refused():
+    search = config.from_dict({"name": "t", "target_accuracy": 0.5, "budget": {"cpus_per_trial": 4,
+                                                                                "gpus_per_trial": 0.5},
+                               "backbone": {"dataset": "synthetic", "validation_size": 100},
+                               "space": {"alpha": [6, 7], "epochs": [1]}})
+    with pytest.raises(config.SearchConfigError) as err:
+        check_resources(search, {"CPU": 2.0})
+    assert [p.split(":")[0] for p in err.value.problems] == ["budget.cpus_per_trial", "budget.gpus_per_trial"]
+    check_resources(search, {"CPU": 8.0, "GPU": 1.0})
+
+
+def test_recorder_nests_reuses_and_closes_runs(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    recorder = SearchRecorder(uri, "exp")
+    parent = recorder.start_search("search-a", {"target_accuracy": 0.8, "space": {"alpha": [6, 7], "epochs": [1]}})
+    done = recorder.start_trial("t1", {"alpha": 7, "scope": "layer"})
+    recorder.log_metrics("t1", {"accuracy": 0.9, "epoch": 1, "curve": [1, 2], "note": "text"}, step=1)
+    recorder.log_curve("t1", [{"alpha": 6.0, "accuracy": 0.7, "depth": 8}, {"alpha": 7.0, "accuracy": 0.9,
+                                                                             "depth": 10}])
+    recorder.finish_trial("t1", "FINISHED")
+    recorder.start_trial("t2", {"alpha": 6})
+    recorder.finish_trial("t2", "FAILED", error="Traceback ...\nValueError: boom")
+    recorder.start_trial("t3", {"alpha": 8})  # its process dies: never finished
+
+    # A resumed driver finds the same parent and trial runs instead of opening new ones.
+    again = SearchRecorder(uri, "exp")
+    assert again.start_search("search-a", {}) == parent
+    assert again.start_trial("t1", {"alpha": 7}) == done
+    again.finish_trial("t1", "FINISHED")
+    assert again.close_dangling() == 1
+    again.finish_search()
+
+    client = MlflowClient(uri)
+    runs = {r.data.tags["pann.trial_id"]: r for r in client.search_runs(
+        [again.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent}'")}
+    assert {k: r.info.status for k, r in runs.items()} == {"t1": "FINISHED", "t2": "FAILED", "t3": "KILLED"}
+    assert runs["t2"].data.tags["pann.error"].endswith("ValueError: boom")
+    assert runs["t1"].data.metrics["accuracy"] == 0.9 and "curve" not in runs["t1"].data.metrics
+    assert client.get_run(parent).info.status == "FINISHED"
+    points = trial_points(client, parent)
+    assert sorted((p.alpha, p.accuracy, p.depth) for p in points) == [(6.0, 0.7, 8), (7.0, 0.9, 10)]
+    # Artifacts land beside the database, not in the working directory's ./mlruns.
+    assert client.get_experiment(again.experiment_id).artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_unreachable_tracking_server_is_reported():
+    with pytest.raises(TrackingUnavailable, match="127.0.0.1:9"):
+        check_reachable("http://127.0.0.1:9", timeout_s=2)
+
+
+def test_resumed_searcher_adopts_a_trial_asked_before_the_crash(tmp_path):
+    s = searcher(tmp_path)
+    assert s.suggest("a")["optuna_trial"] == 0
+    s.save(str(tmp_path / "searcher.pkl"))
+    orphan = s.suggest("lost")  # asked after the last checkpoint; the driver then dies
+    restored = FeasibleOnlyOptunaSearch(target_accuracy=0.8)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("b") == orphan
+    restored.on_trial_complete("b", {"precision_bits": 7.0, "accuracy": 0.9, "final": 1})
+    fresh = restored.suggest("c")
+    assert fresh["optuna_trial"] == 2
+    study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
+                                               optuna.trial.TrialState.RUNNING]

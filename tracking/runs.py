@@ -1,0 +1,188 @@
+"""MLflow records of a search: one parent run per search, one nested child run per trial.
+
+Runs are found again by tags (``pann.search`` on the parent, ``pann.trial_id`` on each child), so a
+resumed search reuses its runs instead of opening duplicates. Everything goes through an explicit
+:class:`mlflow.MlflowClient`, never MLflow's global active run, because the driver records many trials
+at once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunStatus
+from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
+
+from tracking.pareto import Point
+
+SEARCH_TAG = "pann.search"
+TRIAL_TAG = "pann.trial_id"
+BACKBONE_TAG = "pann.backbone"
+ERROR_TAG = "pann.error"
+CURVE_ACCURACY = "curve_accuracy"  # metric history with step = alpha: the accuracy-vs-alpha curve
+CURVE_DEPTH = "curve_depth"
+
+
+class TrackingUnavailable(ConnectionError):
+    """The tracking server does not answer."""
+
+
+def default_tracking_uri(folder: str | Path = ".") -> str:
+    """The embedded store: a sqlite database in ``folder``, as an absolute URI."""
+    return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
+
+
+def artifact_location(tracking_uri: str) -> str | None:
+    """For a sqlite store, an absolute ``mlartifacts`` folder beside the database (MLflow's default is
+    ``./mlruns`` of whatever directory the process runs in); a server decides for itself."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail fast, with the URI in the message, when an HTTP tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({problem}); start it "
+                              "(mlflow server --host 127.0.0.1 ...) or fix tracking.uri")
+
+
+def _params(values: Mapping[str, Any]) -> dict[str, str]:
+    return {k: json.dumps(v) if isinstance(v, (list, dict)) else str(v) for k, v in values.items()}
+
+
+def _metrics(values: Mapping[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in values.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+
+
+class SearchRecorder:
+    """The MLflow side of one search."""
+
+    def __init__(self, tracking_uri: str, experiment: str):
+        check_reachable(tracking_uri)
+        self.client = MlflowClient(tracking_uri)
+        found = self.client.get_experiment_by_name(experiment)
+        if found is not None:
+            self.experiment_id = found.experiment_id
+        else:
+            self.experiment_id = self.client.create_experiment(experiment,
+                                                               artifact_location=artifact_location(tracking_uri))
+        self.parent_id: str | None = None
+        self._trial_runs: dict[str, str] = {}
+
+    def _find(self, tags: Mapping[str, str]) -> list:
+        query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+        return self.client.search_runs([self.experiment_id], query)
+
+    def search_exists(self, name: str) -> bool:
+        return bool(self._find({SEARCH_TAG: name}))
+
+    def start_search(self, name: str, params: Mapping[str, Any]) -> str:
+        """Open the parent run of search ``name``, or reopen it with its trials' runs when it exists."""
+        runs = self._find({SEARCH_TAG: name})
+        if runs:
+            self.parent_id = runs[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+            self._trial_runs = {r.data.tags[TRIAL_TAG]: r.info.run_id
+                                for r in self._find({MLFLOW_PARENT_RUN_ID: self.parent_id})}
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=name, tags={SEARCH_TAG: name})
+            self.parent_id = run.info.run_id
+            self.client.log_batch(self.parent_id, params=[_param(k, v) for k, v in _params(params).items()])
+        return self.parent_id
+
+    def start_trial(self, trial_id: str, params: Mapping[str, Any], name: str | None = None) -> str:
+        """The child run of a trial: reused when it exists (a retried or resumed trial)."""
+        if trial_id in self._trial_runs:
+            run_id = self._trial_runs[trial_id]
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(self.experiment_id, run_name=name or trial_id, tags={
+            MLFLOW_PARENT_RUN_ID: self.parent_id, TRIAL_TAG: trial_id, MLFLOW_RUN_NAME: name or trial_id})
+        self._trial_runs[trial_id] = run.info.run_id
+        self.client.log_batch(run.info.run_id, params=[_param(k, v) for k, v in _params(params).items()])
+        return run.info.run_id
+
+    def log_metrics(self, trial_id: str, metrics: Mapping[str, Any], step: int) -> None:
+        now = int(time.time() * 1000)
+        self.client.log_batch(self._trial_runs[trial_id],
+                              metrics=[Metric(k, v, now, step) for k, v in _metrics(metrics).items()])
+
+    def log_curve(self, trial_id: str, curve: list[Mapping[str, Any]]) -> None:
+        """The accuracy-vs-alpha curve as metric histories (step = alpha) and as a JSON artifact."""
+        for point in curve:
+            step = int(point["alpha"])
+            self.log_metrics(trial_id, {CURVE_ACCURACY: point["accuracy"], CURVE_DEPTH: point["depth"]}, step)
+        self.client.log_dict(self._trial_runs[trial_id], list(curve), "curve.json")
+
+    def log_artifact_text(self, trial_id: str | None, text: str, name: str) -> None:
+        run_id = self.parent_id if trial_id is None else self._trial_runs[trial_id]
+        self.client.log_text(run_id, text, name)
+
+    def set_tag(self, trial_id: str | None, key: str, value: str) -> None:
+        self.client.set_tag(self.parent_id if trial_id is None else self._trial_runs[trial_id], key, value)
+
+    def finish_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
+        """End a trial's run: FINISHED, KILLED (pruned or stopped) or FAILED (with its error)."""
+        run_id = self._trial_runs.get(trial_id)
+        if run_id is None:
+            return
+        if error:
+            self.client.set_tag(run_id, ERROR_TAG, error[-5000:])
+        self.client.set_terminated(run_id, status)
+
+    def close_dangling(self) -> int:
+        """Mark every child run still RUNNING as KILLED (its trial's process died); the number closed."""
+        running = [r for r in self._find({MLFLOW_PARENT_RUN_ID: self.parent_id})
+                   if r.info.status == RunStatus.to_string(RunStatus.RUNNING)]
+        for run in running:
+            self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(running)
+
+    def finish_search(self, status: str = "FINISHED") -> None:
+        self.close_dangling()
+        self.client.set_terminated(self.parent_id, status)
+
+
+def _param(key: str, value: str) -> Param:
+    return Param(key, value[:6000])
+
+
+def find_search(client: MlflowClient, name: str) -> str:
+    """The parent run id of search ``name`` in any experiment."""
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    runs = client.search_runs(experiments, f"tags.`{SEARCH_TAG}` = '{name}'") if experiments else []
+    if not runs:
+        raise ValueError(f"no search named {name!r} in {client.tracking_uri}")
+    return runs[0].info.run_id
+
+
+def trial_points(client: MlflowClient, parent_id: str) -> list[Point]:
+    """Every measured (trial, alpha) of a search's FINISHED child runs, from their curve histories."""
+    parent = client.get_run(parent_id)
+    points = []
+    for run in client.search_runs([parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
+                                  " and attributes.status = 'FINISHED'"):
+        depths = {m.step: m.value for m in client.get_metric_history(run.info.run_id, CURVE_DEPTH)}
+        for m in client.get_metric_history(run.info.run_id, CURVE_ACCURACY):
+            points.append(Point(trial=run.data.tags.get(TRIAL_TAG, run.info.run_id), alpha=float(m.step),
+                                accuracy=m.value, depth=int(depths.get(m.step, 0)), run_id=run.info.run_id,
+                                params={**run.data.params, "alpha": m.step}))
+    return points
