@@ -39,7 +39,7 @@ _SECTIONS = {
     "training": None,
     "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
-    "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours"),
+    "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -84,6 +84,7 @@ class SearchConfig:
     grace_period: int = 1
     depth_objective: bool = False
     neighbours: int = 1
+    reuse_backbones: bool = True
     storage: str = "runs"
     tracking_uri: str = ""
     experiment: str = "pann-search"
@@ -240,6 +241,7 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
     need(_is_int(merged["seed"]), "search.seed", "must be an integer")
     need(isinstance(merged["early_stopping"], bool), "search.early_stopping", "must be true or false")
     need(isinstance(merged["depth_objective"], bool), "search.depth_objective", "must be true or false")
+    need(isinstance(merged["reuse_backbones"], bool), "search.reuse_backbones", "must be true or false")
     need(_is_int(merged["grace_period"]) and merged["grace_period"] >= 1, "search.grace_period",
          "must be an integer >= 1")
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",

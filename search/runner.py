@@ -103,9 +103,10 @@ class TrackingCallback(tune.Callback):
             self._recorder.set_tag(_run_key(trial), BACKBONE_TAG, result["backbone"])
         self._recorder.finish_trial(_run_key(trial), "FINISHED")
         verdict = "meets" if result["accuracy"] >= self.search.target_accuracy else "misses"
+        backbone = ("trained" if result["trained_backbone"] else
+                    "pretrained" if result["backbone"] == self.search.weights else "reused from the store")
         print(f"  {trial.trial_id}: alpha {result['precision_bits']:g}, accuracy {100 * result['accuracy']:.2f}% "
-              f"({verdict} the target), backbone {'trained' if result['trained_backbone'] else 'reused'}",
-              flush=True)
+              f"({verdict} the target), backbone {backbone}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         error = ""
@@ -176,11 +177,8 @@ def _optuna_storage(search: SearchConfig) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{search.run_dir / 'optuna.db'}")
 
 
-def _tuner(search: SearchConfig, resume: bool) -> tune.Tuner:
-    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search),
-                                    {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
-    if resume:
-        return tune.Tuner.restore(str(search.run_dir), trainable, resume_unfinished=True, resume_errored=True)
+def tune_config(search: SearchConfig) -> tune.TuneConfig:
+    """Objectives on the searcher, ASHA on its own metric, none on TuneConfig itself."""
     metrics, modes = ["precision_bits", "accuracy"], ["min", "max"]
     if search.depth_objective:
         metrics, modes = metrics + ["depth"], modes + ["min"]
@@ -191,10 +189,17 @@ def _tuner(search: SearchConfig, resume: bool) -> tune.Tuner:
     scheduler = (ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration",
                                grace_period=search.grace_period, max_t=max_epochs + 1)
                  if search.early_stopping and max_epochs > 0 else FIFOScheduler())
+    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.trials,
+                           max_concurrent_trials=search.concurrency, time_budget_s=search.time_s)
+
+
+def _tuner(search: SearchConfig, resume: bool) -> tune.Tuner:
+    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search),
+                                    {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
+    if resume:
+        return tune.Tuner.restore(str(search.run_dir), trainable, resume_unfinished=True, resume_errored=True)
     return tune.Tuner(
-        trainable, param_space=param_space(dict(search.space)),
-        tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.trials,
-                                    max_concurrent_trials=search.concurrency, time_budget_s=search.time_s),
+        trainable, param_space=param_space(dict(search.space)), tune_config=tune_config(search),
         run_config=tune.RunConfig(name=search.name, storage_path=search.storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
                                   callbacks=[TrackingCallback(search)]))

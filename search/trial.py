@@ -136,7 +136,10 @@ def backbone_for(search: SearchConfig, point: Mapping[str, Any], evaluation: _Ev
     num_classes = NUM_CLASSES[search.dataset]
     if config is None:
         return build_model(search.model, num_classes, search.weights), search.weights and Path(search.weights), False, 0
-    folder = search.backbone_dir / backbone_key(config)
+    key = backbone_key(config)
+    if not search.reuse_backbones:  # every trial trains its own (to measure what reuse saves)
+        key = f"{key}-{search.name}-{point['optuna_trial']}"
+    folder = search.backbone_dir / key
     path = folder / _BACKBONE_FILE
     trained, resumed_from = False, 0
     if evaluation is not None:

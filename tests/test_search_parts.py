@@ -1,6 +1,7 @@
 """The search's parts on real Optuna and MLflow, without a Ray cluster: the traps of
 ../shared/notes/ray-optuna-mlflow.md that can be shown on one component at a time."""
 
+import json
 import pickle
 
 import optuna
@@ -8,9 +9,11 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 from ray import tune
+from ray.tune.experiment import Trial
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import config
-from search.runner import FeasibleOnlyOptunaSearch, TrackingCallback, check_resources, param_space
+from search.runner import FeasibleOnlyOptunaSearch, TrackingCallback, check_resources, param_space, tune_config
 from tracking.runs import SearchRecorder, TrackingUnavailable, check_reachable, trial_points
 
 
@@ -130,3 +133,46 @@ def test_resumed_searcher_adopts_a_trial_asked_before_the_crash(tmp_path):
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
                                                optuna.trial.TrialState.RUNNING]
+
+
+def tiny_search(tmp_path, **search_section) -> config.SearchConfig:
+    search = config.from_dict({"name": "t", "target_accuracy": 0.5, "storage": str(tmp_path / "runs"),
+                               "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+                               "backbone": {"dataset": "synthetic", "validation_size": 100},
+                               "space": {"alpha": [6, 7], "epochs": [1, 2]}, "search": search_section})
+    search.run_dir.mkdir(parents=True)
+    return search
+
+
+@pytest.mark.parametrize("depth", [False, True])
+def test_objectives_go_to_the_searcher_and_asha_gets_its_own_metric(tmp_path, depth):
+    tc = tune_config(tiny_search(tmp_path, depth_objective=depth))
+    assert tc.metric is None and tc.mode is None  # a metric here would make the study single-objective
+    assert tc.search_alg.metric == ["precision_bits", "accuracy"] + (["depth"] if depth else [])
+    assert tc.search_alg.mode == ["min", "max"] + (["min"] if depth else [])
+    assert isinstance(tc.scheduler, ASHAScheduler)
+    assert (tc.scheduler.metric, tc.scheduler._max_t) == ("accuracy", 3)
+    assert isinstance(tune_config(tiny_search(tmp_path / "b", early_stopping=False)).scheduler, FIFOScheduler)
+
+
+def test_callback_records_pruned_trials_as_killed(tmp_path):
+    search = tiny_search(tmp_path)
+    callback = TrackingCallback(search)
+    callback.setup()
+    trials = {name: Trial("run_trial", config={"alpha": 7, "optuna_trial": i}, trial_id=name, stub=True)
+              for i, name in enumerate(("pruned", "done"))}
+    for trial in trials.values():
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, {"accuracy": 0.4, "epoch": 1, "training_iteration": 1})
+    trials["pruned"].update_last_result({"accuracy": 0.4, "epoch": 1})
+    callback.on_trial_complete(0, [], trials["pruned"])
+    trials["done"].update_last_result({"final": 1, "accuracy": 0.8, "precision_bits": 7.0, "trained_backbone": 1,
+                                     "backbone": "/store/b.pt",
+                                     "curve": json.dumps([{"alpha": 7.0, "accuracy": 0.8, "depth": 7}])})
+    callback.on_trial_complete(0, [], trials["done"])
+    client = MlflowClient(search.tracking_uri)
+    runs = {r.info.run_name: r for r in client.search_runs(
+        [e.experiment_id for e in client.search_experiments()], "tags.`pann.trial_id` LIKE 'optuna-%'")}
+    assert {k: r.info.status for k, r in runs.items()} == {"pruned": "KILLED", "done": "FINISHED"}
+    assert runs["done"].data.tags["pann.backbone"] == "/store/b.pt"
+    assert {a.path for a in client.list_artifacts(runs["done"].info.run_id)} == {"approximation.json", "curve.json"}

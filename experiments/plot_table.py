@@ -1,0 +1,44 @@
+"""Plot `finetune_table.py --json` results: PANN accuracy vs alpha, one line per variant.
+
+    python experiments/plot_table.py docs/measurements/insight2_weight_decay.json --out docs/img/insight2.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", type=Path)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--title", default="PANN accuracy vs precision")
+    args = parser.parse_args()
+    table = json.loads(args.table.read_text())
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for row in table["rows"]:
+        alphas = sorted(row["plain"], key=float)
+        line, = ax.plot([float(a) for a in alphas], [100 * row["plain"][a] for a in alphas], marker="o",
+                        label=f"{row['variant']} (backbone {100 * row['backbone']:.2f}%)")
+        ax.axhline(100 * row["backbone"], color=line.get_color(), linestyle=":", linewidth=1)
+    ax.set_xlabel("precision alpha (ReLU error B 2^-alpha)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(args.title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(args.out, dpi=120)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
