@@ -24,7 +24,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from pann.catalog import relu_for_precision
 from search.config import INTEGER_DIMENSIONS, SearchConfig, SearchConfigError
-from search.trial import _Evaluation, backbone_for, run_trial, test_set
+from search.trial import Evaluation, backbone_for, neighbourhood, run_trial, test_set
 from tracking.pareto import Point, export_front, lowest_precision, pareto_front
 from tracking.runs import BACKBONE_TAG, SearchRecorder, check_reachable
 
@@ -148,11 +148,11 @@ def param_space(space: dict[str, Any]) -> dict[str, Any]:
 
 
 def _alphas(space: dict[str, Any], neighbours: int) -> list[float]:
+    """Every alpha a trial of this space can measure."""
     spec = space["alpha"]
     values = spec if isinstance(spec, list) else range(spec["low"], spec["high"] + 1) \
         if isinstance(spec, dict) else [spec]
-    return sorted({float(a + d) for a in values for d in range(-neighbours, neighbours + 1)
-                   if 2 <= a + d <= 16})
+    return sorted({a for value in values for a in neighbourhood(value, neighbours)})
 
 
 def _max_epochs(space: dict[str, Any]) -> int:
@@ -224,7 +224,7 @@ def _points(results) -> list[Point]:
         metrics = result.metrics or {}
         if result.error is not None or not metrics.get("final"):
             continue
-        params = {k: v for k, v in (result.config or {}).items()}
+        params = dict(result.config or {})
         for p in json.loads(metrics["curve"]):
             points.append(Point(trial=metrics["trial_id"], alpha=p["alpha"], accuracy=p["accuracy"], depth=p["depth"],
                                 params={**params, "alpha": p["alpha"], "backbone": metrics["backbone"]}))
@@ -264,9 +264,15 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         search.run_dir.mkdir(parents=True, exist_ok=True)
         print(f"search {search.name}: {search.trials} trials, {search.concurrency} at a time; "
               f"MLflow: {search.tracking_uri}", flush=True)
-        results = _tuner(search, resume).fit()
-        _close_unfinished_optuna_trials(search)
-        outcome = _outcome(search, recorder, results)
+        try:
+            results = _tuner(search, resume).fit()
+            _close_unfinished_optuna_trials(search)
+            outcome = _outcome(search, recorder, results)
+        except BaseException as exc:  # the parent run must not stay RUNNING
+            if recorder.parent_id is not None or recorder.search_exists(search.name):
+                recorder.start_search(search.name, {})
+                recorder.finish_search("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+            raise
         recorder.finish_search()
         return outcome
     finally:
@@ -301,7 +307,7 @@ def _outcome(search: SearchConfig, recorder: SearchRecorder, results) -> SearchO
 def _test_accuracy(search: SearchConfig, point: dict[str, Any]) -> float:
     """Test-set accuracy of the answer: its stored backbone, converted as in its trial."""
     model, _, _, _ = backbone_for(search, point)
-    return _Evaluation.for_search(search).curve(model, [point["alpha"]], point, data=test_set(search))[0].accuracy
+    return Evaluation.for_search(search).curve(model, [point["alpha"]], point, data=test_set(search))[0].accuracy
 
 
 def print_outcome(outcome: SearchOutcome, search: SearchConfig, out=sys.stdout) -> None:

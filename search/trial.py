@@ -55,14 +55,14 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 @dataclasses.dataclass
-class _Evaluation:
+class Evaluation:
     """The data a trial measures on: calibration images from the training part, validation images held out."""
 
     calibration: ImageSet
     validation: ImageSet
 
     @classmethod
-    def for_search(cls, search: SearchConfig) -> _Evaluation:
+    def for_search(cls, search: SearchConfig) -> Evaluation:
         train_part, validation = split_train(load_dataset(search.dataset, "train", search.data_dir),
                                              search.validation_size, search.training.get("seed", 0))
         if search.validation_from == "test":
@@ -88,7 +88,8 @@ def test_set(search: SearchConfig) -> ImageSet:
     return test.subset(slice(search.validation_size, None)) if search.validation_from == "test" else test
 
 
-def _neighbourhood(alpha: float, neighbours: int) -> list[float]:
+def neighbourhood(alpha: float, neighbours: int) -> list[float]:
+    """``alpha`` and up to ``neighbours`` alphas on each side, within the supported range."""
     return [a for a in (alpha + d for d in range(-neighbours, neighbours + 1)) if MIN_ALPHA <= a <= MAX_ALPHA]
 
 
@@ -102,7 +103,7 @@ def _restore_training_state(state_dir: Path) -> int:
     return int(torch.load(state_dir / _STATE_FILE, weights_only=True)["epoch"])
 
 
-def _trained_backbone(config: TrainConfig, path: Path, evaluation: _Evaluation, point: Mapping[str, Any],
+def _trained_backbone(config: TrainConfig, path: Path, evaluation: Evaluation, point: Mapping[str, Any],
                       base_metrics: dict[str, Any]) -> int:
     """Train ``config`` into ``path``, reporting every epoch to Tune with a checkpoint; the epoch resumed from."""
     state_dir = Path(tempfile.mkdtemp(prefix="pann-train-"))
@@ -126,7 +127,7 @@ def _trained_backbone(config: TrainConfig, path: Path, evaluation: _Evaluation, 
     return resumed_from
 
 
-def backbone_for(search: SearchConfig, point: Mapping[str, Any], evaluation: _Evaluation | None = None,
+def backbone_for(search: SearchConfig, point: Mapping[str, Any], evaluation: Evaluation | None = None,
                  base_metrics: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Path | None, bool, int]:
     """The backbone a point needs: (model, weights file, whether this call trained it, epoch resumed from).
 
@@ -156,9 +157,9 @@ def run_trial(point: dict[str, Any], search: SearchConfig) -> None:
     """Ray Tune trainable: get the backbone, convert it at the sampled alpha (and its neighbours), report."""
     approximation = relu_for_precision(point["alpha"])
     base = {"precision_bits": float(point["alpha"]), "depth": approximation.depth}
-    evaluation = _Evaluation.for_search(search)
+    evaluation = Evaluation.for_search(search)
     model, path, trained, resumed_from = backbone_for(search, point, evaluation, base)
-    curve = evaluation.curve(model, _neighbourhood(point["alpha"], search.neighbours), point)
+    curve = evaluation.curve(model, neighbourhood(point["alpha"], search.neighbours), point)
     main = next(p for p in curve if p.alpha == point["alpha"])
     tune.report({**base, "final": 1, "accuracy": main.accuracy, "out_of_range": main.out_of_range,
                  "backbone_accuracy": accuracy(model, evaluation.validation),
