@@ -85,23 +85,25 @@ class TrackingCallback(tune.Callback):
         self._recorder.start_search(self.search.name, _search_params(self.search))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._recorder.start_trial(_run_key(trial), trial.config, name=trial.trial_id)
+        self._recorder.start_trial(_run_key(trial.config, trial.trial_id), trial.config, name=trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self._recorder.log_metrics(_run_key(trial), result, step=result["training_iteration"])
+        self._recorder.log_metrics(_run_key(trial.config, trial.trial_id), result,
+                                   step=result["training_iteration"])
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
+        key = _run_key(trial.config, trial.trial_id)
         if not result.get("final"):
-            self._recorder.finish_trial(_run_key(trial), "KILLED")
+            self._recorder.finish_trial(key, "KILLED")
             print(f"  {trial.trial_id}: stopped early (pruned)", flush=True)
             return
-        self._recorder.log_curve(_run_key(trial), json.loads(result["curve"]))
-        self._recorder.log_artifact_text(_run_key(trial), relu_for_precision(result["precision_bits"]).to_json(),
+        self._recorder.log_curve(key, json.loads(result["curve"]))
+        self._recorder.log_artifact_text(key, relu_for_precision(result["precision_bits"]).to_json(),
                                          "approximation.json")
         if result["backbone"]:
-            self._recorder.set_tag(_run_key(trial), BACKBONE_TAG, result["backbone"])
-        self._recorder.finish_trial(_run_key(trial), "FINISHED")
+            self._recorder.set_tag(key, BACKBONE_TAG, result["backbone"])
+        self._recorder.finish_trial(key, "FINISHED")
         verdict = "meets" if result["accuracy"] >= self.search.target_accuracy else "misses"
         backbone = ("trained" if result["trained_backbone"] else
                     "pretrained" if result["backbone"] == self.search.weights else "reused from the store")
@@ -112,7 +114,8 @@ class TrackingCallback(tune.Callback):
         error = ""
         if trial.error_file and os.path.isfile(trial.error_file):
             error = Path(trial.error_file).read_text()
-        self._recorder.finish_trial(_run_key(trial), "FAILED", error=error or "trial failed")
+        self._recorder.finish_trial(_run_key(trial.config, trial.trial_id), "FAILED",
+                                    error=error or "trial failed")
         print(f"  {trial.trial_id}: FAILED ({error.strip().splitlines()[-1] if error.strip() else 'error'})",
               flush=True)
 
@@ -120,9 +123,9 @@ class TrackingCallback(tune.Callback):
         self._recorder.close_dangling()
 
 
-def _run_key(trial) -> str:
+def _run_key(config: dict, trial_id: str) -> str:
     """Runs are keyed by Optuna trial number, so a point adopted after a crash keeps its run."""
-    return f"optuna-{trial.config['optuna_trial']}" if "optuna_trial" in trial.config else trial.trial_id
+    return f"optuna-{config['optuna_trial']}" if "optuna_trial" in config else trial_id
 
 
 def _search_params(search: SearchConfig) -> dict[str, Any]:
@@ -218,16 +221,18 @@ class SearchOutcome:
     backbone_trainings: int
 
 
-def _points(results) -> list[Point]:
+def _points(results, run_ids: dict[str, str]) -> list[Point]:
+    """The measured (trial, alpha) points of the finished trials, each with its MLflow run id."""
     points = []
     for result in results:
         metrics = result.metrics or {}
         if result.error is not None or not metrics.get("final"):
             continue
         params = dict(result.config or {})
+        run_id = run_ids.get(_run_key(params, metrics["trial_id"]))
         for p in json.loads(metrics["curve"]):
             points.append(Point(trial=metrics["trial_id"], alpha=p["alpha"], accuracy=p["accuracy"], depth=p["depth"],
-                                params={**params, "alpha": p["alpha"], "backbone": metrics["backbone"]}))
+                                run_id=run_id, params={**params, "alpha": p["alpha"], "backbone": metrics["backbone"]}))
     return points
 
 
@@ -281,7 +286,7 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
 
 def _outcome(search: SearchConfig, recorder: SearchRecorder, results) -> SearchOutcome:
     parent_id = recorder.start_search(search.name, _search_params(search))
-    points = _points(results)
+    points = _points(results, recorder.trial_run_ids)
     front = pareto_front(points, search.target_accuracy, with_depth=search.depth_objective)
     answer = lowest_precision(points, search.target_accuracy)
     test_accuracy = None

@@ -4,6 +4,7 @@
 Ray and MLflow processes are started by the fixtures (``.ci/run`` additionally stops any left over).
 """
 
+import json
 import os
 import socket
 import subprocess
@@ -82,9 +83,18 @@ def two_node_cluster(tmp_path_factory):
                         "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=180)
         wait_for(lambda: listening(dashboard), 120, "Ray dashboard")
+        # The second raylet registers with the head asynchronously after `ray start` returns.
+        wait_for(lambda: alive_nodes(f"127.0.0.1:{port}", env) >= 2, 120, "the second node to join")
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def alive_nodes(address: str, env: dict) -> int:
+    status = subprocess.run([str(BIN / "ray"), "status", "--address", address], env=env,
+                            capture_output=True, text=True, timeout=120)
+    active = status.stdout.split("Active:")[-1].split("Pending:")[0]
+    return active.count("node_")
 
 
 def write_config(folder: Path, name: str, tracking_uri: str, **space) -> Path:
@@ -112,9 +122,7 @@ def child_runs(client: MlflowClient, search: str) -> tuple:
 
 def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflow_server, tmp_path):
     env = two_node_cluster["env"]
-    status = subprocess.run([str(BIN / "ray"), "status", "--address", two_node_cluster["address"]], env=env,
-                            capture_output=True, text=True, timeout=120)
-    assert status.stdout.count("node_") >= 2, status.stdout
+    assert alive_nodes(two_node_cluster["address"], env) == 2
     # lr 1e9 makes some trials diverge: each is recorded FAILED and the search goes on.
     cfg = write_config(tmp_path, "job", mlflow_server, lr=[0.05, 1.0e9])
     job = subprocess.run(
@@ -134,3 +142,8 @@ def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflo
     assert parent.info.status == "FINISHED"
     artifacts = {a.path for a in MlflowClient(mlflow_server).list_artifacts(parent.info.run_id, "pareto")}
     assert artifacts == {f"pareto/front.{s}" for s in ("csv", "json", "png", "html")}
+    # The front links each point to its trial's run.
+    front = json.loads(Path(MlflowClient(mlflow_server).download_artifacts(
+        parent.info.run_id, "pareto/front.json", str(tmp_path))).read_text())["front"]
+    finished = {c.info.run_id for c in children if c.info.status == "FINISHED"}
+    assert front and {p["run_id"] for p in front} <= finished

@@ -108,6 +108,11 @@ class SearchRecorder:
             self.client.log_batch(self.parent_id, params=[_param(k, v) for k, v in _params(params).items()])
         return self.parent_id
 
+    @property
+    def trial_run_ids(self) -> dict[str, str]:
+        """Run id of each trial's child run, by trial key, for the search opened by :meth:`start_search`."""
+        return dict(self._trial_runs)
+
     def start_trial(self, trial_id: str, params: Mapping[str, Any], name: str | None = None) -> str:
         """The child run of a trial: reused when it exists (a retried or resumed trial)."""
         if trial_id in self._trial_runs:
