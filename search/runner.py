@@ -316,7 +316,9 @@ def _test_accuracy(search: SearchConfig, point: dict[str, Any]) -> float:
 
 
 def print_outcome(outcome: SearchOutcome, search: SearchConfig, out=sys.stdout) -> None:
-    print(f"\n{outcome.trials} trials, {outcome.backbone_trainings} backbone trainings", file=out)
+    trainings = "1 backbone training" if outcome.backbone_trainings == 1 else \
+        f"{outcome.backbone_trainings} backbone trainings"
+    print(f"\n{outcome.trials} trials, {trainings}", file=out)
     if outcome.answer is None:
         print(f"no trial reached the target accuracy {100 * search.target_accuracy:.2f}%", file=out)
     else:
