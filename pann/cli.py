@@ -79,8 +79,39 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print("precision: -log2 max|r(t) - ReLU(t)| on [-1, 1]; depth and non-scalar multiplications of one ReLU")
 
 
+def _evaluate_spec(args: argparse.Namespace) -> None:
+    """Accuracy of the PANN a spec file describes, on the test images."""
+    from pann import spec as pann_spec
+    from pann.convert import prepare
+    from pann.data import NUM_CLASSES, load_dataset
+    from pann.evaluate import accuracy
+    from pann.models import build_model
+
+    spec = pann_spec.load(args.spec)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=args.weights)
+    pann = pann_spec.apply(prepare(model), spec)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    test = test.subset(slice(args.skip, args.skip + args.limit if args.limit else None))
+    device = args.device or "cpu"
+    backbone_accuracy = accuracy(model, test, args.batch_size, device, None if args.json else "backbone")
+    pann_accuracy = accuracy(pann, test, args.batch_size, device, None if args.json else "PANN")
+    alphas = [layer.approximation.precision for layer in spec.layers]
+    if args.json:
+        json.dump({"spec": str(args.spec), "test_images": len(test), "backbone_accuracy": backbone_accuracy,
+                   "accuracy": pann_accuracy, "layers": len(spec.layers),
+                   "mean_precision": sum(alphas) / len(alphas)}, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{args.model} on {args.dataset}: {len(test)} test images (from image {args.skip})")
+    print(f"backbone {100 * backbone_accuracy:.2f}%, PANN of {args.spec} ({len(spec.layers)} layers, precision "
+          f"{min(alphas):.2f}..{max(alphas):.2f}) {100 * pann_accuracy:.2f}%")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
+
+    if args.spec:
+        return _evaluate_spec(args)
 
     from pann.convert import interval_bounds
     from pann.data import NUM_CLASSES, load_dataset
@@ -188,7 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--margin", type=_positive(float), default=1.0, help="B = margin x observed max |x| (default 1)")
     ev.add_argument("--calibration-size", type=_positive(int), default=10000,
                     help="training images used to calibrate B (default 10000)")
+    ev.add_argument("--spec", type=Path, help="evaluate the PANN of this spec file (per-layer B and polynomials) "
+                    "instead of a curve over --alphas")
     ev.add_argument("--limit", type=_positive(int), help="evaluate only the first N test images")
+    ev.add_argument("--skip", type=int, default=0, help="with --spec: skip the first N test images (e.g. those "
+                    "a search validated and confirmed on)")
     ev.add_argument("--batch-size", type=_positive(int), default=500)
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")

@@ -48,8 +48,7 @@ def _progress(data: ImageSet, batch_size: int, desc: str | None):
 def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500, device: str | torch.device = "cpu",
              desc: str | None = None) -> float:
     """Top-1 accuracy of ``model`` on ``data``."""
-    model.eval().to(device)
-    return sum(_correct(model(x.to(device)), y) for x, y in _progress(data, batch_size, desc)) / len(data)
+    return accuracies([model], data, batch_size, device, desc)[0]
 
 
 def calibrated(backbone: nn.Module, calibration: ImageSet, batch_size: int = 500,
@@ -78,11 +77,21 @@ def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float],
         for pann in panns:
             compensate_leakage(pann, (x.to(device) for x in leakage_batches))
             reset_out_of_range(pann)
-    correct = [0] * len(panns)
-    for x, y in _progress(data, batch_size, f"{len(panns)} PANNs" if progress else None):
-        x = x.to(device)
-        for i, pann in enumerate(panns):
-            correct[i] += _correct(pann(x), y)
-    return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, c / len(data),
+    scores = accuracies(panns, data, batch_size, device, f"{len(panns)} PANNs" if progress else None)
+    return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, score,
                        out_of_range_rate(pann))
-            for alpha, a, pann, c in zip(alphas, approximations, panns, correct)]
+            for alpha, a, pann, score in zip(alphas, approximations, panns, scores)]
+
+
+@torch.no_grad()
+def accuracies(models: Sequence[nn.Module], data: ImageSet, batch_size: int = 500,
+               device: str | torch.device = "cpu", desc: str | None = None) -> list[float]:
+    """Top-1 accuracy of each model on ``data``, loading every batch once for all of them."""
+    correct = [0] * len(models)
+    for model in models:
+        model.eval().to(device)
+    for x, y in _progress(data, batch_size, desc):
+        x = x.to(device)
+        for i, model in enumerate(models):
+            correct[i] += _correct(model(x), y)
+    return [c / len(data) for c in correct]
