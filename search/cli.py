@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -15,11 +16,41 @@ _FORMATS = (".csv", ".json", ".png", ".html")
 
 def cmd_search(args: argparse.Namespace) -> None:
     from search import config
-    from search.runner import print_outcome, run_search
+    from search.runner import run_search
 
     search = config.load(args.config)
     outcome = run_search(search, address=args.address, resume=args.resume)
     print_outcome(outcome, search)
+
+
+def _costs(point) -> str:
+    return ", ".join(f"{k} {point.costs[k]:g}" for k in ("bootstraps", "levels", "latency_s") if k in point.costs)
+
+
+def print_outcome(outcome, search, out=sys.stdout) -> None:
+    """The end of a search, for people: the answer, how it was confirmed, and the front."""
+    trainings = "1 backbone training" if outcome.backbone_trainings == 1 else \
+        f"{outcome.backbone_trainings} backbone trainings"
+    print(f"\n{outcome.trials} trials, {trainings}", file=out)
+    for point, score in outcome.checked:
+        print(f"  candidate {point.trial} (alpha {point.alpha:.2f}, {_costs(point)}): confirmation "
+              f"{100 * score:.2f}%", file=out)
+    if outcome.answer is None:
+        why = "on the confirmation images" if outcome.checked else ""
+        print(f"no trial reached the target accuracy {100 * search.target_accuracy:.2f}% {why}".rstrip(), file=out)
+    else:
+        a = outcome.answer
+        confirmed = "" if outcome.confirmation_accuracy is None else \
+            f", confirmation {100 * outcome.confirmation_accuracy:.2f}%"
+        print(f"cheapest ({search.cost}) meeting {100 * search.target_accuracy:.2f}%: alpha {a.alpha:.3g} "
+              f"(validation {100 * a.accuracy:.2f}%{confirmed}, test {100 * outcome.test_accuracy:.2f}%, "
+              f"depth {a.depth}{', ' + _costs(a) if a.costs else ''}), trial {a.trial}, "
+              f"backbone {a.params.get('backbone') or 'pretrained'}", file=out)
+    print("feasible Pareto front (alpha, validation accuracy, depth, costs, trial):", file=out)
+    for p in outcome.front:
+        print(f"  {p.alpha:>5.3g}  {100 * p.accuracy:6.2f}%  {p.depth:3d}  {_costs(p)}  {p.trial}", file=out)
+    print(f"MLflow parent run {outcome.parent_run_id} ({search.tracking_uri}); "
+          f"front files in {search.run_dir / 'pareto'}", file=out)
 
 
 def cmd_pareto(args: argparse.Namespace) -> None:
@@ -92,6 +123,10 @@ def build_full_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pann.cli import run
 
+    # Library code logs; the command shows its INFO messages (a search's progress) as plain lines.
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
+    for name in ("pann", "search", "tracking"):
+        logging.getLogger(name).setLevel(logging.INFO)
     return run(build_full_parser(), argv)
 
 

@@ -15,12 +15,18 @@ from pathlib import Path
 from typing import Any
 
 from pann.catalog import MAX_ALPHA, MIN_ALPHA
+from pann.cost_presets import load_preset
 from pann.data import DATASETS, default_data_dir
+from pann.groups import GRANULARITIES
 from pann.models import model_names
 from pann.training import TrainConfig
 from tracking.runs import default_tracking_uri
 
 SCOPES = ("layer", "global")
+# What a search minimises beside keeping the target accuracy: the (mean) alpha, or the network's cost under
+# a CKKS preset (pann.cost_presets). Strategies: Optuna's sampler, or the greedy per-layer baseline.
+COSTS = ("alpha", "bootstraps", "levels", "latency")
+STRATEGIES = ("optuna", "greedy")
 CORRECTIONS = ("none", "compensate")
 # Search dimensions and what they control. Training dimensions change the backbone (and so its key in
 # the backbone store); approximation dimensions only change how a trained backbone is converted.
@@ -35,11 +41,12 @@ _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", 
 _SECTIONS = {
     "name": None, "target_accuracy": None, "storage": None,
     "backbone": ("model", "dataset", "data_dir", "weights", "validation_from", "validation_size",
-                 "calibration_size"),
+                 "confirmation_size", "calibration_size"),
     "training": None,
     "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
-    "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones"),
+    "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones",
+               "granularity", "cost", "preset", "strategy", "compile"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -72,6 +79,7 @@ class SearchConfig:
     training: Mapping[str, Any] = field(default_factory=dict)
     validation_from: str = "train"
     validation_size: int = 5000
+    confirmation_size: int = 0
     calibration_size: int = 5000
     trials: int = 20
     time_s: float | None = None
@@ -83,8 +91,13 @@ class SearchConfig:
     early_stopping: bool = True
     grace_period: int = 1
     depth_objective: bool = False
-    neighbours: int = 1
+    neighbours: int | None = None  # default: 1 with granularity 'network', else 0
     reuse_backbones: bool = True
+    granularity: str = "network"
+    cost: str = "alpha"
+    preset: str = "mpcnn"
+    strategy: str = "optuna"
+    compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""
     experiment: str = "pann-search"
@@ -166,7 +179,10 @@ def _value_problems(name: str, value: Any, base: Mapping[str, Any]) -> list[str]
     where = f"space.{name}"
     if name == "alpha":
         ok = _is_number(value) and MIN_ALPHA <= value <= MAX_ALPHA
-        return [] if ok else [f"{where}: {value!r} is not a precision in {MIN_ALPHA:g}..{MAX_ALPHA:g}"]
+        if not ok:
+            return [f"{where}: {value!r} is not a precision in {MIN_ALPHA:g}..{MAX_ALPHA:g}"]
+        # Alphas are recorded as MLflow steps, which are integers: refuse what would be stored wrong.
+        return [] if float(value).is_integer() else [f"{where}: {value!r} is not a whole number of bits"]
     if name == "epochs":
         return [] if _is_int(value) and value >= 0 else [f"{where}: {value!r} is not an integer >= 0"]
     if name == "scope":
@@ -190,20 +206,15 @@ def _resolve(path: str | None, *, relative_to: Path | None = None) -> str | None
     return str(p.resolve())
 
 
-def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchConfig:
-    """Validate a parsed YAML search config; raise :class:`SearchConfigError` with every problem."""
-    if not isinstance(data, Mapping):
-        raise SearchConfigError([f"must be a mapping of sections, got {type(data).__name__}"], source)
-    values, problems = _flatten(data)
-    known = {f.name for f in dataclasses.fields(SearchConfig)}
-    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)
-                if f.default is not dataclasses.MISSING}
-    merged = {**defaults, **{k: v for k, v in values.items() if k in known}}
-
+def _checker(merged: dict[str, Any], problems: list[str]):
     def need(ok: bool, name: str, message: str) -> None:
         if not ok:
             problems.append(f"{name}: {message} (got {merged.get(name.split('.')[-1])!r})")
+    return need
 
+
+def _check_identity(data: Mapping[str, Any], merged: dict[str, Any], problems: list[str]) -> None:
+    need = _checker(merged, problems)
     for required in ("name", "target_accuracy", "backbone", "space"):
         if required not in data:
             problems.append(f"{required}: required")
@@ -212,6 +223,19 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
          "must be a non-empty name of letters, digits, '.', '_' or '-'")
     target = merged.get("target_accuracy")
     need(_is_number(target) and 0 < target <= 1, "target_accuracy", "must lie in (0, 1]")
+    need(isinstance(merged["storage"], str) and merged["storage"] != "", "storage", "must be a folder path")
+    need(isinstance(merged["experiment"], str) and merged["experiment"] != "", "tracking.experiment",
+         "must be a non-empty name")
+    if not merged["tracking_uri"]:
+        merged["tracking_uri"] = default_tracking_uri()
+    elif not isinstance(merged["tracking_uri"], str):
+        problems.append("tracking.uri: must be a string")
+    if isinstance(merged["storage"], str):
+        merged["storage"] = _resolve(merged["storage"])
+
+
+def _check_backbone(merged: dict[str, Any], problems: list[str]) -> None:
+    need = _checker(merged, problems)
     merged.setdefault("model", "resnet20")
     merged.setdefault("dataset", "cifar10")
     need(merged["model"] in model_names(), "backbone.model", "unknown model")
@@ -219,6 +243,8 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
     need(merged["validation_from"] in ("train", "test"), "backbone.validation_from", "expected 'train' or 'test'")
     for key in ("validation_size", "calibration_size"):
         need(_is_int(merged[key]) and merged[key] >= 1, f"backbone.{key}", "must be an integer >= 1")
+    need(_is_int(merged["confirmation_size"]) and merged["confirmation_size"] >= 0, "backbone.confirmation_size",
+         "must be an integer >= 0 (0: the answer is picked on the validation images)")
     data_dir = Path(_resolve(merged.get("data_dir") or str(default_data_dir())))
     merged["data_dir"] = str(data_dir)
     if merged["dataset"] != "synthetic" and not data_dir.is_dir():
@@ -227,6 +253,9 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
     if merged["weights"] is not None and not Path(merged["weights"]).is_file():
         problems.append(f"backbone.weights: file not found ({merged['weights']})")
 
+
+def _check_budget(merged: dict[str, Any], problems: list[str]) -> None:
+    need = _checker(merged, problems)
     for key in ("trials", "concurrency"):
         need(_is_int(merged[key]) and merged[key] >= 1, f"budget.{key}", "must be an integer >= 1")
     need(_is_int(merged["max_failures"]) and merged["max_failures"] >= 0, "budget.max_failures",
@@ -238,18 +267,34 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
     gpus = merged["gpus_per_trial"]
     need(_is_number(gpus) and gpus >= 0 and (gpus <= 1 or float(gpus).is_integer()), "budget.gpus_per_trial",
          "must be >= 0, a fraction of one GPU or a whole number of GPUs")
+
+
+def _check_search(merged: dict[str, Any], problems: list[str]) -> None:
+    need = _checker(merged, problems)
     need(_is_int(merged["seed"]), "search.seed", "must be an integer")
-    need(isinstance(merged["early_stopping"], bool), "search.early_stopping", "must be true or false")
-    need(isinstance(merged["depth_objective"], bool), "search.depth_objective", "must be true or false")
-    need(isinstance(merged["reuse_backbones"], bool), "search.reuse_backbones", "must be true or false")
+    for key in ("early_stopping", "depth_objective", "reuse_backbones", "compile"):
+        need(isinstance(merged[key], bool), f"search.{key}", "must be true or false")
     need(_is_int(merged["grace_period"]) and merged["grace_period"] >= 1, "search.grace_period",
          "must be an integer >= 1")
+    need(merged["granularity"] in GRANULARITIES, "search.granularity", f"expected one of {', '.join(GRANULARITIES)}")
+    need(merged["cost"] in COSTS, "search.cost", f"expected one of {', '.join(COSTS)}")
+    need(merged["strategy"] in STRATEGIES, "search.strategy", f"expected one of {', '.join(STRATEGIES)}")
+    if merged["neighbours"] is None:
+        merged["neighbours"] = 1 if merged["granularity"] == "network" else 0
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",
          "must be an integer >= 0")
-    need(isinstance(merged["storage"], str) and merged["storage"] != "", "storage", "must be a folder path")
-    need(isinstance(merged["experiment"], str) and merged["experiment"] != "", "tracking.experiment",
-         "must be a non-empty name")
+    if merged["granularity"] != "network" and merged["neighbours"]:
+        problems.append(f"search.neighbours: must be 0 with granularity {merged['granularity']!r} "
+                        "(neighbouring alphas shift the whole network)")
+    if merged["cost"] != "alpha" or merged["strategy"] == "greedy":
+        try:
+            load_preset(merged["preset"])
+        except (ValueError, FileNotFoundError) as exc:
+            problems.append(f"search.preset: {exc}")
 
+
+def _check_training(merged: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Validate the fixed training fields; return the TrainConfig fields the space is judged against."""
     training = merged.get("training") or {}
     if not isinstance(training, Mapping):
         problems.append("training: must be a mapping of pann.training.TrainConfig fields")
@@ -265,7 +310,10 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
     base = {**training, "model": merged["model"] if merged["model"] in model_names() else "resnet20",
             "dataset": merged["dataset"] if merged["dataset"] in DATASETS else "cifar10"}
     problems += [f"training.{p}" for p in TrainConfig(**base).problems()]
+    return base
 
+
+def _check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[str]) -> None:
     space = merged.get("space")
     if not isinstance(space, Mapping) or not space:
         problems.append("space: empty; give at least the alpha range to search")
@@ -283,18 +331,33 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
         for value in values:
             problems += _value_problems(dim, value, base)
         varying += isinstance(spec, Mapping) or isinstance(spec, list) and len(spec) > 1
-    if space and varying == 0:
+    per_layer = merged.get("granularity") in ("stage", "layer")
+    if space and varying == 0 and not per_layer:
         problems.append("space: nothing to search (every dimension has a single value)")
-    epochs, _ = _dimension_values("epochs", space.get("epochs", [training.get("epochs", 0)]))
+    epochs, _ = _dimension_values("epochs", space.get("epochs", [merged["training"].get("epochs", 0)]))
     if merged["weights"] is None and any(e == 0 for e in epochs if _is_number(e)):
         problems.append("space.epochs: 0 (no training) needs backbone.weights")
+    if per_layer and any(e != 0 for e in epochs if _is_number(e)):
+        problems.append(f"space.epochs: granularity {merged['granularity']!r} searches post-training "
+                        "approximations; epochs must be 0")
+    merged["space"] = dict(space)
 
-    merged["space"] = {k: v for k, v in space.items()}
-    merged["storage"] = _resolve(merged["storage"]) if isinstance(merged["storage"], str) else merged["storage"]
-    if not merged["tracking_uri"]:
-        merged["tracking_uri"] = default_tracking_uri()
-    elif not isinstance(merged["tracking_uri"], str):
-        problems.append("tracking.uri: must be a string")
+
+def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchConfig:
+    """Validate a parsed YAML search config; raise :class:`SearchConfigError` with every problem."""
+    if not isinstance(data, Mapping):
+        raise SearchConfigError([f"must be a mapping of sections, got {type(data).__name__}"], source)
+    values, problems = _flatten(data)
+    known = {f.name for f in dataclasses.fields(SearchConfig)}
+    defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)
+                if f.default is not dataclasses.MISSING}
+    merged = {**defaults, **{k: v for k, v in values.items() if k in known}}
+    _check_identity(data, merged, problems)
+    _check_backbone(merged, problems)
+    _check_budget(merged, problems)
+    _check_search(merged, problems)
+    base = _check_training(merged, problems)
+    _check_space(merged, base, problems)
     if problems:
         raise SearchConfigError(problems, source)
     return SearchConfig(**{k: v for k, v in merged.items() if k in known})

@@ -7,7 +7,7 @@ import yaml
 
 from search import config
 from search.config import SearchConfigError
-from search.trial import backbone_key
+from search.backbones import backbone_key
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,7 +13,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import config
-from search.runner import FeasibleOnlyOptunaSearch, TrackingCallback, check_resources, param_space, tune_config
+from search.callback import TrackingCallback
+from search.runner import check_resources, tune_config
+from search.searchers import FeasibleOnlyOptunaSearch
+from search.space import param_space
 from tracking.runs import SearchRecorder, TrackingUnavailable, check_reachable, trial_points
 
 
@@ -167,7 +170,7 @@ def test_callback_records_pruned_trials_as_killed(tmp_path):
     trials["pruned"].update_last_result({"accuracy": 0.4, "epoch": 1})
     callback.on_trial_complete(0, [], trials["pruned"])
     trials["done"].update_last_result({"final": 1, "accuracy": 0.8, "precision_bits": 7.0, "trained_backbone": 1,
-                                     "backbone": "/store/b.pt",
+                                     "backbone": "/store/b.pt", "spec": json.dumps({"format": "pann-spec"}),
                                      "curve": json.dumps([{"alpha": 7.0, "accuracy": 0.8, "depth": 7}])})
     callback.on_trial_complete(0, [], trials["done"])
     client = MlflowClient(search.tracking_uri)
@@ -175,4 +178,4 @@ def test_callback_records_pruned_trials_as_killed(tmp_path):
         [e.experiment_id for e in client.search_experiments()], "tags.`pann.trial_id` LIKE 'optuna-%'")}
     assert {k: r.info.status for k, r in runs.items()} == {"pruned": "KILLED", "done": "FINISHED"}
     assert runs["done"].data.tags["pann.backbone"] == "/store/b.pt"
-    assert {a.path for a in client.list_artifacts(runs["done"].info.run_id)} == {"approximation.json", "curve.json"}
+    assert {a.path for a in client.list_artifacts(runs["done"].info.run_id)} == {"spec.json", "curve.json"}

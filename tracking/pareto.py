@@ -22,9 +22,14 @@ X_LABEL = "precision alpha (ReLU error B 2^-alpha)"
 Y_LABEL = "validation accuracy (%)"
 
 
+# What a front can be drawn against: alpha (the mean over layers for a per-layer point) or a network cost.
+X_AXES = {"alpha": "alpha", "bootstraps": "bootstraps", "levels": "levels", "latency": "latency_s"}
+
+
 @dataclass(frozen=True)
 class Point:
-    """One measurement: a trial's validation accuracy at precision ``alpha``."""
+    """One measurement: a trial's validation accuracy at precision ``alpha`` (the mean over layers for a
+    per-layer point), with its network costs (``bootstraps``, ``levels``, ``latency_s``...) when known."""
 
     trial: str
     alpha: float
@@ -32,6 +37,17 @@ class Point:
     depth: int
     run_id: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    costs: Mapping[str, float] = field(default_factory=dict)
+
+    def cost(self, x: str) -> float:
+        """The point's value on axis ``x`` (one of :data:`X_AXES`); ``ValueError`` when it was not measured."""
+        if x not in X_AXES:
+            raise ValueError(f"unknown x axis {x!r}; expected one of {', '.join(X_AXES)}")
+        if x == "alpha":
+            return self.alpha
+        if X_AXES[x] not in self.costs:
+            raise ValueError(f"point of trial {self.trial} has no {x} recorded (a search without a cost model)")
+        return self.costs[X_AXES[x]]
 
 
 def _check_target(target: float) -> None:
@@ -39,31 +55,33 @@ def _check_target(target: float) -> None:
         raise ValueError(f"target accuracy must be in (0, 1], got {target!r}")
 
 
-def _objectives(point: Point, with_depth: bool) -> tuple[float, ...]:
+def _objectives(point: Point, with_depth: bool, x: str = "alpha") -> tuple[float, ...]:
     """The point's objectives, all to be minimised."""
-    return (point.alpha, -point.accuracy, point.depth) if with_depth else (point.alpha, -point.accuracy)
+    cost = point.cost(x)
+    return (cost, -point.accuracy, point.depth) if with_depth else (cost, -point.accuracy)
 
 
-def pareto_front(points: Sequence[Point], target: float, with_depth: bool = False) -> list[Point]:
-    """Feasible points (accuracy >= target) not dominated in (alpha min, accuracy max[, depth min]).
+def pareto_front(points: Sequence[Point], target: float, with_depth: bool = False, x: str = "alpha") -> list[Point]:
+    """Feasible points (accuracy >= target) not dominated in (``x`` min, accuracy max[, depth min]).
 
-    Sorted by alpha, then by decreasing accuracy. Of points with equal objectives the first is kept.
+    Sorted by ``x``, then by decreasing accuracy. Of points with equal objectives the first is kept.
     """
     _check_target(target)
-    feasible = sorted((p for p in points if p.accuracy >= target), key=lambda p: _objectives(p, with_depth))
+    feasible = sorted((p for p in points if p.accuracy >= target), key=lambda p: _objectives(p, with_depth, x))
     front: list[Point] = []
     for point in feasible:  # a point's dominators sort before it, and one of them is on the front
-        mine = _objectives(point, with_depth)
-        if not any(all(t <= m for t, m in zip(_objectives(q, with_depth), mine)) for q in front):
+        mine = _objectives(point, with_depth, x)
+        if not any(all(t <= m for t, m in zip(_objectives(q, with_depth, x), mine)) for q in front):
             front.append(point)
     return front
 
 
-def lowest_precision(points: Sequence[Point], target: float) -> Point | None:
-    """The feasible point with the lowest alpha; ties go to higher accuracy, then lower depth. None if none."""
+def lowest_precision(points: Sequence[Point], target: float, x: str = "alpha") -> Point | None:
+    """The feasible point with the lowest ``x``; ties go to higher accuracy, then lower alpha and depth.
+    None if none."""
     _check_target(target)
     feasible = [p for p in points if p.accuracy >= target]
-    return min(feasible, key=lambda p: (p.alpha, -p.accuracy, p.depth), default=None)
+    return min(feasible, key=lambda p: (p.cost(x), -p.accuracy, p.alpha, p.depth), default=None)
 
 
 def _csv(front: list[Point], points: Sequence[Point], target: float, title: str) -> bytes:
@@ -159,7 +177,7 @@ _WRITERS: dict[str, Callable[[list[Point], Sequence[Point], float, str], bytes]]
 
 
 def export_front(path: str | Path, points: Sequence[Point], target: float, title: str = "",
-                 with_depth: bool = False) -> list[Point]:
+                 with_depth: bool = False, x: str = "alpha") -> list[Point]:
     """Write the front of ``points`` to ``path`` in the format its suffix names (.csv, .json, .png, .html).
 
     The file is replaced atomically, parent folders are created. Returns the front.
@@ -169,7 +187,7 @@ def export_front(path: str | Path, points: Sequence[Point], target: float, title
     if writer is None:
         raise ValueError(f"cannot export to {path.suffix or 'a name without suffix'!r} ({path}); "
                          f"allowed: {', '.join(_WRITERS)}")
-    front = pareto_front(points, target, with_depth)
+    front = pareto_front(points, target, with_depth, x)
     data = writer(front, points, target, title)
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
