@@ -135,7 +135,7 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
     for record, pann, score in zip(records, panns, accuracies(panns, getattr(splits, data))):
         record.update(accuracy=score, out_of_range=out_of_range_rate(pann),
                       spec=spec_of(pann, model=search.model, weights=str(backbone.path or ""),
-                                   input_normalization=backbone.model.normalization()).to_dict())
+                                   input_normalization=backbone.model.normalization).to_dict())
     return records
 
 
