@@ -38,7 +38,7 @@ ACTIVATIONS = (PolyReLU, PolyMaxPool2d, ObservedReLU, ObservedMaxPool2d)
 _WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _AVGPOOLS = (nn.AvgPool1d, nn.AvgPool2d, nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d)
-_FREE_MODULES = (nn.Identity, nn.Flatten, nn.Dropout, nn.Sequential)
+_FREE_MODULES = (nn.Identity, nn.Flatten, nn.Dropout)
 _FREE_FUNCTIONS = {operator.add, operator.iadd, operator.sub, operator.isub, operator.neg, torch.add, torch.sub,
                    torch.flatten, torch.reshape, torch.cat, torch.squeeze, torch.unsqueeze, F.pad, F.dropout,
                    operator.getitem}
@@ -48,7 +48,6 @@ _SCALE_FUNCTIONS = {operator.mul, operator.imul, operator.truediv, operator.itru
 _SCALE_METHODS = {"mul", "mul_", "div", "div_"}
 _AVGPOOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.avg_pool2d, F.adaptive_avg_pool1d, F.avg_pool1d, torch.mean}
 _METADATA_METHODS = {"size", "dim", "numel", "ndimension"}
-
 
 
 def level_graph(graph: fx.GraphModule, preset: CostPreset,

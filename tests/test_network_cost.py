@@ -223,6 +223,23 @@ def test_approximation_errors_name_the_layers(relu7):
         network_cost(observed, preset(), approximations={"nope": relu7})
 
 
+def test_nested_concatenation_is_series_parallel(relu7):
+    """cat(x, y1, conv(y1)) with y1 = relu(conv(x)): the inner fork (y1) closes first, then the outer one.
+    Depth: conv 1 + relu 4 + conv 1 = 6 along the deepest path; no bootstrap from 8 levels."""
+    class Dense(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 3, 1)
+
+        def forward(self, x):
+            y1 = torch.relu(self.c1(x))
+            return torch.cat([x, y1, self.c2(y1)], 1)
+
+    cost = network_cost(Dense(), preset(), approximations=relu7)
+    assert (cost.bootstraps, cost.levels, cost.polynomial_levels) == (0, 6, 4)
+    assert network_cost(Dense(), preset(fresh_input=5), approximations=relu7).bootstraps == 1
+
+
 def test_graph_that_is_not_series_parallel_is_refused(relu7):
     class Bridge(nn.Module):
         def __init__(self):
