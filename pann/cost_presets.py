@@ -4,6 +4,7 @@ A preset is plain data (YAML) validated at the edge by :func:`load_preset`: a bu
 name (:func:`preset_names`, files in ``pann/presets/``) or the path of a user's file::
 
     name: my-params
+    description: one line for tables (optional)
     source: where the numbers come from (papers, measurements)
     prescale_folded: true      # 1/B of a polynomial ReLU folded into the previous layer
     levels:
@@ -73,48 +74,46 @@ class CostPreset:
 
     @classmethod
     def from_dict(cls, data: Any, origin: str = "preset") -> CostPreset:
-        """Validate plain data; raise :class:`PresetError` listing every missing, unknown or ill-typed field."""
+        """Validate plain data; raise :class:`PresetError` (naming ``origin``) listing every missing,
+        unknown or ill-typed field."""
         if not isinstance(data, Mapping):
             raise PresetError(f"{origin}: a preset must be a mapping of fields, got {type(data).__name__}")
-        levels, problems = _section(data.get("levels"), LevelCosts, _level_check, "levels")
-        times, more = _section(data.get("times"), OperationTimes, _time_check, "times")
-        problems += more
-        if isinstance(levels, dict) and levels.get("bootstrap") == 0:
-            problems.append("levels.bootstrap: must be at least 1 (got 0)")
-        top = {"name": _text_check, "source": _text_check, "description": _text_check,
-               "prescale_folded": (lambda v: isinstance(v, bool), "must be true or false"),
-               "levels": None, "times": None}
-        problems = [*(f"{k}: unknown field" for k in data if k not in top),
-                    *(f"{k}: missing" for k in top if k not in data and k != "description"),
-                    *(f"{k}: {check[1]} (got {data[k]!r})" for k, check in top.items()
-                      if check and k in data and not check[0](data[k])),
-                    *problems]
+        problems = _problems(data, _TOP, optional=("description",))
+        for key, checks in (("levels", _LEVELS), ("times", _TIMES)):
+            if isinstance(data.get(key), Mapping):
+                problems += _problems(data[key], checks, prefix=f"{key}.")
         if problems:
             raise PresetError(f"{origin}: invalid cost preset: " + "; ".join(problems))
         return cls(name=data["name"], source=data["source"].strip(), prescale_folded=data["prescale_folded"],
-                   levels=LevelCosts(**levels), times=OperationTimes(**times),
+                   levels=LevelCosts(**data["levels"]), times=OperationTimes(**data["times"]),
                    description=data.get("description", "").strip())
 
 
 _Check = tuple[Callable[[Any], bool], str]
-_level_check: _Check = (lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 0,
-                        "must be an integer >= 0")
-_time_check: _Check = (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)
-                       and math.isfinite(v) and v >= 0, "must be a number >= 0")
-_text_check: _Check = (lambda v: isinstance(v, str) and v.strip() != "", "must be non-empty text")
 
 
-def _section(data: Any, kind: type, check: _Check, prefix: str) -> tuple[dict | None, list[str]]:
-    """The fields of one nested mapping, and its problems (each named ``prefix.field``)."""
-    if data is None:
-        return None, []  # reported as missing by the caller
-    if not isinstance(data, Mapping):
-        return None, [f"{prefix}: must be a mapping of fields (got {data!r})"]
-    names = [f.name for f in fields(kind)]
-    problems = [f"{prefix}.{k}: unknown field" for k in data if k not in names]
-    problems += [f"{prefix}.{k}: missing" for k in names if k not in data]
-    problems += [f"{prefix}.{k}: {check[1]} (got {data[k]!r})" for k in names if k in data and not check[0](data[k])]
-    return {k: data[k] for k in names if k in data}, problems
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+_TEXT: _Check = (lambda v: isinstance(v, str) and v.strip() != "", "must be non-empty text")
+_MAPPING: _Check = (lambda v: isinstance(v, Mapping), "must be a mapping of fields")
+_TOP: dict[str, _Check] = {"name": _TEXT, "source": _TEXT, "description": _TEXT, "levels": _MAPPING,
+                           "times": _MAPPING,
+                           "prescale_folded": (lambda v: isinstance(v, bool), "must be true or false")}
+_LEVELS: dict[str, _Check] = {f.name: (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
+                              for f in fields(LevelCosts)}
+_LEVELS["bootstrap"] = (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")
+_TIMES: dict[str, _Check] = {f.name: (lambda v: (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+                                      and v >= 0, "must be a number >= 0") for f in fields(OperationTimes)}
+
+
+def _problems(data: Mapping, checks: Mapping[str, _Check], prefix: str = "", optional=()) -> list[str]:
+    """Unknown, missing and ill-typed fields of one mapping, each named ``prefix + field``."""
+    return [*(f"{prefix}{k}: unknown field" for k in data if k not in checks),
+            *(f"{prefix}{k}: missing" for k in checks if k not in data and k not in optional),
+            *(f"{prefix}{k}: {message} (got {data[k]!r})" for k, (ok, message) in checks.items()
+              if k in data and not ok(data[k]))]
 
 
 def preset_names() -> list[str]:
