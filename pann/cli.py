@@ -158,6 +158,31 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"{p.multiplications:6d} {100 * p.accuracy:8.2f}% {100 * p.out_of_range:12.5f}%")
 
 
+def cmd_cost(args: argparse.Namespace) -> None:
+    from pann.convert import prepare
+    from pann.cost_presets import load_preset
+    from pann.models import build_model
+    from pann.network_cost import network_cost
+
+    preset = load_preset(args.preset)
+    graph = prepare(build_model(args.model))
+    configurations = [(f"{alpha:g}", relu_for_precision(alpha)) for alpha in parse_alphas(args.alphas)]
+    rows = [{"alpha": label, "degrees": list(approx.degrees),
+             **network_cost(graph, preset, approximations=approx).to_dict()} for label, approx in configurations]
+    if args.json:
+        json.dump({"model": args.model, "preset": preset.name, "rows": rows}, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{args.model} under cost preset {preset.name}: {preset.description}")
+    print(f"{'alpha':>5}  {'degrees':<12} {'bootstraps':>10} {'levels':>7} {'poly levels':>11} {'mults':>6} "
+          f"{'est. latency':>12}")
+    for r in rows:
+        print(f"{r['alpha']:>5}  {','.join(map(str, r['degrees'])):<12} {r['bootstraps']:>10} {r['levels']:>7} "
+              f"{r['polynomial_levels']:>11} {r['multiplications']:>6} {r['latency']:>11.0f}s")
+    print(f"est. latency: seconds per image estimated from the time table of preset {preset.name} "
+          "(its 'source' field says where the numbers come from)")
+
+
 def read_yaml(path: str) -> dict:
     import yaml
 
@@ -228,6 +253,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(run=cmd_evaluate)
+
+    co = sub.add_parser("cost", help="CKKS cost of a network: bootstraps, levels, multiplications, latency")
+    co.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
+    co.add_argument("--alphas", default="4-14", help="one uniform ReLU precision per row, e.g. 4-14 (default)")
+    co.add_argument("--preset", default="mpcnn", help="built-in cost preset (mpcnn, orion-resnet) or a YAML file")
+    co.add_argument("--json", action="store_true", help="machine-readable output with the bootstrap sites")
+    co.set_defaults(run=cmd_cost)
 
     tr = sub.add_parser("train", help="train or fine-tune a backbone from a YAML config (see configs/)")
     tr.add_argument("config", help="YAML file with the fields of pann.training.TrainConfig")
