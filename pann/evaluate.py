@@ -32,8 +32,12 @@ class CurvePoint:
         return {**asdict(self), "degrees": list(self.degrees)}
 
 
-def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Correct predictions; a prediction whose logits are not all finite counts as wrong."""
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Number of rows whose arg-max is the label; a row of logits that are not all finite counts as wrong.
+
+    ``logits`` ``(N, C)`` on any device, ``labels`` ``(N,)`` on the CPU. The one accuracy counter of
+    the project: a PANN whose polynomial overflowed must not score by the accident of ``argmax(nan)``.
+    """
     logits = logits.float()
     ok = (logits.argmax(1).cpu() == labels) & torch.isfinite(logits).all(1).cpu()
     return int(ok.sum())
@@ -49,7 +53,7 @@ def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500, device: st
              desc: str | None = None) -> float:
     """Top-1 accuracy of ``model`` on ``data``."""
     model.eval().to(device)
-    return sum(_correct(model(x.to(device)), y) for x, y in _progress(data, batch_size, desc)) / len(data)
+    return sum(count_correct(model(x.to(device)), y) for x, y in _progress(data, batch_size, desc)) / len(data)
 
 
 def calibrated(backbone: nn.Module, calibration: ImageSet, batch_size: int = 500,
@@ -82,7 +86,7 @@ def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float],
     for x, y in _progress(data, batch_size, f"{len(panns)} PANNs" if progress else None):
         x = x.to(device)
         for i, pann in enumerate(panns):
-            correct[i] += _correct(pann(x), y)
+            correct[i] += count_correct(pann(x), y)
     return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, c / len(data),
                        out_of_range_rate(pann))
             for alpha, a, pann, c in zip(alphas, approximations, panns, correct)]
