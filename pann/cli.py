@@ -5,44 +5,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pann.approximation import FAMILIES, ReluApproximation
-from pann.catalog import MAX_ALPHA, MIN_ALPHA, check_alpha, get_approximation, relu_for_precision
+from pann.catalog import MAX_ALPHA, MIN_ALPHA, get_approximation, relu_for_precision
+from pann.files import read_yaml
+from pann.user_input import UsageError, parse_alphas, parse_degrees
 
-
-class UsageError(ValueError):
-    """Bad command-line input."""
-
-
-def parse_alphas(text: str) -> list[float]:
-    """``'4-14'``, ``'4,6,8'`` or ``'9'`` -> alphas, each checked against the supported range."""
-    alphas: list[float] = []
-    try:
-        for part in text.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            if sep:
-                first, last = int(lo), int(hi)
-                if first > last:
-                    raise UsageError(f"empty alpha range {part!r}")
-                alphas += [float(a) for a in range(first, last + 1)]
-            else:
-                alphas.append(float(lo))
-    except ValueError as exc:
-        if isinstance(exc, UsageError):
-            raise
-        raise UsageError(f"cannot read alphas {text!r}; expected e.g. 4-14, 4,6,8 or 9") from exc
-    return [check_alpha(a) for a in alphas]
-
-
-def parse_degrees(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(d) for d in text.split(","))
-    except ValueError as exc:
-        raise UsageError(f"cannot read degrees {text!r}; expected odd integers like 15,15") from exc
+__all__ = ["UsageError", "build_parser", "main", "parse_alphas", "parse_degrees", "run"]
 
 
 def _positive(kind):
@@ -183,21 +157,6 @@ def cmd_cost(args: argparse.Namespace) -> None:
           "(its 'source' field says where the numbers come from)")
 
 
-def read_yaml(path: str) -> dict:
-    import yaml
-
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
-    return data
-
-
 def cmd_train(args: argparse.Namespace) -> None:
     from pann.models import save_weights
     from pann.training import TrainConfig, TrainingDiverged, train
@@ -270,9 +229,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_OUR_LOGGERS = ("pann", "search", "tracking")
+
+
+def _configure_logging() -> None:
+    """INFO and above of this project's loggers to stderr, in a plain format; other libraries keep
+    their WARNING default (MLflow's and Alembic's INFO lines would bury ours)."""
+    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT, stream=sys.stderr)
+    for name in _OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; bad input or an unreachable resource exits 2 with its message."""
+    """Parse ``argv`` and run the chosen command; bad input or an unreachable resource exits 2 with its message.
+
+    Logging is configured here, the program's entry point, never by library code.
+    """
     args = parser.parse_args(argv)
+    _configure_logging()
     try:
         args.run(args)
     except (ValueError, OSError) as exc:  # bad input: the message, no traceback

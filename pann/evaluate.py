@@ -32,8 +32,12 @@ class CurvePoint:
         return {**asdict(self), "degrees": list(self.degrees)}
 
 
-def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Correct predictions; a prediction whose logits are not all finite counts as wrong."""
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Number of rows whose arg-max is the label; a row of logits that are not all finite counts as wrong.
+
+    ``logits`` ``(N, C)`` on any device, ``labels`` ``(N,)`` on the CPU. The one accuracy counter of
+    the project: a PANN whose polynomial overflowed must not score by the accident of ``argmax(nan)``.
+    """
     logits = logits.float()
     ok = (logits.argmax(1).cpu() == labels) & torch.isfinite(logits).all(1).cpu()
     return int(ok.sum())
@@ -93,5 +97,5 @@ def accuracies(models: Sequence[nn.Module], data: ImageSet, batch_size: int = 50
     for x, y in _progress(data, batch_size, desc):
         x = x.to(device)
         for i, model in enumerate(models):
-            correct[i] += _correct(model(x), y)
+            correct[i] += count_correct(model(x), y)
     return [c / len(data) for c in correct]

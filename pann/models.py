@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from pann.files import atomic_write
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -209,10 +211,7 @@ def load_weights(model: Classifier, path: str | Path) -> Classifier:
 
 
 def save_weights(model: Classifier, path: str | Path, **metadata) -> None:
-    """Write the network's state dict with its model name and normalisation."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model.name, "state_dict": model.net.state_dict(), **model.normalization,
-                **metadata}, tmp)
-    tmp.replace(path)
+    """Write the network's state dict with its model name and normalisation, atomically (parents created)."""
+    with atomic_write(path) as temporary:
+        torch.save({"model": model.name, "state_dict": model.net.state_dict(), **model.normalization,
+                    **metadata}, temporary)

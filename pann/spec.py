@@ -32,7 +32,7 @@ from torch import nn
 from pann.approximation import FAMILIES, ReluApproximation, validate_degrees
 from pann.convert import convert, observers, poly_modules
 from pann.groups import check_names
-from pann.io import atomic_write_text
+from pann.files import write_bytes_atomic
 from pann.modules import PolyMaxPool2d
 
 FORMAT = "pann-spec"
@@ -83,7 +83,7 @@ class PannSpec:
                 "layers": [layer.to_dict() for layer in self.layers]}
 
     def save(self, path: str | Path) -> None:
-        atomic_write_text(path, json.dumps(self.to_dict(), indent=1))
+        write_bytes_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
 
 
 def spec_of(pann: nn.Module, **meta: Any) -> PannSpec:

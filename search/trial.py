@@ -25,7 +25,7 @@ from pann.cost_presets import load_preset
 from pann.data import NUM_CLASSES
 from pann.evaluate import accuracies, accuracy
 from pann.groups import expand
-from pann.io import atomic_write_text
+from pann.files import write_bytes_atomic
 from pann.models import build_model
 from pann.network_cost import network_cost
 from pann.spec import spec_of
@@ -77,7 +77,7 @@ def _ranges(backbone: Backbone, splits: Splits, search: SearchConfig) -> dict[st
             observed = prepare(model)
             calibrate(observed, (x for x, _ in splits.calibration.batches(500)))
             ranges = {name: float(m.max_abs) for name, m in observers(observed).items()}
-            atomic_write_text(path, json.dumps(ranges))
+            write_bytes_atomic(path, json.dumps(ranges).encode())
             return ranges
 
     return _memoized(("ranges", str(path)), compute)
@@ -105,7 +105,7 @@ def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], poi
 def cost_metrics(pann: torch.nn.Module, preset) -> dict[str, float]:
     cost = network_cost(pann, preset)
     return {"bootstraps": cost.bootstraps, "levels": cost.levels, "polynomial_levels": cost.polynomial_levels,
-            "multiplications": cost.multiplications, "latency_s": cost.latency_s}
+            "multiplications": cost.multiplications, "latency_s": cost.latency}
 
 
 def _variants(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any],

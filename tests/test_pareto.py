@@ -1,6 +1,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -122,3 +124,56 @@ def test_empty_front_exports(tmp_path, points):
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
     export_front(tmp_path / "f.html", points, TARGET)
     assert "target 90%" in (tmp_path / "f.html").read_text()
+
+
+# `pann pareto --run-id` on a real MLflow store ------------------------------------------------------
+
+@pytest.fixture
+def store(tmp_path) -> tuple[str, dict[str, str]]:
+    """An embedded MLflow store holding two finished searches, 'a' (target 75%) and 'b' (target 60%),
+    of one trial each; the parent and trial run ids by name."""
+    from tracking.runs import SearchRecorder
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    ids = {}
+    for name, target, curve in (("a", 0.75, {6: 0.5, 7: 0.8}), ("b", 0.6, {5: 0.7, 8: 0.9})):
+        recorder = SearchRecorder(uri, "pann-search")
+        ids[name] = recorder.start_search(name, {"target_accuracy": target})
+        ids[f"{name}1"] = recorder.start_trial(f"{name}1", {"alpha": 7})
+        recorder.log_curve(f"{name}1", [{"alpha": a, "accuracy": acc, "depth": 2 * a} for a, acc in curve.items()])
+        recorder.finish_trial(f"{name}1", "FINISHED")
+        recorder.finish_search()
+    return uri, ids
+
+
+def pann_pareto(*args, cwd) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search.cli", "pareto", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=300)
+
+
+def test_pareto_command_by_run_id(store, tmp_path):
+    uri, ids = store
+    out = tmp_path / "front.json"
+    result = pann_pareto("--run-id", ids["b"], "--out", str(out), "--tracking-uri", uri, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    data = json.loads(out.read_text())
+    assert data["target"] == 0.6 and data["points"] == 2  # b's own target, b's points only
+    assert [(p["alpha"], p["accuracy"], p["run_id"]) for p in data["front"]] == [(5, 0.7, ids["b1"]),
+                                                                                 (8, 0.9, ids["b1"])]
+    # Several run ids merge their searches; the target is the first one's (a: 75%, which b's alpha 5 misses).
+    result = pann_pareto("--run-id", ids["a"], "--run-id", ids["b"], "--out", str(out), "--tracking-uri", uri,
+                         cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "2 front points of 4 measured, target 75.00%" in result.stdout
+    data = json.loads(out.read_text())
+    assert [(p["trial"], p["alpha"]) for p in data["front"]] == [("a1", 7), ("b1", 8)]
+
+
+@pytest.mark.parametrize("which,message", [("missing", "no run '0123456789abcdef0123456789abcdef'"),
+                                           ("a1", "is not the parent run of a search")])
+def test_pareto_command_rejects_a_run_that_is_no_search(store, tmp_path, which, message):
+    uri, ids = store
+    run_id = ids.get(which, "0123456789abcdef0123456789abcdef")
+    result = pann_pareto("--run-id", run_id, "--out", str(tmp_path / "f.csv"), "--tracking-uri", uri, cwd=tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "f.csv").exists()

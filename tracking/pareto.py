@@ -12,11 +12,12 @@ import csv
 import html
 import io
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pann.files import write_bytes_atomic
 
 X_LABEL = "precision alpha (ReLU error B 2^-alpha)"
 Y_LABEL = "validation accuracy (%)"
@@ -189,11 +190,5 @@ def export_front(path: str | Path, points: Sequence[Point], target: float, title
                          f"allowed: {', '.join(_WRITERS)}")
     front = pareto_front(points, target, with_depth, x)
     data = writer(front, points, target, title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    write_bytes_atomic(path, data)
     return front
