@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -83,13 +84,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
     from pann.convert import interval_bounds
-    from pann.data import NUM_CLASSES, load_dataset
+    from pann.data import NUM_CLASSES, default_data_dir, load_dataset
     from pann.evaluate import accuracy, accuracy_curve, calibrated
     from pann.models import build_model
+    from pann.weights import resolve
 
     alphas = parse_alphas(args.alphas)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=args.weights)
+    weights = resolve(args.weights, args.data_dir or default_data_dir(), os.environ.get("PANN_WEIGHTS_URL"),
+                      model=args.model)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights)
     test = load_dataset(args.dataset, "test", args.data_dir)
     train = load_dataset(args.dataset, "train", args.data_dir)
     if args.limit:
@@ -125,6 +129,19 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     for p in curve:
         print(f"{p.alpha:>5g}  {','.join(map(str, p.degrees)):<12} {p.precision:9.3f} {p.depth:6d} "
               f"{p.multiplications:6d} {100 * p.accuracy:8.2f}% {100 * p.out_of_range:12.5f}%")
+
+
+def cmd_weights(args: argparse.Namespace) -> None:
+    from pann.data import default_data_dir
+    from pann.weights import WEIGHTS, SOURCE_URL, cached
+
+    data_dir = args.data_dir or default_data_dir()
+    print(f"{'name':<17} {'model':<9} {'accuracy':>8}  {'cached':<6} licence")
+    for w in WEIGHTS.values():
+        print(f"{w.name:<17} {w.model:<9} {w.accuracy:7.2f}%  {'yes' if cached(w.name, data_dir) else 'no':<6} "
+              f"{w.licence}")
+    print(f"accuracy: CIFAR-10 top-1 as the source records it (best_prec1); source {SOURCE_URL}; cached: in "
+          f"{data_dir} or the torch hub cache, else downloaded on first use (mirror: $PANN_WEIGHTS_URL)")
 
 
 def read_yaml(path: str) -> dict:
@@ -179,7 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="backbone and PANN accuracy over a range of precisions")
     ev.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
-    ev.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
+    ev.add_argument("--weights", help="state dict, pann checkpoint or a name from `pann weights` "
+                    "(default: untrained)")
     ev.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
     ev.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
     ev.add_argument("--alphas", default="4-14", help="precisions in bits, e.g. 4-14 (default)")
@@ -193,6 +211,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(run=cmd_evaluate)
+
+    we = sub.add_parser("weights", help="named pretrained weights: accuracy, licence, whether cached")
+    we.add_argument("--data-dir", help="data folder with converted weights (default: $PANN_DATA_DIR, else ./data)")
+    we.set_defaults(run=cmd_weights)
 
     tr = sub.add_parser("train", help="train or fine-tune a backbone from a YAML config (see configs/)")
     tr.add_argument("config", help="YAML file with the fields of pann.training.TrainConfig")
