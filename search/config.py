@@ -234,10 +234,14 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
     need(merged["validation_from"] in ("train", "test"), "backbone.validation_from", "expected 'train' or 'test'")
     for key in ("validation_size", "calibration_size"):
         need(_is_int(merged[key]) and merged[key] >= 1, f"backbone.{key}", "must be an integer >= 1")
+    given = merged.get("data_dir") or os.environ.get("PANN_DATA_DIR")
     data_dir = Path(_resolve(merged.get("data_dir") or str(default_data_dir())))
     merged["data_dir"] = str(data_dir)
     if merged["dataset"] != "synthetic" and not data_dir.is_dir():
-        problems.append(f"backbone.data_dir: {data_dir} does not exist (set it or PANN_DATA_DIR)")
+        if given:
+            problems.append(f"backbone.data_dir: {data_dir} does not exist (set it or PANN_DATA_DIR)")
+        else:  # the default ./data, where torchvision downloads the dataset
+            data_dir.mkdir(parents=True)
     merged["weights_url"] = merged.get("weights_url") or os.environ.get("PANN_WEIGHTS_URL") or None
     if isinstance(merged.get("weights"), str) and merged["weights"] in WEIGHTS:
         merged["weights"] = _named_weights(merged, data_dir, problems)

@@ -193,3 +193,16 @@ def test_downloaded_resnet20_scores_91_73_percent(source, hub, shared_data):
     model = build_model("resnet20", weights=weights.fetch("resnet20_cifar10", base_url=source))
     test = load_dataset("cifar10", "test", shared_data)
     assert round(accuracy(model, test, 500) * len(test)) == 9173
+
+
+def test_fresh_machine_gets_the_default_data_folder(tmp_path, monkeypatch, shared_data):
+    """Nothing beside the clone: ./data is created for torchvision's download; a folder given is checked."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PANN_DATA_DIR", raising=False)
+    data = search_config(tmp_path, dataset="cifar10", weights=str(shared_data / "resnet20_cifar10.pt"))
+    del data["backbone"]["data_dir"]
+    assert config.from_dict(data).data_dir == str(tmp_path / "data")
+    assert (tmp_path / "data").is_dir()
+    data["backbone"]["data_dir"] = "elsewhere"
+    with pytest.raises(SearchConfigError, match="backbone.data_dir: .*elsewhere does not exist"):
+        config.from_dict(data)
