@@ -139,13 +139,15 @@ def _verified_original(entry: PretrainedWeights, base_url: str | None, folder: P
     return path
 
 
+def _in_data_folder(name: str, data_dir: str | Path | None) -> Path | None:
+    path = None if data_dir is None else Path(data_dir) / f"{name}.pt"
+    return path if path is not None and path.is_file() else None
+
+
 def cached(name: str, data_dir: str | Path | None = None) -> Path | None:
     """The local copy :func:`fetch` would use without the network (not hash-checked here), or None."""
-    entry = get_weights(name)
-    if data_dir is not None and (Path(data_dir) / f"{name}.pt").is_file():
-        return Path(data_dir) / f"{name}.pt"
-    original = cache_dir() / entry.file
-    return original if original.is_file() else None
+    original = cache_dir() / get_weights(name).file
+    return _in_data_folder(name, data_dir) or (original if original.is_file() else None)
 
 
 def fetch(name: str, data_dir: str | Path | None = None, base_url: str | None = None,
@@ -157,8 +159,8 @@ def fetch(name: str, data_dir: str | Path | None = None, base_url: str | None = 
     URL and file when the weights can be neither found nor downloaded and verified.
     """
     entry = get_weights(name)
-    if data_dir is not None and (Path(data_dir) / f"{name}.pt").is_file():
-        return Path(data_dir) / f"{name}.pt"
+    if _in_data_folder(name, data_dir):
+        return _in_data_folder(name, data_dir)
     folder = cache_dir()
     original = _verified_original(entry, base_url, folder, progress)
     converted = folder / f"{name}.pt"

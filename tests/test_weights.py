@@ -4,6 +4,7 @@ conversion, strict load, the data folder first, the errors, and the accuracy the
 import contextlib
 import functools
 import hashlib
+import json
 import http.server
 import socket
 import threading
@@ -206,3 +207,12 @@ def test_fresh_machine_gets_the_default_data_folder(tmp_path, monkeypatch, share
     data["backbone"]["data_dir"] = "elsewhere"
     with pytest.raises(SearchConfigError, match="backbone.data_dir: .*elsewhere does not exist"):
         config.from_dict(data)
+
+
+def test_cli_evaluate_takes_a_name_and_the_mirror_from_the_environment(source, hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PANN_WEIGHTS_URL", source)
+    args = ["evaluate", "--model", "resnet20", "--weights", "resnet20_cifar10", "--dataset", "synthetic",
+            "--data-dir", str(tmp_path), "--alphas", "8", "--calibration-size", "100", "--limit", "100", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["weights"] == "resnet20_cifar10"
+    assert sha256(hub / "resnet20-12fca82f.th") == WEIGHTS["resnet20_cifar10"].sha256  # downloaded from the mirror
