@@ -133,7 +133,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 def cmd_weights(args: argparse.Namespace) -> None:
     from pann.data import default_data_dir
-    from pann.weights import WEIGHTS, SOURCE_URL, cached
+    from pann.weights import SOURCE_URL, WEIGHTS, cached
 
     data_dir = args.data_dir or default_data_dir()
     print(f"{'name':<17} {'model':<9} {'accuracy':>8}  {'cached':<6} licence")

@@ -86,9 +86,10 @@ def test_export_png(tmp_path):
 
 def hover_texts(page: str) -> list[tuple[str, dict]]:
     """(group, hover) of every point of the embedded plotly figure; a hover is Optuna's JSON with <br> breaks."""
-    figure = json.loads(re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*(\[.*?\]),\s*\{", page, re.S).group(1))
-    return [(re.sub(r".*<extra>(.*)</extra>", r"\1", trace.get("hovertemplate", "")), json.loads(text.replace("<br>", "\n")))
-            for trace in figure for text in trace.get("text") or []]
+    start = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*", page).end()
+    traces, _ = json.JSONDecoder().raw_decode(page, start)
+    return [(re.sub(r".*<extra>(.*)</extra>", r"\1", trace.get("hovertemplate", "")),
+             json.loads(text.replace("<br>", "\n"))) for trace in traces for text in trace.get("text") or []]
 
 
 @pytest.mark.parametrize("with_depth", [False, True])
