@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -88,13 +89,16 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_spec(args)
 
     from pann.convert import interval_bounds
-    from pann.data import NUM_CLASSES, load_dataset
+    from pann.data import NUM_CLASSES, default_data_dir, load_dataset
     from pann.evaluate import accuracy, accuracy_curve, calibrated
     from pann.models import build_model
+    from pann.weights import resolve
 
     alphas = parse_alphas(args.alphas)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=args.weights)
+    weights = resolve(args.weights, args.data_dir or default_data_dir(), os.environ.get("PANN_WEIGHTS_URL"),
+                      model=args.model)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights)
     test = load_dataset(args.dataset, "test", args.data_dir)
     train = load_dataset(args.dataset, "train", args.data_dir)
     if args.limit:
@@ -140,8 +144,16 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
     preset = load_preset(args.preset)
     graph = prepare(build_model(args.model))
-    configurations = [(f"{alpha:g}", relu_for_precision(alpha)) for alpha in parse_alphas(args.alphas)]
-    rows = [{"alpha": label, "degrees": list(approx.degrees),
+    if args.spec:
+        from pann import spec as pann_spec
+
+        approximations = pann_spec.load(args.spec).approximations
+        precisions = [a.precision for a in approximations.values()]
+        label = f"spec {sum(precisions) / len(precisions):.2f}"  # the spec's mean precision
+        configurations = [(label, approximations)]
+    else:
+        configurations = [(f"{alpha:g}", relu_for_precision(alpha)) for alpha in parse_alphas(args.alphas)]
+    rows = [{"alpha": label, "degrees": list(approx.degrees) if hasattr(approx, "degrees") else "per layer",
              **network_cost(graph, preset, approximations=approx).to_dict()} for label, approx in configurations]
     if args.json:
         json.dump({"model": args.model, "preset": preset.name, "rows": rows}, sys.stdout, indent=2)
@@ -151,10 +163,24 @@ def cmd_cost(args: argparse.Namespace) -> None:
     print(f"{'alpha':>5}  {'degrees':<12} {'bootstraps':>10} {'levels':>7} {'poly levels':>11} {'mults':>6} "
           f"{'est. latency':>12}")
     for r in rows:
-        print(f"{r['alpha']:>5}  {','.join(map(str, r['degrees'])):<12} {r['bootstraps']:>10} {r['levels']:>7} "
+        degrees = r["degrees"] if isinstance(r["degrees"], str) else ",".join(map(str, r["degrees"]))
+        print(f"{r['alpha']:>5}  {degrees:<12} {r['bootstraps']:>10} {r['levels']:>7} "
               f"{r['polynomial_levels']:>11} {r['multiplications']:>6} {r['latency']:>11.0f}s")
     print(f"est. latency: seconds per image estimated from the time table of preset {preset.name} "
           "(its 'source' field says where the numbers come from)")
+
+
+def cmd_weights(args: argparse.Namespace) -> None:
+    from pann.data import default_data_dir
+    from pann.weights import SOURCE_URL, WEIGHTS, cached
+
+    data_dir = args.data_dir or default_data_dir()
+    print(f"{'name':<17} {'model':<9} {'accuracy':>8}  {'cached':<6} licence")
+    for w in WEIGHTS.values():
+        print(f"{w.name:<17} {w.model:<9} {w.accuracy:7.2f}%  {'yes' if cached(w.name, data_dir) else 'no':<6} "
+              f"{w.licence}")
+    print(f"accuracy: CIFAR-10 top-1 as the source records it (best_prec1); source {SOURCE_URL}; cached: in "
+          f"{data_dir} or the torch hub cache, else downloaded on first use (mirror: $PANN_WEIGHTS_URL)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -194,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="backbone and PANN accuracy over a range of precisions")
     ev.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
-    ev.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
+    ev.add_argument("--weights", help="state dict, pann checkpoint or a name from `pann weights` "
+                    "(default: untrained)")
     ev.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
     ev.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
     ev.add_argument("--alphas", default="4-14", help="precisions in bits, e.g. 4-14 (default)")
@@ -216,9 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser("cost", help="CKKS cost of a network: bootstraps, levels, multiplications, latency")
     co.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
     co.add_argument("--alphas", default="4-14", help="one uniform ReLU precision per row, e.g. 4-14 (default)")
+    co.add_argument("--spec", type=Path, help="cost the per-layer PANN of this spec file instead of --alphas")
     co.add_argument("--preset", default="mpcnn", help="built-in cost preset (mpcnn, orion-resnet) or a YAML file")
     co.add_argument("--json", action="store_true", help="machine-readable output with the bootstrap sites")
     co.set_defaults(run=cmd_cost)
+
+    we = sub.add_parser("weights", help="named pretrained weights: accuracy, licence, whether cached")
+    we.add_argument("--data-dir", help="data folder with converted weights (default: $PANN_DATA_DIR, else ./data)")
+    we.set_defaults(run=cmd_weights)
 
     tr = sub.add_parser("train", help="train or fine-tune a backbone from a YAML config (see configs/)")
     tr.add_argument("config", help="YAML file with the fields of pann.training.TrainConfig")

@@ -15,10 +15,12 @@ _FORMATS = (".csv", ".json", ".png", ".html")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from pann.data import download
     from search import config
     from search.runner import run_search
 
     search = config.load(args.config)
+    download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
     outcome = run_search(search, address=args.address, resume=args.resume)
     print_outcome(outcome, search)
 

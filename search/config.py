@@ -20,6 +20,7 @@ from pann.data import DATASETS, default_data_dir
 from pann.groups import GRANULARITIES
 from pann.models import model_names
 from pann.training import TrainConfig
+from pann.weights import WEIGHTS, resolve
 from tracking.runs import default_tracking_uri
 
 SCOPES = ("layer", "global")
@@ -41,7 +42,7 @@ _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", 
 _SECTIONS = {
     "name": None, "target_accuracy": None, "storage": None,
     "backbone": ("model", "dataset", "data_dir", "weights", "validation_from", "validation_size",
-                 "confirmation_size", "calibration_size"),
+                 "confirmation_size", "calibration_size", "weights_url"),
     "training": None,
     "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
@@ -101,6 +102,7 @@ class SearchConfig:
     storage: str = "runs"
     tracking_uri: str = ""
     experiment: str = "pann-search"
+    weights_url: str | None = None  # a mirror of the named weights' source folder
 
     @property
     def run_dir(self) -> Path:
@@ -206,6 +208,19 @@ def _resolve(path: str | None, *, relative_to: Path | None = None) -> str | None
     return str(p.resolve())
 
 
+def _named_weights(merged: Mapping[str, Any], data_dir: Path, problems: list[str]) -> str:
+    """Named weights -> their local file, fetched now so that no trial starts without them."""
+    name, url = merged["weights"], merged["weights_url"]
+    if url is not None and not isinstance(url, str):
+        problems.append(f"backbone.weights_url: must be a URL (got {url!r})")
+        return name
+    try:
+        return str(resolve(name, data_dir, url, model=merged["model"]))
+    except (ValueError, OSError) as exc:
+        problems.append(f"backbone.weights: {exc}")
+        return name
+
+
 def _checker(merged: dict[str, Any], problems: list[str]):
     def need(ok: bool, name: str, message: str) -> None:
         if not ok:
@@ -245,13 +260,22 @@ def _check_backbone(merged: dict[str, Any], problems: list[str]) -> None:
         need(_is_int(merged[key]) and merged[key] >= 1, f"backbone.{key}", "must be an integer >= 1")
     need(_is_int(merged["confirmation_size"]) and merged["confirmation_size"] >= 0, "backbone.confirmation_size",
          "must be an integer >= 0 (0: the answer is picked on the validation images)")
+    given = merged.get("data_dir") or os.environ.get("PANN_DATA_DIR")
     data_dir = Path(_resolve(merged.get("data_dir") or str(default_data_dir())))
     merged["data_dir"] = str(data_dir)
     if merged["dataset"] != "synthetic" and not data_dir.is_dir():
-        problems.append(f"backbone.data_dir: {data_dir} does not exist (set it or PANN_DATA_DIR)")
-    merged["weights"] = _resolve(merged.get("weights"), relative_to=data_dir)
-    if merged["weights"] is not None and not Path(merged["weights"]).is_file():
-        problems.append(f"backbone.weights: file not found ({merged['weights']})")
+        if given:
+            problems.append(f"backbone.data_dir: {data_dir} does not exist (set it or PANN_DATA_DIR)")
+        else:  # the default ./data, where torchvision downloads the dataset
+            data_dir.mkdir(parents=True)
+    merged["weights_url"] = merged.get("weights_url") or os.environ.get("PANN_WEIGHTS_URL") or None
+    if isinstance(merged.get("weights"), str) and merged["weights"] in WEIGHTS:
+        merged["weights"] = _named_weights(merged, data_dir, problems)
+    else:
+        merged["weights"] = _resolve(merged.get("weights"), relative_to=data_dir)
+        if merged["weights"] is not None and not Path(merged["weights"]).is_file():
+            problems.append(f"backbone.weights: file not found ({merged['weights']}); "
+                            f"named weights: {', '.join(WEIGHTS)}")
 
 
 def _check_budget(merged: dict[str, Any], problems: list[str]) -> None:

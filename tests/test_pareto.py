@@ -86,18 +86,34 @@ def test_export_png(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_export_html(tmp_path):
+def hover_texts(page: str) -> list[tuple[str, dict]]:
+    """(group, hover) of every point of the embedded plotly figure; a hover is Optuna's JSON with <br> breaks."""
+    start = re.search(r"Plotly\.newPlot\(\s*\"[^\"]+\",\s*", page).end()
+    traces, _ = json.JSONDecoder().raw_decode(page, start)
+    return [(re.sub(r".*<extra>(.*)</extra>", r"\1", trace.get("hovertemplate", "")),
+             json.loads(text.replace("<br>", "\n"))) for trace in traces for text in trace.get("text") or []]
+
+
+@pytest.mark.parametrize("with_depth", [False, True])
+def test_export_html(tmp_path, with_depth):
+    import plotly
+
     path = tmp_path / "front.html"
-    points = [*POINTS, point("<evil>", 11, 0.96, note="a&b")]
-    export_front(path, points, TARGET, title="my <search>")
+    # f is beaten by b and e in alpha and accuracy, but is the shallowest
+    points = [Point(p.trial, p.alpha, p.accuracy, p.depth, f"run-{p.trial}", p.params)
+              for p in [*POINTS, point("e", 11, 0.96, depth=2, note="a&b"), point("f", 12, 0.94, depth=1)]]
+    front = export_front(path, points, TARGET, title="my <search>", with_depth=with_depth)
+    assert [p.trial for p in front] == ["a", "b", "e", "f"][:3 + with_depth]
     page = path.read_text()
-    tooltips = re.findall(r"<circle [^>]*><title>(.*?)</title></circle>", page, re.S)
-    assert len(tooltips) == len(points)
-    assert any("alpha 8," in t and "accuracy 91.00%" in t and "depth 4" in t and "lr=0.2" in t for t in tooltips)
-    assert "target 90%" in page
-    assert "<evil>" not in page and "&lt;evil&gt;" in page and "my &lt;search&gt;" in page
-    assert page.count('fill="crimson"') == 3  # a, b and <evil> are on the front
-    assert "http" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")  # nothing external
+    assert f"plotly.js v{plotly.offline.get_plotlyjs_version()}" in page  # embedded: opens offline
+    assert "<script src=" not in page
+    hovers = hover_texts(page)
+    assert sorted(h["user_attrs"]["mlflow_run_id"] for _, h in hovers) == sorted(f"run-{p.trial}" for p in points)
+    assert sorted(h["user_attrs"]["trial"] for group, h in hovers if group == "Best Trial") == [p.trial for p in front]
+    assert {h["user_attrs"]["trial"] for group, h in hovers if group == "Infeasible Trial"} == {"d"}
+    a = next(h for _, h in hovers if h["user_attrs"]["trial"] == "a")
+    assert a["values"][:2] == [8, 91] and a["params"] == {"lr": 0.2, "wd": 1e-4}
+    assert "target 90%" in page and "my &lt;search&gt;" in page and "my <search>" not in page
 
 
 def test_unknown_suffix_writes_nothing(tmp_path):
