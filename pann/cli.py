@@ -1,4 +1,7 @@
-"""The ``pann`` command line."""
+"""The ``pann`` command line: one short function per command, and the parser that declares their options.
+
+Longer than the ~250-line guide because every command's options are declared here, in one place.
+"""
 
 from __future__ import annotations
 

@@ -81,6 +81,18 @@ def _owner(node: fx.Node) -> str:
     return path if isinstance(path, str) else ""
 
 
+def _swap_call(graph_module: fx.GraphModule, node: fx.Node, replacement: nn.Module) -> None:
+    """Replace the functional call ``node`` by a call of the new submodule ``replacement``."""
+    owner = _owner(node)
+    name = f"{owner}_{node.name}".strip("_").replace(".", "_")
+    replacement.owner = owner
+    graph_module.add_submodule(name, replacement)
+    with graph_module.graph.inserting_after(node):
+        call = graph_module.graph.call_module(name, args=(node.args[0],))
+    node.replace_all_uses_with(call)
+    graph_module.graph.erase_node(node)
+
+
 def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
                         maxpool: Callable[[Any, Any, Any], nn.Module] | None = None,
                         require_polynomial: bool = True) -> fx.GraphModule:
@@ -127,16 +139,8 @@ def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
               or node.op == "call_method" and node.target in _NON_POLYNOMIAL_METHODS):
             unsupported.append(_describe(node, modules))
             continue
-        if replacement is None:
-            continue
-        owner = _owner(node)
-        name = f"{owner}_{node.name}".strip("_").replace(".", "_")
-        replacement.owner = owner
-        graph_module.add_submodule(name, replacement)
-        with graph_module.graph.inserting_after(node):
-            call = graph_module.graph.call_module(name, args=(node.args[0],))
-        node.replace_all_uses_with(call)
-        graph_module.graph.erase_node(node)
+        if replacement is not None:
+            _swap_call(graph_module, node, replacement)
     if unsupported and require_polynomial:
         raise NonPolynomialError("cannot convert to a PANN; non-polynomial operations without a "
                                  "polynomial replacement: " + ", ".join(unsupported))

