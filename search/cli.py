@@ -71,7 +71,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     target = args.target
     if target is None:
         target = float(client.get_run(parents[0]).data.params["target_accuracy"])
-    front = export_front(args.out, points, target, title=", ".join(args.search or args.run_id))
+    front = export_front(args.out, points, target, title=", ".join(args.search or args.run_id), x=args.x)
     print(f"{len(front)} front points of {len(points)} measured, target {100 * target:.2f}%, written to {args.out}")
 
 
@@ -111,6 +111,8 @@ def build_full_parser() -> argparse.ArgumentParser:
     which.add_argument("--run-id", action="append", help="parent run id of a search (repeatable)")
     pa.add_argument("--out", type=Path, required=True, help="FILE.csv, .json, .png or .html")
     pa.add_argument("--target", type=float, help="target accuracy (default: the first search's)")
+    pa.add_argument("--x", choices=("alpha", "bootstraps", "levels", "latency"), default="alpha",
+                    help="the cost on the x axis (default alpha; the others need a search with a cost model)")
     pa.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
     pa.set_defaults(run=cmd_pareto)
 

@@ -76,7 +76,7 @@ def test_export_json(tmp_path):
     data = json.loads(path.read_text())
     assert data["target"] == TARGET and data["points"] == 5
     assert data["front"][0] == {"trial": "r", "alpha": 7, "accuracy": 0.92, "depth": 5, "run_id": "abc",
-                                "params": {"lr": 0.3}}
+                                "params": {"lr": 0.3}, "costs": {}}
     assert [p["trial"] for p in data["front"]] == ["r", "b"]
 
 
@@ -193,3 +193,21 @@ def test_pareto_command_rejects_a_run_that_is_no_search(store, tmp_path, which, 
     result = pann_pareto("--run-id", run_id, "--out", str(tmp_path / "f.csv"), "--tracking-uri", uri, cwd=tmp_path)
     assert result.returncode == 2 and message in result.stderr
     assert "Traceback" not in result.stderr and not (tmp_path / "f.csv").exists()
+
+
+def test_front_against_a_network_cost(tmp_path):
+    # Per-layer points: a lower mean alpha can still need more bootstraps; the front follows the x asked for.
+    points = [Point("u8", 8.0, 0.92, 8, costs={"bootstraps": 18, "levels": 192}),
+              Point("mix", 7.4, 0.915, 8, costs={"bootstraps": 19, "levels": 180}),
+              Point("cheap", 7.8, 0.91, 8, costs={"bootstraps": 14, "levels": 170}),
+              Point("bad", 6.0, 0.80, 6, costs={"bootstraps": 8, "levels": 120})]
+    by_bootstraps = pareto_front(points, 0.9, x="bootstraps")
+    assert [p.trial for p in by_bootstraps] == ["cheap", "u8"]  # "mix" costs more and is less accurate than "u8"
+    assert [p.trial for p in pareto_front(points, 0.9)] == ["mix", "u8"]  # by mean alpha "cheap" is dominated
+    assert lowest_precision(points, 0.9, x="levels").trial == "cheap"
+    path = tmp_path / "front.csv"
+    export_front(path, points, 0.9, x="bootstraps")
+    header = path.read_text().splitlines()[0].split(",")
+    assert header[:6] == ["trial", "alpha", "accuracy", "depth", "bootstraps", "levels"]
+    with pytest.raises(ValueError, match="has no bootstraps recorded"):
+        pareto_front(POINTS, TARGET, x="bootstraps")
