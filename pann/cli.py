@@ -288,8 +288,8 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> i
     except (ValueError, OSError) as exc:  # bad input: the message, no traceback
         print(f"pann {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a search that stopped before its trials did
+        print(f"pann {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -127,10 +126,6 @@ def build_full_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from pann.cli import run
 
-    # Library code logs; the command shows its INFO messages (a search's progress) as plain lines.
-    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stdout)
-    for name in ("pann", "search", "tracking"):
-        logging.getLogger(name).setLevel(logging.INFO)
     return run(build_full_parser(), argv)
 
 

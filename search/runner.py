@@ -127,10 +127,35 @@ def _preflight(search: SearchConfig, resume: bool) -> None:
         raise SearchError(f"search {search.name!r} already exists in {search.storage}; pass --resume to continue "
                           "it, or give the search another name")
     Splits.for_search(search)  # the sizes fit the data
+    if search.weights:  # the weights load into the model (a corrupt file or another model's fails here)
+        try:
+            build_model(search.model, NUM_CLASSES[search.dataset], search.weights)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise SearchError(f"backbone.weights: {exc}") from exc
     alphas = measurable_alphas(dict(search.space), search.neighbours)
     logger.info("preparing ReLU approximations for alpha %g..%g", alphas[0], alphas[-1])
     for alpha in alphas:
         relu_for_precision(alpha, workers=os.cpu_count())
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search stopped before its trials did (Ctrl-C, SIGTERM); it can be continued with ``--resume``."""
+
+
+def _check_ended(search: SearchConfig, results) -> None:
+    """Raise unless the search ran to its end: every trial failing is a :class:`SearchError` with the first
+    error's last line; trials left unfinished (Tune returns after an interrupt) are :class:`SearchInterrupted`."""
+    final = [r for r in results if (r.metrics or {}).get("final")]
+    errors = [r.error for r in results if r.error is not None]
+    if not final and errors:
+        lines = str(errors[0]).strip().splitlines()
+        raise SearchError(f"every trial failed ({len(errors)}); the first: {lines[-1] if lines else errors[0]!r}")
+    budget_spent = search.time_s is not None and (results.num_terminated + results.num_errors) < search.trials
+    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("final")
+                  and (r.metrics or {}).get("epoch") is None]
+    if not budget_spent and (len(results) < search.trials or unfinished) and search.strategy == "optuna":
+        raise SearchInterrupted(f"search {search.name!r} interrupted after {len(final)} of {search.trials} trials; "
+                                "continue it with --resume")
 
 
 def run_search(search: SearchConfig, address: str | None = None, resume: bool = False) -> answer.SearchOutcome:
@@ -155,6 +180,7 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         try:
             results = _tuner(search, groups, resume).fit()
             _close_unfinished_optuna_trials(search)
+            _check_ended(search, results)
             outcome = answer.outcome(search, groups, recorder, results)
         except BaseException as exc:  # the parent run must not stay RUNNING
             if recorder.parent_id is not None or recorder.search_exists(search.name):

@@ -147,3 +147,59 @@ def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
     assert out.is_file()
     bad = pann("pareto", "--search", "a", "--out", str(tmp_path / "front.txt"), cwd=tmp_path)
     assert bad.returncode == 2 and ".csv" in bad.stderr and not (tmp_path / "front.txt").exists()
+
+
+def test_weights_of_another_model_fail_before_any_trial(tmp_path):
+    from pann.models import build_model, save_weights
+
+    weights = tmp_path / "vgg.pt"
+    save_weights(build_model("vgg11_bn"), weights)
+    cfg = write_config(tmp_path, "wrong-weights", "", epochs=[0])
+    data = yaml.safe_load(cfg.read_text())
+    data["backbone"]["weights"] = str(weights)
+    cfg.write_text(yaml.safe_dump(data))
+    result = pann("search", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "backbone.weights:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
+    cfg = write_config(tmp_path, "ctrl-c", "")
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].update(trials=4, concurrency=1)
+    cfg.write_text(yaml.safe_dump(data))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def one_finished() -> bool:
+        try:
+            return any(c.info.status == "FINISHED" for c in child_runs(MlflowClient(uri), "ctrl-c")[1])
+        except (AssertionError, Exception):
+            return False
+
+    try:
+        wait_for(one_finished, 400, "a finished trial")
+        os.kill(driver.pid, signal.SIGINT)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(60)
+    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted after" in err and "--resume" in err and "cheapest" not in out
+    parent, _ = child_runs(MlflowClient(uri), "ctrl-c")
+    assert parent.info.status == "KILLED"
+
+    resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    parent, children = child_runs(MlflowClient(uri), "ctrl-c")
+    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{tmp_path / 'runs' / 'ctrl-c' / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and optuna.trial.TrialState.RUNNING not in states, states
+    # Known gap (issue 10): the trial running at the interrupt is closed in Optuna (not COMPLETE) although its
+    # rerun after --resume finishes; Tune and MLflow agree on four finished trials.
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 3, states
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"
