@@ -1,0 +1,311 @@
+"""A PANN under real CKKS encryption, with Orion (``orion-fhe==1.0.2``) as the back end.
+
+>>> network = build_network(pann, example)   # the PANN as an Orion network, our polynomials
+>>> results = check(pann, images, "leveled-128")
+
+This is the only module that imports the FHE library, lazily: ``import pann`` never needs it.
+Every PANN ReLU keeps its bound ``B`` and its Chebyshev stages: Orion evaluates
+``B r(x / B) = x (1 + p(x / B)) / 2`` as ``t = x / B`` (one level), the stages
+``p_k(u / w_k)`` in the Chebyshev basis with each width ``w_{k+1}`` and the final
+``B (1 + .) / 2`` folded into the coefficients of the stage before (exact in that basis),
+and one product ``t * s``. A direct approximation ``B r(x / B)`` is ``t = x / B`` and one series.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib.metadata
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from pann.fhe_graph import Plan, UnsupportedLayerError, lower, plan_depth
+from pann.fhe_patches import check_signatures, single_bootstrapper, sparse_diagonalize
+from pann.fhe_params import Params, available_memory_gib, check_resources, load_params
+from pann.modules import PolyReLU, chebyshev
+
+logger = logging.getLogger(__name__)
+
+ORION_VERSION = "1.0.2"
+INSTALL_HINT = "the FHE back end is not installed: pip install 'pann[fhe]'"
+
+
+class FheUnavailable(ImportError):
+    """``orion-fhe`` is missing, or not the pinned version."""
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image: encrypted vs plaintext-PANN argmax, the largest logit error, the network's
+    multiplicative depth (levels), the ciphertext bootstraps it took, and the wall time."""
+
+    index: int
+    encrypted_class: int
+    plaintext_class: int
+    max_logit_error: float
+    levels: int
+    bootstraps: int
+    seconds: float
+
+    @property
+    def agrees(self) -> bool:
+        return self.encrypted_class == self.plaintext_class
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "agrees": self.agrees}
+
+
+def orion_modules():
+    """``(orion, orion.nn, bindings)`` for the pinned version; :class:`FheUnavailable` otherwise."""
+    try:
+        version = importlib.metadata.version("orion-fhe")
+        import orion
+        import orion.nn as on
+    except ImportError as exc:  # PackageNotFoundError is an ImportError
+        raise FheUnavailable(INSTALL_HINT) from exc
+    if version != ORION_VERSION:
+        raise FheUnavailable(f"orion-fhe {version} is installed; pann supports {ORION_VERSION} only: "
+                             "pip install 'pann[fhe]'")
+    return orion, on
+
+
+class _LogWriter(io.TextIOBase):
+    """Orion prints its progress; this turns those lines into debug log records."""
+
+    def write(self, text: str) -> int:
+        for line in text.strip().splitlines():
+            logger.debug("orion: %s", line)
+        return len(text)
+
+
+def _quiet():
+    return contextlib.redirect_stdout(_LogWriter())
+
+
+# --- Orion modules for a PANN --------------------------------------------------------------
+
+@functools.cache
+def _module_classes():
+    _, on = orion_modules()
+    from orion.nn.activation import _Sign
+
+    class Stage(on.Chebyshev):
+        """One polynomial with fixed Chebyshev coefficients on ``[-1, 1]`` (no fit)."""
+
+        def __init__(self, coefficients: Sequence[float]):
+            tensor = torch.tensor(coefficients, dtype=torch.float64)
+            super().__init__(len(coefficients) - 1, lambda x: chebyshev(x, tensor.to(x.dtype)),
+                             within_composite=True)
+            self.set_coeffs(list(coefficients))
+            self.set_depth()
+
+    class Sign(_Sign):
+        """Orion's composite sign evaluation with our stages instead of its own fit."""
+
+        def __init__(self, stages: Sequence[Sequence[float]]):
+            on.Module.__init__(self)
+            self.degrees = [len(c) - 1 for c in stages]
+            self.acts = nn.Sequential(*[Stage(c) for c in stages])
+
+        def fit(self):
+            pass
+
+    class EncryptedReLU(on.ReLU):
+        """``B r(x / B)`` of a PANN ReLU: ``t = x / B``, then ``t * s(t)`` or ``s(t)``."""
+
+        def __init__(self, prescale: float, stages: Sequence[Sequence[float]], composite: bool):
+            on.Module.__init__(self)
+            self.composite = composite
+            self.degrees = [len(c) - 1 for c in stages]
+            self.prescale, self.postscale = prescale, 1
+            self.mult1 = on.Mult()
+            self.sign = Sign(stages) if self.composite else Stage(stages[0])
+            if self.composite:
+                self.mult2 = on.Mult()
+
+        def fit(self):
+            self.input_min, self.input_max = self.mult1.input_min, self.mult1.input_max
+
+        def forward(self, x):
+            t = self.mult1(x, self.prescale)
+            return self.mult2(t, self.sign(t)) if self.composite else self.sign(t)
+
+    class Network(on.Module):
+        """Runs ``steps`` ``(output, layer, inputs)`` in order; ``layers`` are Orion modules."""
+
+        def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, str, tuple[str, ...]]],
+                     output: str):
+            super().__init__()
+            self.layers = nn.ModuleDict(layers)
+            self.steps = steps
+            self.output = output
+
+        def forward(self, x):
+            env = {"input": x}
+            for out, layer, inputs in self.steps:
+                env[out] = self.layers[layer](*(env[i] for i in inputs))
+            return env[self.output]
+
+    return Stage, EncryptedReLU, Network
+
+
+def _orion_layer(layer, on, EncryptedReLU) -> nn.Module:
+    o = layer.options
+    if layer.kind == "conv2d":
+        w = o["weight"]
+        module = on.Conv2d(w.shape[1] * o["groups"], w.shape[0], tuple(w.shape[2:]), o["stride"], o["padding"],
+                           o["dilation"], o["groups"], bias=o["bias"] is not None)
+    elif layer.kind == "linear":
+        module = on.Linear(o["weight"].shape[1], o["weight"].shape[0], bias=o["bias"] is not None)
+    elif layer.kind == "batchnorm":
+        cls = on.BatchNorm2d if o["dims"] == 2 else on.BatchNorm1d
+        module = cls(o["running_mean"].numel(), eps=o["eps"], affine=o["weight"] is not None)
+        module.running_mean.copy_(o["running_mean"])
+        module.running_var.copy_(o["running_var"])
+    elif layer.kind == "relu":
+        return EncryptedReLU(o["prescale"], o["stages"], o["family"] == "composite")
+    elif layer.kind == "avgpool":
+        return on.AvgPool2d(o["kernel_size"], o["stride"])
+    elif layer.kind == "adaptive_avgpool":
+        return on.AdaptiveAvgPool2d(o["output_size"])
+    else:
+        return {"flatten": on.Flatten, "add": on.Add}[layer.kind]()
+    with torch.no_grad():
+        for key in ("weight", "bias"):
+            if o.get(key) is not None:
+                getattr(module, key).copy_(o[key])
+    return module
+
+
+def build_network(plan: Plan) -> nn.Module:
+    """The Orion network of a lowered PANN (:func:`pann.fhe_graph.lower`), in cleartext mode."""
+    _, on = orion_modules()
+    _install_patches()
+    _, EncryptedReLU, Network = _module_classes()
+    layers = {layer.name: _orion_layer(layer, on, EncryptedReLU) for layer in plan.layers}
+    steps = [(layer.name, layer.name, layer.inputs) for layer in plan.layers]
+    network = Network(layers, steps, plan.output)
+    network.eval()  # Orion's eval() returns None
+    return network
+
+
+@functools.cache
+def _install_patches() -> None:
+    """Swap in :mod:`pann.fhe_patches`' sparse diagonalization (the bootstrapper is swapped per scheme)."""
+    from orion.backend.python import bootstrapper
+    from orion.core import packing
+
+    check_signatures({"orion.core.packing.diagonalize": packing.diagonalize,
+                      "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper":
+                          bootstrapper.NewEvaluator.generate_bootstrapper,
+                      "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap})
+    packing.diagonalize = sparse_diagonalize
+
+
+class _Capture(fx.Interpreter):
+    """Runs a PANN and keeps the value of one node (the encrypted network's input)."""
+
+    def __init__(self, module: fx.GraphModule, name: str):
+        super().__init__(module)
+        self.name, self.value = name, None
+
+    def run_node(self, node):
+        result = super().run_node(node)
+        if node.name == self.name:
+            self.value = result
+        return result
+
+
+def _plaintext(pann: fx.GraphModule, images: torch.Tensor, boundary: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, encrypted-network inputs)`` of the PANN in float64, evaluated eagerly."""
+    reference = copy.deepcopy(pann).double().eval()
+    for module in reference.modules():
+        if isinstance(module, PolyReLU):
+            module.dtype, module.compiled = torch.float64, False
+    capture = _Capture(reference, boundary)
+    with torch.no_grad():
+        logits = capture.run(images.double())
+    inputs = images.double() if boundary == "input" or capture.value is None else capture.value
+    return logits, inputs
+
+
+def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, folder: Path):
+    """Init the scheme, fit ranges on ``calibration``, compile: ``(scheme, input level)``."""
+    orion, _ = orion_modules()
+    from orion.backend.python.bootstrapper import NewEvaluator
+
+    config = copy.deepcopy(params.orion)
+    config.setdefault("orion", {}).update(diags_path=str(folder / "diagonals.h5"), keys_path=str(folder / "keys.h5"))
+    with _quiet():
+        scheme = orion.init_scheme(config)
+        scheme.bootstrapper = single_bootstrapper(NewEvaluator)(scheme)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration.float()), batch_size=1)
+        network.eval()
+        with torch.no_grad():  # orion.fit runs with autograd on and would keep the whole graph
+            orion.fit(network, loader, batch_size=64)
+            input_level = orion.compile(network)
+        scheme.bootstrapper.build()
+    for module in network.modules():  # the back end holds the transforms now
+        if hasattr(module, "diagonals"):
+            module.diagonals = {}
+    return scheme, input_level
+
+
+def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128",
+          calibration: torch.Tensor | None = None, workdir: str | Path | None = None) -> list[ImageResult]:
+    """Encrypt each image, run the PANN under CKKS, decrypt, and compare with the plaintext PANN.
+
+    ``images`` are the PANN's inputs ``(N, C, H, W)``; ``calibration`` (default: ``images``)
+    sets the ranges Orion scales bootstrap inputs by. Keys and matrix diagonals go to a
+    temporary folder under ``workdir`` where the preset says ``io_mode: save``. Raises
+    :class:`UnsupportedLayerError` for layers with no encrypted form, ``ValueError`` for bad
+    parameters or when the preset's memory estimate exceeds this machine's available memory.
+    """
+    params = params if isinstance(params, Params) else load_params(params)
+    orion, _ = orion_modules()
+    plan = lower(pann, images[:1])
+    depth = plan_depth(plan)
+    bootstrapping, need = check_resources(params, depth, available_memory_gib())
+    if not params.secure:
+        logger.warning("FHE parameters %s are INSECURE: for tests only", params.name)
+    logger.info("%d layers, depth %d levels (%d per bootstrap): %s; parameters %s, about %.1f GiB",
+                len(plan.layers), depth, params.levels, "bootstrapping" if bootstrapping else "leveled",
+                params.name, need)
+    logits, inputs = _plaintext(pann, images, plan.input)
+    calibration_inputs = inputs if calibration is None else _plaintext(pann, calibration, plan.input)[1]
+    network = build_network(plan)
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pann-fhe-", dir=workdir) as folder:
+        scheme, input_level = _compile(network, params, calibration_inputs, Path(folder))
+        logger.info("compiled in %.1f s; input at level %d", time.perf_counter() - start, input_level)
+        results = []
+        for i in range(len(images)):
+            results.append(_run_one(orion, scheme, network, inputs[i:i + 1], logits[i], input_level, i, depth))
+            r = results[-1]
+            logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
+                        "%d bootstraps, %.1f s", i + 1, len(images), r.encrypted_class, r.plaintext_class,
+                        r.max_logit_error, r.bootstraps, r.seconds)
+        orion.delete_scheme()
+    return results
+
+
+def _run_one(orion, scheme, network, x, reference, input_level, index, depth) -> ImageResult:
+    start, before = time.perf_counter(), scheme.bootstrapper.count
+    with _quiet():
+        ciphertext = orion.encrypt(orion.encode(x.float(), input_level))
+        network.he()
+        out = network(ciphertext).decrypt().decode().double().flatten()
+        network.eval()
+    out = out[:reference.numel()]
+    return ImageResult(index, int(out.argmax()), int(reference.argmax()),
+                       float((out - reference).abs().max()), depth, scheme.bootstrapper.count - before,
+                       time.perf_counter() - start)
