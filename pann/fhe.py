@@ -22,16 +22,18 @@ import logging
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from torch import fx, nn
 
 from pann.fhe_graph import Plan, UnsupportedLayerError, lower, plan_depth
-from pann.fhe_patches import check_signatures, single_bootstrapper, sparse_diagonalize
+from pann.fhe_patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize
+from pann.fhe_reference import ImageResult, compare, plaintext
 from pann.fhe_params import Params, available_memory_gib, check_resources, load_params
-from pann.modules import PolyReLU, chebyshev
+from pann.modules import chebyshev
+
+__all__ = ["FheUnavailable", "ImageResult", "UnsupportedLayerError", "build_network", "check", "orion_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,27 +43,6 @@ INSTALL_HINT = "the FHE back end is not installed: pip install 'pann[fhe]'"
 
 class FheUnavailable(ImportError):
     """``orion-fhe`` is missing, or not the pinned version."""
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """One image: encrypted vs plaintext-PANN argmax, the largest logit error, the network's
-    multiplicative depth (levels), the ciphertext bootstraps it took, and the wall time."""
-
-    index: int
-    encrypted_class: int
-    plaintext_class: int
-    max_logit_error: float
-    levels: int
-    bootstraps: int
-    seconds: float
-
-    @property
-    def agrees(self) -> bool:
-        return self.encrypted_class == self.plaintext_class
-
-    def to_dict(self) -> dict:
-        return {**asdict(self), "agrees": self.agrees}
 
 
 def orion_modules():
@@ -204,38 +185,13 @@ def _install_patches() -> None:
     from orion.backend.python import bootstrapper
     from orion.core import packing
 
-    check_signatures({"orion.core.packing.diagonalize": packing.diagonalize,
-                      "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper":
-                          bootstrapper.NewEvaluator.generate_bootstrapper,
-                      "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap})
+    originals = {"orion.core.packing.diagonalize": packing.diagonalize,
+                 "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper":
+                     bootstrapper.NewEvaluator.generate_bootstrapper,
+                 "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap}
+    check_signatures(originals)
+    ORIGINALS.update(originals)
     packing.diagonalize = sparse_diagonalize
-
-
-class _Capture(fx.Interpreter):
-    """Runs a PANN and keeps the value of one node (the encrypted network's input)."""
-
-    def __init__(self, module: fx.GraphModule, name: str):
-        super().__init__(module)
-        self.name, self.value = name, None
-
-    def run_node(self, node):
-        result = super().run_node(node)
-        if node.name == self.name:
-            self.value = result
-        return result
-
-
-def _plaintext(pann: fx.GraphModule, images: torch.Tensor, boundary: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(logits, encrypted-network inputs)`` of the PANN in float64, evaluated eagerly."""
-    reference = copy.deepcopy(pann).double().eval()
-    for module in reference.modules():
-        if isinstance(module, PolyReLU):
-            module.dtype, module.compiled = torch.float64, False
-    capture = _Capture(reference, boundary)
-    with torch.no_grad():
-        logits = capture.run(images.double())
-    inputs = images.double() if boundary == "input" or capture.value is None else capture.value
-    return logits, inputs
 
 
 def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, folder: Path):
@@ -280,8 +236,8 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     logger.info("%d layers, depth %d levels (%d per bootstrap): %s; parameters %s, about %.1f GiB",
                 len(plan.layers), depth, params.levels, "bootstrapping" if bootstrapping else "leveled",
                 params.name, need)
-    logits, inputs = _plaintext(pann, images, plan.input)
-    calibration_inputs = inputs if calibration is None else _plaintext(pann, calibration, plan.input)[1]
+    logits, inputs = plaintext(pann, images, plan.input)
+    calibration_inputs = inputs if calibration is None else plaintext(pann, calibration, plan.input)[1]
     network = build_network(plan)
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pann-fhe-", dir=workdir) as folder:
@@ -303,9 +259,6 @@ def _run_one(orion, scheme, network, x, reference, input_level, index, depth) ->
     with _quiet():
         ciphertext = orion.encrypt(orion.encode(x.float(), input_level))
         network.he()
-        out = network(ciphertext).decrypt().decode().double().flatten()
+        out = network(ciphertext).decrypt().decode()
         network.eval()
-    out = out[:reference.numel()]
-    return ImageResult(index, int(out.argmax()), int(reference.argmax()),
-                       float((out - reference).abs().max()), depth, scheme.bootstrapper.count - before,
-                       time.perf_counter() - start)
+    return compare(index, out, reference, depth, scheme.bootstrapper.count - before, time.perf_counter() - start)

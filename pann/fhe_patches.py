@@ -25,6 +25,8 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
+ORIGINALS: dict = {}  # the library's own functions, by the names of PATCHED, once replaced
+
 PATCHED = {
     "orion.core.packing.diagonalize": ["matrix", "num_slots", "embed_method", "is_last_layer"],
     "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper": ["self", "slots"],
