@@ -222,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="training images for Orion's bootstrap ranges (default 64)")
     fc.add_argument("--workdir", help="folder for keys and diagonals on disk (default: the system temp folder)")
     fc.add_argument("--json", action="store_true", help="machine-readable output")
+    fc.add_argument("--dry-run", action="store_true",
+                    help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")
     fc.set_defaults(run=cmd_fhe_check)
     return parser
 

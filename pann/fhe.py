@@ -33,7 +33,7 @@ from pann.fhe_reference import ImageResult, compare, plaintext
 from pann.fhe_params import Params, available_memory_gib, check_resources, load_params
 from pann.modules import chebyshev
 
-__all__ = ["FheUnavailable", "ImageResult", "UnsupportedLayerError", "build_network", "check", "orion_modules"]
+__all__ = ["FheUnavailable", "ImageResult", "UnsupportedLayerError", "build_network", "check", "dry_run", "orion_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -252,6 +252,23 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
                         r.max_logit_error, r.bootstraps, r.seconds)
         orion.delete_scheme()
     return results
+
+
+def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128") -> dict:
+    """Everything :func:`check` decides before encrypting, and no keys: the layer count, the
+    depth, whether it bootstraps under ``params``, the memory estimate, and the largest logit
+    difference between the built Orion network run in the clear and the float64 PANN."""
+    params = params if isinstance(params, Params) else load_params(params)
+    plan = lower(pann, images[:1])
+    depth = plan_depth(plan)
+    logits, inputs = plaintext(pann, images, plan.input)
+    with torch.no_grad():
+        clear = build_network(plan)(inputs.float()).double()
+    bootstrapping = depth > params.levels
+    return {"layers": len(plan.layers), "relus": sum(layer.kind == "relu" for layer in plan.layers),
+            "depth": depth, "levels_per_bootstrap": params.levels, "bootstrapping": bootstrapping,
+            "estimated_gib": params.estimated_memory_gib(bootstrapping), "images": len(images),
+            "clear_max_logit_error": float((clear - logits).abs().max())}
 
 
 def _run_one(orion, scheme, network, x, reference, input_level, index, depth) -> ImageResult:

@@ -43,6 +43,9 @@ def fhe_check(args: argparse.Namespace) -> None:
     except fhe.FheUnavailable as exc:
         raise UsageError(str(exc)) from None
     pann, images, fit_images = _fhe_pann(args)
+    if args.dry_run:
+        print(json.dumps(fhe.dry_run(pann, images, params), indent=2))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     results = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir)
     if args.json:

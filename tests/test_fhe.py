@@ -153,6 +153,20 @@ def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match
 
 
 @needs_orion
+def test_orion_network_in_the_clear_computes_the_pann(cnn_pann):
+    from pann import fhe
+    from pann.fhe_reference import plaintext
+
+    pann, data = cnn_pann
+    plan = lower(pann, data[:1])
+    logits, inputs = plaintext(pann, data[:4], plan.input)
+    network = fhe.build_network(plan)
+    with torch.no_grad():
+        clear = network(inputs.float()).double()
+    torch.testing.assert_close(clear, logits, rtol=0, atol=1e-5)
+
+
+@needs_orion
 def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
     from pann import fhe
 
