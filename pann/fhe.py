@@ -1,14 +1,10 @@
 """A PANN under real CKKS encryption, with Orion (``orion-fhe==1.0.2``) as the back end.
 
->>> network = build_network(pann, example)   # the PANN as an Orion network, our polynomials
->>> results = check(pann, images, "leveled-128")
+>>> results = check(pann, images, "leveled-128")   # one ImageResult per image
+>>> network = build_network(lower(pann, images))   # the Orion network itself, in cleartext mode
 
-This is the only module that imports the FHE library, lazily: ``import pann`` never needs it.
-Every PANN ReLU keeps its bound ``B`` and its Chebyshev stages: Orion evaluates
-``B r(x / B) = x (1 + p(x / B)) / 2`` as ``t = x / B`` (one level), the stages
-``p_k(u / w_k)`` in the Chebyshev basis with each width ``w_{k+1}`` and the final
-``B (1 + .) / 2`` folded into the coefficients of the stage before (exact in that basis),
-and one product ``t * s``. A direct approximation ``B r(x / B)`` is ``t = x / B`` and one series.
+The only module that imports the FHE library, lazily: ``import pann`` never needs it. Each PANN
+ReLU keeps its ``B`` and Chebyshev stages (:func:`pann.fhe_graph.folded_stages`), not Orion's fit.
 """
 
 from __future__ import annotations
@@ -21,7 +17,6 @@ import io
 import logging
 import tempfile
 import time
-from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -31,9 +26,10 @@ from pann.fhe_graph import Plan, UnsupportedLayerError, lower, plan_depth
 from pann.fhe_patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize
 from pann.fhe_reference import ImageResult, compare, plaintext
 from pann.fhe_params import Params, available_memory_gib, check_resources, load_params
-from pann.modules import chebyshev
+from pann import fhe_layers
 
-__all__ = ["FheUnavailable", "ImageResult", "UnsupportedLayerError", "build_network", "check", "dry_run", "orion_modules"]
+__all__ = ["FheUnavailable", "ImageResult", "UnsupportedLayerError", "build_network", "check", "dry_run",
+           "orion_modules"]
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +42,7 @@ class FheUnavailable(ImportError):
 
 
 def orion_modules():
-    """``(orion, orion.nn, bindings)`` for the pinned version; :class:`FheUnavailable` otherwise."""
+    """``(orion, orion.nn)`` of the pinned version; :class:`FheUnavailable` (with the install hint) otherwise."""
     try:
         version = importlib.metadata.version("orion-fhe")
         import orion
@@ -72,111 +68,11 @@ def _quiet():
     return contextlib.redirect_stdout(_LogWriter())
 
 
-# --- Orion modules for a PANN --------------------------------------------------------------
-
-@functools.cache
-def _module_classes():
-    _, on = orion_modules()
-    from orion.nn.activation import _Sign
-
-    class Stage(on.Chebyshev):
-        """One polynomial with fixed Chebyshev coefficients on ``[-1, 1]`` (no fit)."""
-
-        def __init__(self, coefficients: Sequence[float]):
-            tensor = torch.tensor(coefficients, dtype=torch.float64)
-            super().__init__(len(coefficients) - 1, lambda x: chebyshev(x, tensor.to(x.dtype)),
-                             within_composite=True)
-            self.set_coeffs(list(coefficients))
-            self.set_depth()
-
-    class Sign(_Sign):
-        """Orion's composite sign evaluation with our stages instead of its own fit."""
-
-        def __init__(self, stages: Sequence[Sequence[float]]):
-            on.Module.__init__(self)
-            self.degrees = [len(c) - 1 for c in stages]
-            self.acts = nn.Sequential(*[Stage(c) for c in stages])
-
-        def fit(self):
-            pass
-
-    class EncryptedReLU(on.ReLU):
-        """``B r(x / B)`` of a PANN ReLU: ``t = x / B``, then ``t * s(t)`` or ``s(t)``."""
-
-        def __init__(self, prescale: float, stages: Sequence[Sequence[float]], composite: bool):
-            on.Module.__init__(self)
-            self.composite = composite
-            self.degrees = [len(c) - 1 for c in stages]
-            self.prescale, self.postscale = prescale, 1
-            self.mult1 = on.Mult()
-            self.sign = Sign(stages) if self.composite else Stage(stages[0])
-            if self.composite:
-                self.mult2 = on.Mult()
-
-        def fit(self):
-            self.input_min, self.input_max = self.mult1.input_min, self.mult1.input_max
-
-        def forward(self, x):
-            t = self.mult1(x, self.prescale)
-            return self.mult2(t, self.sign(t)) if self.composite else self.sign(t)
-
-    class Network(on.Module):
-        """Runs ``steps`` ``(output, layer, inputs)`` in order; ``layers`` are Orion modules."""
-
-        def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, str, tuple[str, ...]]],
-                     output: str):
-            super().__init__()
-            self.layers = nn.ModuleDict(layers)
-            self.steps = steps
-            self.output = output
-
-        def forward(self, x):
-            env = {"input": x}
-            for out, layer, inputs in self.steps:
-                env[out] = self.layers[layer](*(env[i] for i in inputs))
-            return env[self.output]
-
-    return Stage, EncryptedReLU, Network
-
-
-def _orion_layer(layer, on, EncryptedReLU) -> nn.Module:
-    o = layer.options
-    if layer.kind == "conv2d":
-        w = o["weight"]
-        module = on.Conv2d(w.shape[1] * o["groups"], w.shape[0], tuple(w.shape[2:]), o["stride"], o["padding"],
-                           o["dilation"], o["groups"], bias=o["bias"] is not None)
-    elif layer.kind == "linear":
-        module = on.Linear(o["weight"].shape[1], o["weight"].shape[0], bias=o["bias"] is not None)
-    elif layer.kind == "batchnorm":
-        cls = on.BatchNorm2d if o["dims"] == 2 else on.BatchNorm1d
-        module = cls(o["running_mean"].numel(), eps=o["eps"], affine=o["weight"] is not None)
-        module.running_mean.copy_(o["running_mean"])
-        module.running_var.copy_(o["running_var"])
-    elif layer.kind == "relu":
-        return EncryptedReLU(o["prescale"], o["stages"], o["family"] == "composite")
-    elif layer.kind == "avgpool":
-        return on.AvgPool2d(o["kernel_size"], o["stride"])
-    elif layer.kind == "adaptive_avgpool":
-        return on.AdaptiveAvgPool2d(o["output_size"])
-    else:
-        return {"flatten": on.Flatten, "add": on.Add}[layer.kind]()
-    with torch.no_grad():
-        for key in ("weight", "bias"):
-            if o.get(key) is not None:
-                getattr(module, key).copy_(o[key])
-    return module
-
-
 def build_network(plan: Plan) -> nn.Module:
     """The Orion network of a lowered PANN (:func:`pann.fhe_graph.lower`), in cleartext mode."""
     _, on = orion_modules()
     _install_patches()
-    _, EncryptedReLU, Network = _module_classes()
-    layers = {layer.name: _orion_layer(layer, on, EncryptedReLU) for layer in plan.layers}
-    steps = [(layer.name, layer.name, layer.inputs) for layer in plan.layers]
-    network = Network(layers, steps, plan.output)
-    network.eval()  # Orion's eval() returns None
-    return network
+    return fhe_layers.network(on, plan)
 
 
 @functools.cache
