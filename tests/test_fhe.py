@@ -133,17 +133,13 @@ def test_resources_refuse_a_preset_too_large_or_too_shallow():
 
 @needs_orion
 def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match():
-    from orion.backend.python import bootstrapper
-
     from pann import fhe
-    from pann.fhe_patches import ORIGINALS, check_signatures, sparse_diagonalize
+    from pann.fhe_patches import ORIGINALS, PATCHED, check_signatures, sparse_diagonalize
 
     fhe.build_network(lower(_pann(_cnn(), torch.rand(8, 3, 8, 8)), torch.rand(1, 3, 8, 8)))  # installs
+    assert set(ORIGINALS) == set(PATCHED)
+    check_signatures(ORIGINALS)  # raises if the pinned library's functions changed their parameters
     original = ORIGINALS["orion.core.packing.diagonalize"]
-    check_signatures({"orion.core.packing.diagonalize": original,
-                      "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper":
-                          bootstrapper.NewEvaluator.generate_bootstrapper,
-                      "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap})
     rng = np.random.default_rng(0)
     for shape, method, last in [((24, 40), "hybrid", False), ((70, 40), "hybrid", False),
                                 ((24, 40), "hybrid", True), ((40, 70), "square", False)]:
@@ -186,6 +182,12 @@ def test_mlp_agrees_under_encryption_without_bootstrapping():
     results = fhe.check(_pann(model, data, degrees=(7, 7)), data[:2], "insecure-test")
     assert [r.bootstraps for r in results] == [0, 0] and results[0].levels == 10
     assert all(r.agrees and r.max_logit_error < TOLERANCE for r in results)
+
+
+def test_importing_pann_never_imports_the_fhe_library():
+    code = "import sys, pann.fhe, pann.cli, pann.fhe_graph, pann.fhe_layers; print('orion' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "False", run.stderr
 
 
 @pytest.mark.parametrize("params,needs,expected", [
