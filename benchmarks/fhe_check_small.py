@@ -1,7 +1,7 @@
-"""A small CIFAR-10 CNN PANN checked under CKKS encryption (Orion), image by image.
+"""A small CIFAR-10 PANN (CNN or MLP) checked under CKKS encryption (Orion), image by image.
 
-    python benchmarks/fhe_small_cnn.py [--relus 1] [--alpha 8] [--images 3] [--params leveled-128]
-                                       [--out docs/measurements/fhe_small_cnn.json]
+    python benchmarks/fhe_check_small.py [--net cnn] [--relus 1] [--alpha 8] [--images 3]
+                                         [--params leveled-128] [--out docs/measurements/fhe_small_cnn.json]
 
 Needs ../shared/data and ``pip install 'pann[fhe]'``. Trains the CNN briefly on the first
 10,000 training images (seed 0; the check is about agreement, not accuracy), converts it to a PANN
@@ -9,6 +9,8 @@ at --alpha with per-layer B (margin 1.2, calibrated on 2,000 training images), r
 test accuracy on 1,000 test images, then encrypts the first --images test images and compares each
 with the plaintext PANN. --relus 1: conv-bn-ReLU-conv-bn-pool-linear (13 levels at alpha 8, fits the
 leveled preset); --relus 2 adds a ReLU after the second conv (22 levels, needs bootstrapping).
+--net mlp: flatten-linear(3072, 16)-ReLU-linear(16, 10) (11 levels: one bootstrap at 10 levels).
+Sets GOGC=20 unless set (Lattigo's Go heap then stays smaller; see docs/fhe.md).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -32,7 +35,10 @@ from pann.models import CIFAR10_MEAN, CIFAR10_STD, Classifier
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def small_cnn(relus: int) -> Classifier:
+def small_net(net: str, relus: int) -> Classifier:
+    if net == "mlp":
+        return Classifier(nn.Sequential(nn.Flatten(), nn.Linear(3072, 16), nn.ReLU(), nn.Linear(16, 10)),
+                          CIFAR10_MEAN, CIFAR10_STD, "small_mlp")
     layers = [nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
               nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32)]
     layers += [nn.ReLU()] * (relus - 1) + [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)]
@@ -53,18 +59,20 @@ def train(model: nn.Module, data, epochs: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--relus", type=int, choices=(1, 2), default=1)
+    parser.add_argument("--net", choices=("cnn", "mlp"), default="cnn")
+    parser.add_argument("--relus", type=int, choices=(1, 2), default=1, help="ReLUs of the CNN")
     parser.add_argument("--alpha", type=float, default=8)
     parser.add_argument("--images", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--params", default="leveled-128")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
+    os.environ.setdefault("GOGC", "20")  # read by the Go runtime when Orion loads Lattigo
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     train_set = load_dataset("cifar10", "train", SHARED)
     test_set = load_dataset("cifar10", "test", SHARED)
-    model = small_cnn(args.relus)
+    model = small_net(args.net, args.relus)
     start = time.perf_counter()
     train(model, train_set.subset(slice(0, 10000)), args.epochs)
     print(f"trained in {time.perf_counter() - start:.0f} s")
