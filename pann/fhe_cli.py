@@ -39,7 +39,7 @@ def fhe_check(args: argparse.Namespace) -> None:
     from pann.cli import UsageError
 
     params = load_params(args.params)
-    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap: measured 6.9 instead of 9.7+ GiB (docs/fhe.md)
+    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
     try:
         fhe.orion_modules()
     except fhe.FheUnavailable as exc:
