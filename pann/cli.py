@@ -209,6 +209,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"weights written to {out}")
 
 
+def cmd_fhe_check(args: argparse.Namespace) -> None:
+    from pann.fhe_cli import fhe_check
+
+    fhe_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pann", description="Polynomial approximations of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -261,6 +267,25 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint", type=Path, help="checkpoint file: saved every epoch, resumed from if present")
     tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tr.set_defaults(run=cmd_train)
+
+    fc = sub.add_parser("fhe-check", help="run a PANN under CKKS encryption (Orion) and compare with plaintext")
+    fc.add_argument("--model", required=True, help="resnet20/32/44/56/110 or another convertible model")
+    fc.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
+    fc.add_argument("--alpha", type=float, required=True, help="precision of the composite ReLU in bits")
+    fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
+    fc.add_argument("--params", default="leveled-128",
+                    help="preset (bootstrap-128, leveled-128, insecure-test) or a YAML file (default leveled-128)")
+    fc.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
+    fc.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
+    fc.add_argument("--margin", type=_positive(float), default=1.2, help="B = margin x observed max |x| (default 1.2)")
+    fc.add_argument("--calibration-size", type=_positive(int), default=2000, help="training images for B (default 2000)")
+    fc.add_argument("--fit-images", type=_positive(int), default=64,
+                    help="training images for Orion's bootstrap ranges (default 64)")
+    fc.add_argument("--workdir", help="folder for keys and diagonals on disk (default: the system temp folder)")
+    fc.add_argument("--json", action="store_true", help="machine-readable output")
+    fc.add_argument("--dry-run", action="store_true",
+                    help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")
+    fc.set_defaults(run=cmd_fhe_check)
     return parser
 
 
