@@ -22,11 +22,12 @@ import torch
 from pann.catalog import relu_for_precision
 from pann.convert import calibrate, convert, prepare
 from pann.cost_presets import load_preset
-from pann.data import load_dataset
+from pann.data import default_data_dir, load_dataset
 from pann.evaluate import accuracy
 from pann.groups import layer_groups
 from pann.models import build_model
 from pann.network_cost import network_cost
+from pann.weights import resolve
 
 
 def trial(observed, names: list[str], test, preset, rng: random.Random) -> float:
@@ -44,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    model = build_model(args.model, 10, f"{args.model}_cifar10")
+    model = build_model(args.model, 10, resolve(f"{args.model}_cifar10", default_data_dir()))
     test = load_dataset("cifar10", "test").subset(slice(0, args.images))
     observed = prepare(model)
     calibrate(observed, (x for x, _ in load_dataset("cifar10", "train").subset(slice(0, 2000)).batches(500)))

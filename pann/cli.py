@@ -57,6 +57,16 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print("precision: -log2 max|r(t) - ReLU(t)| on [-1, 1]; depth and non-scalar multiplications of one ReLU")
 
 
+def weights_file(args: argparse.Namespace):
+    """The local weights file of ``--weights`` (a path, or a name fetched from the data folder, the torch hub
+    cache or the source; ``$PANN_WEIGHTS_URL`` names a mirror), checked against ``--model``."""
+    from pann.data import default_data_dir
+    from pann.weights import resolve
+
+    return resolve(args.weights, args.data_dir or default_data_dir(), os.environ.get("PANN_WEIGHTS_URL"),
+                   model=args.model)
+
+
 def _evaluate_spec(args: argparse.Namespace) -> None:
     """Accuracy of the PANN a spec file describes, on the test images."""
     from pann import spec as pann_spec
@@ -66,7 +76,7 @@ def _evaluate_spec(args: argparse.Namespace) -> None:
     from pann.models import build_model
 
     spec = pann_spec.load(args.spec)
-    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=args.weights)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
     pann = pann_spec.apply(prepare(model), spec)
     test = load_dataset(args.dataset, "test", args.data_dir)
     test = test.subset(slice(args.skip, args.skip + args.limit if args.limit else None))
@@ -92,16 +102,13 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_spec(args)
 
     from pann.convert import interval_bounds
-    from pann.data import NUM_CLASSES, default_data_dir, load_dataset
+    from pann.data import NUM_CLASSES, load_dataset
     from pann.evaluate import accuracy, accuracy_curve, calibrated
     from pann.models import build_model
-    from pann.weights import resolve
 
     alphas = parse_alphas(args.alphas)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    weights = resolve(args.weights, args.data_dir or default_data_dir(), os.environ.get("PANN_WEIGHTS_URL"),
-                      model=args.model)
-    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
     test = load_dataset(args.dataset, "test", args.data_dir)
     train = load_dataset(args.dataset, "train", args.data_dir)
     if args.limit:
@@ -271,7 +278,10 @@ def build_parser() -> argparse.ArgumentParser:
     fc = sub.add_parser("fhe-check", help="run a PANN under CKKS encryption (Orion) and compare with plaintext")
     fc.add_argument("--model", required=True, help="resnet20/32/44/56/110 or another convertible model")
     fc.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
-    fc.add_argument("--alpha", type=float, required=True, help="precision of the composite ReLU in bits")
+    source = fc.add_mutually_exclusive_group(required=True)
+    source.add_argument("--alpha", type=float, help="one precision for every ReLU, in bits (per-layer B calibrated)")
+    source.add_argument("--spec", type=Path, help="a PANN spec file (per-layer B and polynomials, e.g. a search's "
+                        "answer_spec.json)")
     fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
     fc.add_argument("--params", default="leveled-128",
                     help="preset (bootstrap-128, leveled-128, insecure-test) or a YAML file (default leveled-128)")
