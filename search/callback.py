@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -88,3 +89,49 @@ class TrackingCallback(tune.Callback):
     def on_experiment_end(self, trials: list, **info) -> None:
         self._recorder.close_dangling()
 
+
+
+class ProgressCallback(tune.Callback):
+    """Reports a search's progress after every finished trial: trials done of the total, running, the best
+    feasible point so far (by the search's cost), elapsed time and an estimate of the time left.
+
+    ``report`` receives each line (the CLI rewrites one terminal line with it); the estimate assumes the
+    remaining trials take as long as the finished ones did on average.
+    """
+
+    def __init__(self, search: SearchConfig, report):
+        self.search, self.report = search, report
+        self.started = time.monotonic()
+        self.done = 0
+        self.best: tuple[float, float] | None = None  # (cost, accuracy)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "report": None}
+
+    def _line(self, running: int) -> str:
+        elapsed = time.monotonic() - self.started
+        left = elapsed / self.done * (self.search.trials - self.done) if self.done else float("nan")
+        best = "none feasible yet" if self.best is None else \
+            f"best feasible {self.search.cost} {self.best[0]:g} at {100 * self.best[1]:.2f}%"
+        return (f"{self.done}/{self.search.trials} trials done, {running} running, {best}, "
+                f"{_clock(elapsed)} elapsed, ~{_clock(left)} left")
+
+    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
+        self.done += 1
+        result = trial.last_result or {}
+        metric = {"alpha": "precision_bits", "latency": "latency_s"}.get(self.search.cost, self.search.cost)
+        if result.get("final") and result["accuracy"] >= self.search.target_accuracy:
+            point = (result[metric], result["accuracy"])
+            if self.best is None or (point[0], -point[1]) < (self.best[0], -self.best[1]):
+                self.best = point
+        if self.report is not None:
+            self.report(self._line(sum(t.status == "RUNNING" for t in trials)))
+
+    on_trial_error = on_trial_complete
+
+
+def _clock(seconds: float) -> str:
+    if seconds != seconds:  # NaN: nothing to estimate from yet
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes}m{secs:02d}s" if minutes < 60 else f"{minutes // 60}h{minutes % 60:02d}m"

@@ -20,8 +20,18 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     search = config.load(args.config)
     download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
-    outcome = run_search(search, address=args.address, resume=args.resume)
+    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line())
     print_outcome(outcome, search)
+
+
+def _progress_line():
+    """One status line on stderr: rewritten in place on a terminal, a line per update otherwise."""
+    def show(line: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+    return show
 
 
 def _costs(point) -> str:

@@ -25,7 +25,7 @@ from pann.data import NUM_CLASSES
 from pann.groups import layer_groups
 from pann.models import build_model
 from search import answer
-from search.callback import TrackingCallback
+from search.callback import ProgressCallback, TrackingCallback
 from search.config import SearchConfig, SearchConfigError
 from search.searchers import FeasibleOnlyOptunaSearch, GreedySearch
 from search.space import (alpha_key, alpha_values, constants, max_epochs, measurable_alphas, param_space,
@@ -93,7 +93,7 @@ def tune_config(search: SearchConfig, groups: dict[str, list[str]] | None = None
                            reuse_actors=True)
 
 
-def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool) -> tune.Tuner:
+def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool, progress=None) -> tune.Tuner:
     trainable = tune.with_resources(tune.with_parameters(run_trial, search=search, groups=groups),
                                     {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
     if resume:
@@ -105,7 +105,7 @@ def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool) -> 
         trainable, param_space=space, tune_config=tune_config(search, groups),
         run_config=tune.RunConfig(name=search.name, storage_path=search.storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                                  callbacks=[TrackingCallback(search)]))
+                                  callbacks=[TrackingCallback(search), ProgressCallback(search, progress)]))
 
 
 def _close_unfinished_optuna_trials(search: SearchConfig) -> None:
@@ -158,8 +158,10 @@ def _check_ended(search: SearchConfig, results) -> None:
                                 "continue it with --resume")
 
 
-def run_search(search: SearchConfig, address: str | None = None, resume: bool = False) -> answer.SearchOutcome:
-    """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``."""
+def run_search(search: SearchConfig, address: str | None = None, resume: bool = False,
+               progress=None) -> answer.SearchOutcome:
+    """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``. ``progress``, if given,
+    is called with a one-line summary after every finished trial (see :class:`ProgressCallback`)."""
     _preflight(search, resume)
     groups = groups_of(search)
     if address is None:
@@ -178,7 +180,7 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
                     search.name, search.trials, search.concurrency, len(groups), search.granularity,
                     search.cost, search.tracking_uri)
         try:
-            results = _tuner(search, groups, resume).fit()
+            results = _tuner(search, groups, resume, progress).fit()
             _close_unfinished_optuna_trials(search)
             _check_ended(search, results)
             outcome = answer.outcome(search, groups, recorder, results)
