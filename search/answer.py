@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 
 from search.callback import run_key, search_params
 from search.config import SearchConfig
-from search.trial import backbone_for, measure
+from search.trial import answer_pann, backbone_for, measure, splits_for
 from tracking.pareto import Point, export_front, pareto_front
+from tracking.models import log_answer_model
 from tracking.runs import COST_METRICS, SearchRecorder
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,16 @@ def _confirm(search: SearchConfig, groups, front: list[Point]) -> tuple[Point | 
     return None, None, checked
 
 
+def _register(search: SearchConfig, groups, answer: Point, parent_id: str, spec: dict, test_accuracy: float) -> None:
+    """The answer as an MLflow model under the parent run, registered under the search's name."""
+    pann = answer_pann(search, groups, answer.params)
+    example = next(splits_for(search).test.batches(2))[0].numpy()
+    uri = log_answer_model(search.tracking_uri, parent_id, pann, example, search.name,
+                           {"alpha": answer.alpha, "validation_accuracy": answer.accuracy,
+                            "test_accuracy": test_accuracy, "preset": search.preset, **dict(answer.costs)}, spec)
+    logger.info("answer registered as %s", uri)
+
+
 def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> SearchOutcome:
     parent_id = recorder.start_search(search.name, search_params(search))
     points = _points(results, recorder.trial_run_ids)
@@ -91,6 +102,7 @@ def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> 
                                  "costs": dict(answer.costs), "preset": search.preset, "depth": answer.depth,
                                  "trial": answer.trial, "config": dict(answer.params)}, "answer.json")
         recorder.log_dict(None, record["spec"], "answer_spec.json")
+        _register(search, groups, answer, parent_id, record["spec"], test_accuracy)
     export_dir = search.run_dir / "pareto"
     for suffix in ("csv", "json", "png", "html"):
         export_front(export_dir / f"front.{suffix}", points, search.target_accuracy, title=search.name,

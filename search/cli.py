@@ -84,6 +84,43 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     print(f"{len(front)} front points of {len(points)} measured, target {100 * target:.2f}%, written to {args.out}")
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    """What running a search's answer elsewhere needs: its spec, the backbone weights, the answer record and the
+    registered MLflow model, in one folder."""
+    import json
+    import shutil
+
+    import mlflow
+    from mlflow import MlflowClient
+
+    from tracking.runs import check_reachable
+
+    uri = args.tracking_uri or _default_store()
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    if args.out.exists() and any(args.out.iterdir()):
+        raise ValueError(f"--out {args.out} exists and is not empty")
+    try:
+        model = client.get_run(args.run_id).data.params.get("model", "MODEL")
+        args.out.mkdir(parents=True, exist_ok=True)
+        answer = json.loads(Path(client.download_artifacts(args.run_id, "answer.json", str(args.out))).read_text())
+    except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
+        raise ValueError(f"run {args.run_id} has no answer (answer.json) in {uri}: {exc}".splitlines()[0]) from None
+    client.download_artifacts(args.run_id, "answer_spec.json", str(args.out))
+    backbone = answer["config"].get("backbone")
+    if backbone:
+        shutil.copy(backbone, args.out / "backbone.pt")
+    versions = client.search_model_versions(f"run_id = '{args.run_id}'")
+    if versions:
+        mlflow.set_tracking_uri(uri)
+        mlflow.artifacts.download_artifacts(f"models:/{versions[0].name}/{versions[0].version}",
+                                            dst_path=str(args.out / "mlflow_model"))
+    print(f"answer of run {args.run_id} written to {args.out}: answer.json, answer_spec.json"
+          + (", backbone.pt" if backbone else "") + (", mlflow_model/" if versions else "")
+          + f"; rebuild with: pann evaluate --model {model} "
+          f"--weights {args.out / 'backbone.pt'} --spec {args.out / 'answer_spec.json'}")
+
+
 def _default_store() -> str:
     from tracking.runs import default_tracking_uri
 
@@ -124,6 +161,12 @@ def build_full_parser() -> argparse.ArgumentParser:
                     help="the cost on the x axis (default alpha; the others need a search with a cost model)")
     pa.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
     pa.set_defaults(run=cmd_pareto)
+
+    ex = sub.add_parser("export", help="write a search's answer (spec, weights, MLflow model) to a folder")
+    ex.add_argument("--run-id", required=True, help="parent run id of the search")
+    ex.add_argument("--out", type=Path, required=True, help="folder to write (new or empty)")
+    ex.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
+    ex.set_defaults(run=cmd_export)
 
     ui = sub.add_parser("ui", help="browse the searches in the MLflow UI")
     ui.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")

@@ -139,6 +139,13 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
     return records
 
 
+def answer_pann(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any]) -> torch.nn.Module:
+    """The PANN of a point, eager (``compiled=False``: portable, it is pickled into an MLflow model)."""
+    splits = splits_for(search)
+    observed = observed_model(backbone_for(search, point), splits, search)
+    return build_pann(observed, expand(groups, group_alphas(point, groups)), point, splits, compiled=False)
+
+
 def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):
     def report(model, epoch: int, metrics: dict[str, float], state_dir: Path) -> None:
         main = measure(search, groups, {**point, "correction": "none"}, Backbone(model, None))[0]

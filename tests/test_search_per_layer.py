@@ -78,3 +78,36 @@ def test_the_answer_is_the_cheapest_confirmed_front_point(outcome):
     assert all(p.accuracy >= search.target_accuracy for p in result.front)
     assert result.confirmation_accuracy == result.checked[-1][1]
     assert 0 <= result.test_accuracy <= 1
+
+
+def test_the_answer_is_a_registered_mlflow_model_that_reproduces_its_test_accuracy(outcome):
+    import mlflow.pytorch
+
+    from pann.evaluate import accuracy
+    from search.trial import splits_for
+
+    search, result = outcome
+    client = MlflowClient(search.tracking_uri)
+    version = client.get_latest_versions("stages")[0]
+    assert version.tags["test_accuracy"] == str(result.test_accuracy)
+    assert float(version.tags["bootstraps"]) == result.answer.costs["bootstraps"]
+    mlflow.set_tracking_uri(search.tracking_uri)
+    model = mlflow.pytorch.load_model(f"models:/stages/{version.version}")
+    assert accuracy(model, splits_for(search).test) == result.test_accuracy
+
+
+def test_export_writes_what_running_the_answer_elsewhere_needs(outcome, tmp_path):
+    import subprocess
+    import sys
+
+    search, result = outcome
+    out = tmp_path / "answer"
+    done = subprocess.run([sys.executable, "-m", "search.cli", "export", "--run-id", result.parent_run_id,
+                           "--out", str(out), "--tracking-uri", search.tracking_uri], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {"answer.json", "answer_spec.json", "backbone.pt", "mlflow_model"} <= {p.name for p in out.iterdir()}
+    spec = pann_spec.load(out / "answer_spec.json")
+    assert len(spec.layers) == 19
+    bad = subprocess.run([sys.executable, "-m", "search.cli", "export", "--run-id", "nosuchrun", "--out",
+                          str(tmp_path / "x"), "--tracking-uri", search.tracking_uri], capture_output=True, text=True)
+    assert bad.returncode == 2 and "has no answer" in bad.stderr and "Traceback" not in bad.stderr
