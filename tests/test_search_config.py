@@ -114,3 +114,26 @@ def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
     assert (search.weights is not None) == ("gpu" not in name)
     assert search.weights is None or Path(search.weights).is_file()
     assert yaml.safe_load((ROOT / "configs" / name).read_text())["name"] == search.name
+
+
+def test_fractional_alphas_are_refused():
+    found = problems(minimal(space={"alpha": [7.5, 8], "epochs": [1]}))
+    assert "space.alpha: 7.5 is not a whole number of bits" in found
+
+
+def test_split_sizes_that_do_not_fit_the_data_name_their_field():
+    from search.splits import Splits
+
+    too_many = config.from_dict(minimal(backbone={"model": "resnet20", "dataset": "synthetic",
+                                                  "validation_from": "test", "validation_size": 450,
+                                                  "confirmation_size": 100}))
+    with pytest.raises(ValueError, match="backbone.confirmation_size: 100 .* leaves no test image of 500"):
+        Splits.for_search(too_many)
+    fits = config.from_dict(minimal(backbone={"model": "resnet20", "dataset": "synthetic", "validation_from": "test",
+                                              "validation_size": 200, "confirmation_size": 100,
+                                              "calibration_size": 50}))
+    splits = Splits.for_search(fits)
+    assert (len(splits.validation), len(splits.confirmation), len(splits.test)) == (200, 100, 200)
+    # Disjoint slices of the test set: no image is in two of them.
+    seen = [{bytes(x.numpy()) for x in s.images} for s in (splits.validation, splits.confirmation, splits.test)]
+    assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
