@@ -24,18 +24,20 @@ def alpha_at(position: int, total: int, start: float, target: float) -> float:
     held for an equal share of training::
 
         levels = ceil(start - target) + 1
-        alpha(k) = max(target, start - floor(k * levels / total))
+        alpha(k) = max(target, start - floor(k * levels / total))    (k < total - 1)
+        alpha(total - 1) = target
 
-    so ``alpha(0) = start`` and the last share of training runs at ``target`` (with fewer
-    positions than levels, the first levels are skipped in the proportion above, and the
-    last position still runs at ``target``). ``start <= target`` gives ``target`` throughout.
-    Pure: the same arguments give the same alpha, so a resumed run follows the same schedule.
+    so with ``total >= levels`` training starts at ``start`` and its last share runs at ``target``
+    (e.g. 9 -> 7 over 6 steps: 9, 9, 8, 8, 7, 7). With fewer positions than levels some levels
+    are skipped, and the last position still runs at ``target`` (over 2 epochs: 9, 7).
+    ``start <= target`` gives ``target`` throughout. Pure: the same arguments give the same
+    alpha, so a resumed run follows the same schedule.
 
     Raises ``ValueError`` for a position outside ``0..total-1``.
     """
     if not (isinstance(total, int) and total >= 1 and isinstance(position, int) and 0 <= position < total):
         raise ValueError(f"schedule position {position!r} outside 0..{total!r} - 1")
-    if start <= target:
+    if start <= target or position == total - 1:
         return float(target)
     levels = math.ceil(start - target) + 1
     return float(max(target, start - (position * levels) // total))
