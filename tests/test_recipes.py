@@ -134,3 +134,25 @@ def test_sturdiness_of_a_curve():
     assert sturdiness(curve, backbone=0.95).lowest_alpha is None
     with pytest.raises(ValueError, match="no point at alpha 10"):
         sturdiness({5: 0.5, 9: 0.9}, backbone=0.9)
+
+
+def test_search_can_vary_each_recipe(weights):
+    from search import config
+    from search.config import SearchConfigError
+
+    data = {"name": "t", "target_accuracy": 0.5,
+            "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100, "weights": weights},
+            "training": {"leakage": "approximation-aware", "alpha": 7},
+            "space": {"alpha": {"low": 6, "high": 8}, "epochs": [1],
+                      "distill_weight": {"low": 0.0, "high": 1.0}, "distill_temperature": [2.0, 4.0],
+                      "alpha_start": {"low": 7, "high": 10}, "alpha_granularity": ["epoch", "step"]}}
+    search = config.from_dict(data)
+    trained = search.train_config({"alpha": 7, "epochs": 1, "distill_weight": 0.9,
+                                   "distill_temperature": 4.0, "alpha_start": 9, "alpha_granularity": "step"})
+    assert (trained.distill_weight, trained.distill_temperature, trained.alpha_start, trained.alpha_granularity,
+            trained.pretrained) == (0.9, 4.0, 9, "step", weights)
+    bad = {**data, "space": {**data["space"], "distill_weight": [1.5], "alpha_granularity": {"low": 0, "high": 1}}}
+    with pytest.raises(SearchConfigError) as info:
+        config.from_dict(bad)
+    assert any(p.startswith("space.distill_weight: must lie in [0, 1]") for p in info.value.problems)
+    assert "space.alpha_granularity: must be a list of choices" in info.value.problems
