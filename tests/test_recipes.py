@@ -156,3 +156,32 @@ def test_search_can_vary_each_recipe(weights):
         config.from_dict(bad)
     assert any(p.startswith("space.distill_weight: must lie in [0, 1]") for p in info.value.problems)
     assert "space.alpha_granularity: must be a list of choices" in info.value.problems
+
+
+def test_batchnorm_reestimation_equals_the_statistics_of_every_norms_input_under_the_pann():
+    from pann.catalog import relu_for_precision as precision
+    from pann.convert import calibrate, convert, prepare
+    from pann.corrections import reestimate_batchnorm
+
+    torch.manual_seed(0)
+    x = torch.rand(96, 3, 32, 32)
+    observed = prepare(resnet20())
+    calibrate(observed, [x])
+    pann = convert(observed, precision(3), compiled=False)
+    norms = [m for m in pann.modules() if isinstance(m, nn.BatchNorm2d)]
+    reestimate_batchnorm(pann, [x[:40], x[40:]])
+    # Direct computation: the inputs each norm receives when the PANN, now re-estimated, runs on the data.
+    seen = {}
+    handles = [m.register_forward_pre_hook(lambda m, i: seen.__setitem__(m, i[0].double())) for m in norms]
+    with torch.no_grad():
+        pann(x)
+    for h in handles:
+        h.remove()
+    assert len(seen) == len(norms) == 19
+    for norm in norms:
+        inputs = seen[norm]
+        torch.testing.assert_close(norm.running_mean, inputs.mean(dim=(0, 2, 3)).float(), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(norm.running_var, inputs.var(dim=(0, 2, 3), unbiased=False).float(),
+                                   atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="no data"):
+        reestimate_batchnorm(pann, [])
