@@ -47,8 +47,7 @@ class PrecisionSchedule:
     """Sets the alpha of every approximation-aware ReLU of ``model`` from :func:`alpha_at`.
 
     ``granularity='epoch'`` moves once per epoch (position = epoch), ``'step'`` at every
-    optimiser step (position = global step). Records the alpha of every step it sets,
-    so callers can report what training actually ran at.
+    optimiser step (position = global step).
     """
 
     def __init__(self, model: nn.Module, start: float, target: float, epochs: int, steps_per_epoch: int,
@@ -62,7 +61,6 @@ class PrecisionSchedule:
         self.start, self.target, self.granularity = float(start), float(target), granularity
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
         self.current: float | None = None
-        self.seen: list[float] = []
 
     def step(self, epoch: int, step_in_epoch: int) -> float:
         """Apply the alpha of this step (swapping the polynomials only when it changes); return it."""
@@ -76,5 +74,4 @@ class PrecisionSchedule:
             for module in self.modules:
                 module.set_approximation(approximation)
             self.current = alpha
-        self.seen.append(alpha)
         return alpha

@@ -1,8 +1,10 @@
 """Training and fine-tuning of backbones, with the leakage-mitigation techniques and recipes.
 
 A :class:`~pann.training_config.TrainConfig` (re-exported here) is plain data, validated as a
-whole before anything runs. :func:`train` runs the loop and calls ``callback(epoch, metrics)`` after every epoch; a callback that
-returns ``True`` stops training (the hook for Ray Tune reporting and early stopping).
+whole before anything runs. :func:`train` runs the loop and calls ``callback(epoch, metrics)``
+after every epoch; a callback that returns ``True`` stops training (the hook for Ray Tune
+reporting and early stopping). With a precision schedule the metrics carry ``alpha``, the
+mean training alpha of the epoch's steps; without validation images, ``val_*`` are NaN.
 """
 
 from __future__ import annotations

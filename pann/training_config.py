@@ -124,7 +124,8 @@ class TrainConfig:
              and self.alpha <= self.alpha_start <= 16, "alpha_start", "must lie in alpha..16 (or null for no schedule)")
         need(self.alpha_start is None or self.leakage == "approximation-aware", "alpha_start",
              "a precision schedule needs leakage 'approximation-aware'")
-        need(self.alpha_granularity in GRANULARITIES, "alpha_granularity", f"expected one of {', '.join(GRANULARITIES)}")
+        need(self.alpha_granularity in GRANULARITIES, "alpha_granularity",
+             f"expected one of {', '.join(GRANULARITIES)}")
         need(isinstance(self.validation_size, int) and self.validation_size >= 0, "validation_size",
              "must be an integer >= 0")
         need(self.train_limit is None or isinstance(self.train_limit, int) and self.train_limit >= 1,
