@@ -2,15 +2,16 @@
 validation images and confirmed on test images that chose nothing.
 
     python experiments/recipe_table.py [--model resnet20] [--variants "aa 7,aa 7 + KD"] [--alphas 5-10]
-        [--data-dir ../shared/data] [--json docs/measurements/recipe_table.json]
+        [--bn-alphas 6-8] [--save-weights DIR] [--data-dir ../shared/data] [--json docs/measurements/recipe_table.json]
 
 Every variant fine-tunes the shared pretrained weights of --model on the full training set (50,000 images, crop+flip,
 Nesterov SGD, lr --lr cosine, weight decay 0, batch 128) with approximation-aware training at alpha 7 and the
 variant's recipe ("post-training" trains nothing). Each backbone is converted with per-layer B calibrated on 10,000
 training images. The first 2,000 test images are the validation images: the PANN's accuracy at every alpha of
 --alphas on them gives the variant's sturdiness and its lowest alpha within 1 point of the pretrained backbone
-there. That alpha (and alpha 7, the issue's target) is then confirmed on the other 8,000 test images (--target-alpha sets the latter: 8 for ResNet-56). The JSON is
-rewritten after every variant, so what finished is kept.
+there. That alpha and alpha 7 (the issue's target; --target-alpha, 8 for ResNet-56) are then confirmed on the other
+8,000 test images, both as converted and with batch norm re-estimated under the PANN (on 2,000 augmented training
+images; --bn-alphas). The JSON is rewritten after every variant, so what finished is kept.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import torch
 from pann.cli import parse_alphas
 from pann.data import load_dataset
 from pann.evaluate import accuracy, accuracy_curve, calibrated
-from pann.models import build_model
+from pann.models import build_model, save_weights
 from pann.sturdiness import sturdiness
 from pann.training import TrainConfig, train
 
@@ -59,22 +60,44 @@ def _write(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def _row(name: str, model: torch.nn.Module, seconds: float, data: dict, alphas: list[float],
+def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], reference: dict[str, float],
+            backbone: dict[str, float], target_alpha: float, device: str, bn: list | None) -> dict:
+    """Curve on the validation images, sturdiness, chosen alpha, and its confirmation on the held-out images."""
+    span = (min(alphas), max(alphas))
+    curve = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["validation"], alphas, device=device,
+                                                         progress=False, batchnorm_batches=bn)}
+    chosen = sturdiness(curve, reference["validation"], span=span).lowest_alpha
+    confirm = sorted({a for a in (chosen, target_alpha) if a is not None})
+    held = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["held_out"], confirm, device=device,
+                                                        progress=False, batchnorm_batches=bn)}
+    return {"validation_curve": curve, "sturdiness": dataclasses.asdict(sturdiness(curve, backbone["validation"],
+                                                                                   span=span)),
+            "chosen_alpha": chosen, "held_out": held,
+            "confirmed": None if chosen is None else held[chosen] >= reference["held_out"] - 0.01}
+
+
+def _row(name: str, model: torch.nn.Module, seconds: float, data: dict, alphas: list[float], bn_alphas: list[float],
          reference: dict[str, float], target_alpha: float, device: str) -> dict:
-    """Measure one fine-tuned backbone: its curve on the validation images, its chosen alpha confirmed on held-out."""
-    validation, held_out = data["validation"], data["held_out"]
+    """One fine-tuned backbone: as converted (curve over ``alphas``) and with batch norm re-estimated under the
+    PANN on augmented calibration images (curve over ``bn_alphas``)."""
     backbone = {part: accuracy(model, data[part], device=device) for part in ("validation", "held_out")}
     observed = calibrated(model, data["calibration"], device=device)
-    curve = {p.alpha: p.accuracy
-             for p in accuracy_curve(observed, validation, alphas, device=device, progress=False)}
-    own = sturdiness(curve, backbone["validation"], span=(min(alphas), max(alphas)))
-    chosen = sturdiness(curve, reference["validation"], span=(min(alphas), max(alphas))).lowest_alpha
-    confirm = sorted({a for a in (chosen, target_alpha) if a is not None})
-    held = {p.alpha: p.accuracy for p in accuracy_curve(observed, held_out, confirm, device=device, progress=False)}
-    return {"variant": name, "overrides": VARIANTS[name], "train_seconds": seconds, "backbone": backbone,
-            "validation_curve": curve, "sturdiness": dataclasses.asdict(own), "chosen_alpha": chosen,
-            "held_out": held,
-            "confirmed": None if chosen is None else held[chosen] >= reference["held_out"] - 0.01}
+    row = {"variant": name, "overrides": VARIANTS[name], "train_seconds": seconds, "backbone": backbone,
+           **_choose(observed, data, alphas, reference, backbone, target_alpha, device, None)}
+    if bn_alphas:
+        row["batchnorm"] = _choose(observed, data, bn_alphas, reference, backbone, target_alpha, device,
+                                   data["batchnorm"])
+    return row
+
+
+def _print(row: dict) -> None:
+    parts = [row] + ([row["batchnorm"]] if "batchnorm" in row else [])
+    text = "  |  ".join(" ".join(f"{a:g}:{100 * acc:.2f}" for a, acc in part["validation_curve"].items())
+                        + f" chosen {part['chosen_alpha']} held-out "
+                        + " ".join(f"{a:g}:{100 * acc:.2f}" for a, acc in part["held_out"].items())
+                        for part in parts)
+    print(f"{row['variant']:<34} backbone {100 * row['backbone']['validation']:.2f}/"
+          f"{100 * row['backbone']['held_out']:.2f}  {text}  area {row['sturdiness']['area']:.3f}", flush=True)
 
 
 def main() -> None:
@@ -82,6 +105,8 @@ def main() -> None:
     parser.add_argument("--model", default="resnet20")
     parser.add_argument("--variants", help=f"comma-separated, in order (default {','.join(DEFAULT_VARIANTS)})")
     parser.add_argument("--alphas", default="5-10")
+    parser.add_argument("--bn-alphas", default="6-8", help="alphas with batch norm re-estimated ('' for none)")
+    parser.add_argument("--save-weights", type=Path, help="folder for the fine-tuned weights (one file a variant)")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--target-alpha", type=float, default=7.0, help="also confirmed on held-out images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -93,12 +118,15 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     alphas = parse_alphas(args.alphas)
+    bn_alphas = parse_alphas(args.bn_alphas) if args.bn_alphas else []
     weights = args.data_dir / f"{args.model}_cifar10.pt"
     test = load_dataset("cifar10", "test", args.data_dir)
     train_set = load_dataset("cifar10", "train", args.data_dir)
     order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
     data = {"calibration": train_set.subset(order[:10000]), "validation": test.subset(slice(0, VALIDATION)),
-            "held_out": test.subset(slice(VALIDATION, None))}
+            "held_out": test.subset(slice(VALIDATION, None)),
+            "batchnorm": [x for x, _ in train_set.subset(order[:2000]).batches(
+                500, augment=True, generator=torch.Generator().manual_seed(0))]}
     pretrained = build_model(args.model, 10, weights=weights)
     reference = {part: accuracy(pretrained, data[part], device=args.device) for part in ("validation", "held_out")}
     print(f"pretrained {args.model}: validation {100 * reference['validation']:.2f}%, "
@@ -113,15 +141,15 @@ def main() -> None:
                                             "data_dir": str(args.data_dir), "validation_size": 0, "lr": args.lr,
                                             "weight_decay": 0.0, "schedule": "cosine", **overrides})
             model = train(config, progress=False).model
-        row = _row(name, model, time.perf_counter() - start, data, alphas, reference, args.target_alpha,
-                   args.device)
+            if args.save_weights:
+                save_weights(model, args.save_weights / f"{name.replace(' ', '_').replace('>', '')}.pt",
+                             config=dataclasses.asdict(config))
+        row = _row(name, model, time.perf_counter() - start, data, alphas, bn_alphas, reference,
+                   args.target_alpha, args.device)
+        row["seconds"] = time.perf_counter() - start
         out["rows"].append(row)
         _write(args.json, out)
-        cells = " ".join(f"{a:g}:{100 * acc:.2f}" for a, acc in row["validation_curve"].items())
-        held = " ".join(f"{a:g}:{100 * acc:.2f}" for a, acc in row["held_out"].items())
-        print(f"{name:<34} backbone {100 * row['backbone']['validation']:.2f}/{100 * row['backbone']['held_out']:.2f}"
-              f"  validation {cells}  chosen {row['chosen_alpha']}  held-out {held}"
-              f"  area {row['sturdiness']['area']:.3f}  ({time.perf_counter() - start:.0f} s)", flush=True)
+        _print(row)
 
 
 if __name__ == "__main__":
