@@ -19,14 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", type=Path)
+    parser.add_argument("tables", type=Path, nargs="+", help="one or more JSON tables, plotted together")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="PANN accuracy vs precision")
     args = parser.parse_args()
-    table = json.loads(args.table.read_text())
+    rows = [row for path in args.tables for row in json.loads(path.read_text())["rows"]]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in table["rows"]:
+    for row in rows:
         curve = row["plain"] if "plain" in row else row["validation_curve"]
         backbone = row["backbone"] if "plain" in row else row["backbone"]["validation"]
         alphas = sorted(curve, key=float)

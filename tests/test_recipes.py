@@ -1,19 +1,24 @@
 """Fine-tuning recipes (distillation, precision schedule), batch-norm re-estimation and sturdiness."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from torch import nn
 
 from pann.catalog import relu_for_precision
-from pann.convert import replace_activations
+from pann.convert import calibrate, convert, prepare, replace_activations
+from pann.corrections import reestimate_batchnorm
 from pann.distillation import Teacher, distillation_loss
 from pann.models import resnet20, save_weights
 from pann.schedules import PrecisionSchedule, alpha_at
 from pann.sturdiness import sturdiness
 from pann.techniques import ApproximationAwareReLU
 from pann.training import ConfigError, TrainConfig, train
+from search import config
+from search.config import SearchConfigError
 
 
 def _softmax(values):
@@ -137,9 +142,6 @@ def test_sturdiness_of_a_curve():
 
 
 def test_search_can_vary_each_recipe(weights):
-    from search import config
-    from search.config import SearchConfigError
-
     data = {"name": "t", "target_accuracy": 0.5,
             "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100, "weights": weights},
             "training": {"leakage": "approximation-aware", "alpha": 7},
@@ -159,15 +161,11 @@ def test_search_can_vary_each_recipe(weights):
 
 
 def test_batchnorm_reestimation_equals_the_statistics_of_every_norms_input_under_the_pann():
-    from pann.catalog import relu_for_precision as precision
-    from pann.convert import calibrate, convert, prepare
-    from pann.corrections import reestimate_batchnorm
-
     torch.manual_seed(0)
     x = torch.rand(96, 3, 32, 32)
     observed = prepare(resnet20())
     calibrate(observed, [x])
-    pann = convert(observed, precision(3), compiled=False)
+    pann = convert(observed, relu_for_precision(3), compiled=False)
     norms = [m for m in pann.modules() if isinstance(m, nn.BatchNorm2d)]
     reestimate_batchnorm(pann, [x[:40], x[40:]])
     # Direct computation: the inputs each norm receives when the PANN, now re-estimated, runs on the data.
@@ -185,3 +183,12 @@ def test_batchnorm_reestimation_equals_the_statistics_of_every_norms_input_under
                                    atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="no data"):
         reestimate_batchnorm(pann, [])
+
+
+def test_shipped_recipe_config_is_valid(shared_data):
+    path = Path(__file__).resolve().parents[1] / "configs" / "finetune_resnet20_kd.yaml"
+    data = yaml.safe_load(path.read_text())
+    data["pretrained"] = str(shared_data / "resnet20_cifar10.pt")  # the file's path is relative to the repository
+    recipe = TrainConfig.from_dict(data)
+    assert (recipe.leakage, recipe.alpha, recipe.distill_weight, recipe.validation_size) == (
+        "approximation-aware", 7, 0.9, 0)
