@@ -15,12 +15,12 @@ from pathlib import Path
 import torch
 
 from pann.catalog import relu_for_precision
-from pann.cli import parse_alphas
 from pann.convert import convert
 from pann.corrections import compensate_leakage, reestimate_batchnorm
 from pann.data import load_dataset
 from pann.evaluate import accuracy, calibrated
 from pann.models import resnet20
+from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -19,18 +19,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
 
-from pann.cli import parse_alphas
 from pann.data import load_dataset
 from pann.evaluate import accuracy, accuracy_curve, calibrated
+from pann.files import write_bytes_atomic
 from pann.models import build_model, save_weights
 from pann.sturdiness import sturdiness
 from pann.training import TrainConfig, train
+from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 VALIDATION = 2000
@@ -50,14 +50,6 @@ VARIANTS = {
     "aa 10->8 by epoch + KD, 3 epochs": {**AWARE_7, **KD, "alpha": 8, "alpha_start": 10, "epochs": 3},
 }
 DEFAULT_VARIANTS = ["aa 7 + KD", "aa 9->7 by step + KD", "aa 7", "post-training"]
-
-
-def _write(path: Path, data: dict) -> None:
-    """Write ``data`` as JSON atomically (a reader never sees half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], reference: dict[str, float],
@@ -148,7 +140,7 @@ def main() -> None:
                    args.target_alpha, args.device)
         row["seconds"] = time.perf_counter() - start
         out["rows"].append(row)
-        _write(args.json, out)
+        write_bytes_atomic(args.json, json.dumps(out, indent=2).encode())  # what finished is kept
         _print(row)
 
 

@@ -1,48 +1,26 @@
-"""The ``pann`` command line."""
+"""The ``pann`` command line: one short function per command, and the parser that declares their options.
+
+Longer than the ~250-line guide because every command's options are declared here, in one place.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from pann.approximation import FAMILIES, ReluApproximation
-from pann.catalog import MAX_ALPHA, MIN_ALPHA, check_alpha, get_approximation, relu_for_precision
+from pann.catalog import MAX_ALPHA, MIN_ALPHA, get_approximation, relu_for_precision
+from pann.files import read_yaml
+from pann.user_input import UsageError, parse_alphas, parse_degrees
 
-
-class UsageError(ValueError):
-    """Bad command-line input."""
-
-
-def parse_alphas(text: str) -> list[float]:
-    """``'4-14'``, ``'4,6,8'`` or ``'9'`` -> alphas, each checked against the supported range."""
-    alphas: list[float] = []
-    try:
-        for part in text.split(","):
-            lo, sep, hi = part.strip().partition("-")
-            if sep:
-                first, last = int(lo), int(hi)
-                if first > last:
-                    raise UsageError(f"empty alpha range {part!r}")
-                alphas += [float(a) for a in range(first, last + 1)]
-            else:
-                alphas.append(float(lo))
-    except ValueError as exc:
-        if isinstance(exc, UsageError):
-            raise
-        raise UsageError(f"cannot read alphas {text!r}; expected e.g. 4-14, 4,6,8 or 9") from exc
-    return [check_alpha(a) for a in alphas]
-
-
-def parse_degrees(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(d) for d in text.split(","))
-    except ValueError as exc:
-        raise UsageError(f"cannot read degrees {text!r}; expected odd integers like 15,15") from exc
+__all__ = ["UsageError", "build_parser", "main", "parse_alphas", "parse_degrees", "run"]
 
 
 def _positive(kind):
@@ -79,8 +57,49 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print("precision: -log2 max|r(t) - ReLU(t)| on [-1, 1]; depth and non-scalar multiplications of one ReLU")
 
 
+def weights_file(args: argparse.Namespace):
+    """The local weights file of ``--weights`` (a path, or a name fetched from the data folder, the torch hub
+    cache or the source; ``$PANN_WEIGHTS_URL`` names a mirror), checked against ``--model``."""
+    from pann.data import default_data_dir
+    from pann.weights import resolve
+
+    return resolve(args.weights, args.data_dir or default_data_dir(), os.environ.get("PANN_WEIGHTS_URL"),
+                   model=args.model)
+
+
+def _evaluate_spec(args: argparse.Namespace) -> None:
+    """Accuracy of the PANN a spec file describes, on the test images."""
+    from pann import spec as pann_spec
+    from pann.convert import prepare
+    from pann.data import NUM_CLASSES, load_dataset
+    from pann.evaluate import accuracy
+    from pann.models import build_model
+
+    spec = pann_spec.load(args.spec)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
+    pann = pann_spec.apply(prepare(model), spec)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    test = test.subset(slice(args.skip, args.skip + args.limit if args.limit else None))
+    device = args.device or "cpu"
+    backbone_accuracy = accuracy(model, test, args.batch_size, device, None if args.json else "backbone")
+    pann_accuracy = accuracy(pann, test, args.batch_size, device, None if args.json else "PANN")
+    alphas = [layer.approximation.precision for layer in spec.layers]
+    if args.json:
+        json.dump({"spec": str(args.spec), "test_images": len(test), "backbone_accuracy": backbone_accuracy,
+                   "accuracy": pann_accuracy, "layers": len(spec.layers),
+                   "mean_precision": sum(alphas) / len(alphas)}, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{args.model} on {args.dataset}: {len(test)} test images (from image {args.skip})")
+    print(f"backbone {100 * backbone_accuracy:.2f}%, PANN of {args.spec} ({len(spec.layers)} layers, precision "
+          f"{min(alphas):.2f}..{max(alphas):.2f}) {100 * pann_accuracy:.2f}%")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
+
+    if args.spec:
+        return _evaluate_spec(args)
 
     from pann.convert import interval_bounds
     from pann.data import NUM_CLASSES, load_dataset
@@ -89,7 +108,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     alphas = parse_alphas(args.alphas)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=args.weights)
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
     test = load_dataset(args.dataset, "test", args.data_dir)
     train = load_dataset(args.dataset, "train", args.data_dir)
     if args.limit:
@@ -127,19 +146,51 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
               f"{p.multiplications:6d} {100 * p.accuracy:8.2f}% {100 * p.out_of_range:12.5f}%")
 
 
-def read_yaml(path: str) -> dict:
-    import yaml
+def cmd_cost(args: argparse.Namespace) -> None:
+    from pann.convert import prepare
+    from pann.cost_presets import load_preset
+    from pann.models import build_model
+    from pann.network_cost import network_cost
 
-    try:
-        with open(path) as f:
-            data = yaml.safe_load(f)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"config file not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise UsageError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
-    return data
+    preset = load_preset(args.preset)
+    graph = prepare(build_model(args.model))
+    if args.spec:
+        from pann import spec as pann_spec
+
+        approximations = pann_spec.load(args.spec).approximations
+        precisions = [a.precision for a in approximations.values()]
+        label = f"spec {sum(precisions) / len(precisions):.2f}"  # the spec's mean precision
+        configurations = [(label, approximations)]
+    else:
+        configurations = [(f"{alpha:g}", relu_for_precision(alpha)) for alpha in parse_alphas(args.alphas)]
+    rows = [{"alpha": label, "degrees": list(approx.degrees) if hasattr(approx, "degrees") else "per layer",
+             **network_cost(graph, preset, approximations=approx).to_dict()} for label, approx in configurations]
+    if args.json:
+        json.dump({"model": args.model, "preset": preset.name, "rows": rows}, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{args.model} under cost preset {preset.name}: {preset.description}")
+    print(f"{'alpha':>5}  {'degrees':<12} {'bootstraps':>10} {'levels':>7} {'poly levels':>11} {'mults':>6} "
+          f"{'est. latency':>12}")
+    for r in rows:
+        degrees = r["degrees"] if isinstance(r["degrees"], str) else ",".join(map(str, r["degrees"]))
+        print(f"{r['alpha']:>5}  {degrees:<12} {r['bootstraps']:>10} {r['levels']:>7} "
+              f"{r['polynomial_levels']:>11} {r['multiplications']:>6} {r['latency']:>11.0f}s")
+    print(f"est. latency: seconds per image estimated from the time table of preset {preset.name} "
+          "(its 'source' field says where the numbers come from)")
+
+
+def cmd_weights(args: argparse.Namespace) -> None:
+    from pann.data import default_data_dir
+    from pann.weights import SOURCE_URL, WEIGHTS, cached
+
+    data_dir = args.data_dir or default_data_dir()
+    print(f"{'name':<17} {'model':<9} {'accuracy':>8}  {'cached':<6} licence")
+    for w in WEIGHTS.values():
+        print(f"{w.name:<17} {w.model:<9} {w.accuracy:7.2f}%  {'yes' if cached(w.name, data_dir) else 'no':<6} "
+              f"{w.licence}")
+    print(f"accuracy: CIFAR-10 top-1 as the source records it (best_prec1); source {SOURCE_URL}; cached: in "
+          f"{data_dir} or the torch hub cache, else downloaded on first use (mirror: $PANN_WEIGHTS_URL)")
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -165,6 +216,12 @@ def cmd_train(args: argparse.Namespace) -> None:
     print(f"weights written to {out}")
 
 
+def cmd_fhe_check(args: argparse.Namespace) -> None:
+    from pann.fhe_cli import fhe_check
+
+    fhe_check(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pann", description="Polynomial approximations of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,7 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("evaluate", help="backbone and PANN accuracy over a range of precisions")
     ev.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
-    ev.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
+    ev.add_argument("--weights", help="state dict, pann checkpoint or a name from `pann weights` "
+                    "(default: untrained)")
     ev.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
     ev.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
     ev.add_argument("--alphas", default="4-14", help="precisions in bits, e.g. 4-14 (default)")
@@ -188,11 +246,27 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--margin", type=_positive(float), default=1.0, help="B = margin x observed max |x| (default 1)")
     ev.add_argument("--calibration-size", type=_positive(int), default=10000,
                     help="training images used to calibrate B (default 10000)")
+    ev.add_argument("--spec", type=Path, help="evaluate the PANN of this spec file (per-layer B and polynomials) "
+                    "instead of a curve over --alphas")
     ev.add_argument("--limit", type=_positive(int), help="evaluate only the first N test images")
+    ev.add_argument("--skip", type=int, default=0, help="with --spec: skip the first N test images (e.g. those "
+                    "a search validated and confirmed on)")
     ev.add_argument("--batch-size", type=_positive(int), default=500)
     ev.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     ev.add_argument("--json", action="store_true", help="machine-readable output")
     ev.set_defaults(run=cmd_evaluate)
+
+    co = sub.add_parser("cost", help="CKKS cost of a network: bootstraps, levels, multiplications, latency")
+    co.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
+    co.add_argument("--alphas", default="4-14", help="one uniform ReLU precision per row, e.g. 4-14 (default)")
+    co.add_argument("--spec", type=Path, help="cost the per-layer PANN of this spec file instead of --alphas")
+    co.add_argument("--preset", default="mpcnn", help="built-in cost preset (mpcnn, orion-resnet) or a YAML file")
+    co.add_argument("--json", action="store_true", help="machine-readable output with the bootstrap sites")
+    co.set_defaults(run=cmd_cost)
+
+    we = sub.add_parser("weights", help="named pretrained weights: accuracy, licence, whether cached")
+    we.add_argument("--data-dir", help="data folder with converted weights (default: $PANN_DATA_DIR, else ./data)")
+    we.set_defaults(run=cmd_weights)
 
     tr = sub.add_parser("train", help="train or fine-tune a backbone from a YAML config (see configs/)")
     tr.add_argument("config", help="YAML file with the fields of pann.training.TrainConfig")
@@ -200,19 +274,57 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--checkpoint", type=Path, help="checkpoint file: saved every epoch, resumed from if present")
     tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tr.set_defaults(run=cmd_train)
+
+    fc = sub.add_parser("fhe-check", help="run a PANN under CKKS encryption (Orion) and compare with plaintext")
+    fc.add_argument("--model", required=True, help="resnet20/32/44/56/110 or another convertible model")
+    fc.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
+    source = fc.add_mutually_exclusive_group(required=True)
+    source.add_argument("--alpha", type=float, help="one precision for every ReLU, in bits (per-layer B calibrated)")
+    source.add_argument("--spec", type=Path, help="a PANN spec file (per-layer B and polynomials, e.g. a search's "
+                        "answer_spec.json)")
+    fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
+    fc.add_argument("--params", default="leveled-128",
+                    help="preset (bootstrap-128, leveled-128, insecure-test) or a YAML file (default leveled-128)")
+    fc.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
+    fc.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
+    fc.add_argument("--margin", type=_positive(float), default=1.2, help="B = margin x observed max |x| (default 1.2)")
+    fc.add_argument("--calibration-size", type=_positive(int), default=2000, help="training images for B (default 2000)")
+    fc.add_argument("--fit-images", type=_positive(int), default=64,
+                    help="training images for Orion's bootstrap ranges (default 64)")
+    fc.add_argument("--workdir", help="folder for keys and diagonals on disk (default: the system temp folder)")
+    fc.add_argument("--json", action="store_true", help="machine-readable output")
+    fc.add_argument("--dry-run", action="store_true",
+                    help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")
+    fc.set_defaults(run=cmd_fhe_check)
     return parser
 
 
+_LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+_OUR_LOGGERS = ("pann", "search", "tracking")
+
+
+def _configure_logging() -> None:
+    """INFO and above of this project's loggers to stderr, in a plain format; other libraries keep
+    their WARNING default (MLflow's and Alembic's INFO lines would bury ours)."""
+    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT, stream=sys.stderr)
+    for name in _OUR_LOGGERS:
+        logging.getLogger(name).setLevel(logging.INFO)
+
+
 def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the chosen command; bad input or an unreachable resource exits 2 with its message."""
+    """Parse ``argv`` and run the chosen command; bad input or an unreachable resource exits 2 with its message.
+
+    Logging is configured here, the program's entry point, never by library code.
+    """
     args = parser.parse_args(argv)
+    _configure_logging()
     try:
         args.run(args)
     except (ValueError, OSError) as exc:  # bad input: the message, no traceback
         print(f"pann {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or a search that stopped before its trials did
+        print(f"pann {args.command}: {exc or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

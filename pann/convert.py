@@ -13,7 +13,7 @@ modules. Operations that are not polynomial and have no replacement raise
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import torch
@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from pann.approximation import ReluApproximation
+from pann.groups import check_names
 from pann.modules import ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU
 
 Scope = Literal["global", "layer"]
@@ -71,6 +72,27 @@ def _maxpool_arguments(node: fx.Node) -> tuple:
         values.get("dilation", 1), values.get("ceil_mode", False), values.get("return_indices", False)
 
 
+def _owner(node: fx.Node) -> str:
+    """Qualified name of the module whose ``forward`` made the functional call ``node``."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path = next(reversed(stack.values()))[0]
+    return path if isinstance(path, str) else ""
+
+
+def _swap_call(graph_module: fx.GraphModule, node: fx.Node, replacement: nn.Module) -> None:
+    """Replace the functional call ``node`` by a call of the new submodule ``replacement``."""
+    owner = _owner(node)
+    name = f"{owner}_{node.name}".strip("_").replace(".", "_")
+    replacement.owner = owner
+    graph_module.add_submodule(name, replacement)
+    with graph_module.graph.inserting_after(node):
+        call = graph_module.graph.call_module(name, args=(node.args[0],))
+    node.replace_all_uses_with(call)
+    graph_module.graph.erase_node(node)
+
+
 def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
                         maxpool: Callable[[Any, Any, Any], nn.Module] | None = None,
                         require_polynomial: bool = True) -> fx.GraphModule:
@@ -101,6 +123,7 @@ def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
             elif isinstance(module, _NON_POLYNOMIAL_MODULES):
                 unsupported.append(_describe(node, modules))
             if replacement is not None:
+                replacement.owner = node.target.rpartition(".")[0]
                 graph_module.set_submodule(node.target, replacement)
             continue
         if node.op == "call_function" and node.target in _RELU_FUNCTIONS or \
@@ -116,15 +139,8 @@ def replace_activations(model: nn.Module, relu: Callable[[], nn.Module],
               or node.op == "call_method" and node.target in _NON_POLYNOMIAL_METHODS):
             unsupported.append(_describe(node, modules))
             continue
-        if replacement is None:
-            continue
-        owner = next(reversed(node.meta.get("nn_module_stack") or {"": None}))
-        name = f"{owner}_{node.name}".strip("_").replace(".", "_")
-        graph_module.add_submodule(name, replacement)
-        with graph_module.graph.inserting_after(node):
-            call = graph_module.graph.call_module(name, args=(node.args[0],))
-        node.replace_all_uses_with(call)
-        graph_module.graph.erase_node(node)
+        if replacement is not None:
+            _swap_call(graph_module, node, replacement)
     if unsupported and require_polynomial:
         raise NonPolynomialError("cannot convert to a PANN; non-polynomial operations without a "
                                  "polynomial replacement: " + ", ".join(unsupported))
@@ -180,38 +196,56 @@ def interval_bounds(observed: nn.Module, scope: Scope = "layer", margin: float =
             for name, r in ranges.items()}
 
 
-def convert(observed: nn.Module, approximation: ReluApproximation, scope: Scope = "layer",
-            margin: float = 1.0, dtype: torch.dtype = torch.float32, compiled: bool = True) -> nn.Module:
+Approximations = ReluApproximation | Mapping[str, ReluApproximation]
+
+
+def convert(observed: nn.Module, approximation: Approximations, scope: Scope = "layer", margin: float = 1.0,
+            dtype: torch.dtype = torch.float32, compiled: bool = True,
+            bounds: Mapping[str, float] | None = None) -> nn.Module:
     """A copy of a calibrated model with every observer swapped for its polynomial module
-    (evaluated in ``dtype``, by a fused compiled kernel unless ``compiled=False``)."""
-    bounds = interval_bounds(observed, scope, margin)
+    (evaluated in ``dtype``, by a fused compiled kernel unless ``compiled=False``).
+
+    ``approximation`` is one approximation for every layer, or one per layer (by the names of
+    :func:`observers`). ``bounds`` gives each layer's ``B`` explicitly (e.g. from a spec); by default it
+    comes from the calibrated ranges (:func:`interval_bounds` with ``scope`` and ``margin``).
+    """
+    found = observers(observed)
+    if isinstance(approximation, Mapping):
+        check_names(approximation, found, "per-layer approximations")
+    if bounds is None:
+        bounds = interval_bounds(observed, scope, margin)
+    else:
+        check_names(bounds, found, "per-layer bounds")
     pann = copy.deepcopy(observed)
     for name, observer in observers(pann).items():
+        approx = approximation[name] if isinstance(approximation, Mapping) else approximation
         if isinstance(observer, ObservedMaxPool2d):
-            poly = PolyMaxPool2d(approximation, bounds[name], observer.kernel_size, observer.stride,
+            poly = PolyMaxPool2d(approx, bounds[name], observer.kernel_size, observer.stride,
                                  observer.padding, dtype=dtype, compiled=compiled)
         else:
-            poly = PolyReLU(approximation, bounds[name], dtype=dtype, compiled=compiled)
+            poly = PolyReLU(approx, bounds[name], dtype=dtype, compiled=compiled)
+        poly.owner = getattr(observer, "owner", "")
         pann.set_submodule(name, poly)
     return pann
 
 
-def _poly_modules(pann: nn.Module) -> dict[str, PolyReLU | PolyMaxPool2d]:
+def poly_modules(pann: nn.Module) -> dict[str, PolyReLU | PolyMaxPool2d]:
+    """The polynomial layers of a PANN, by qualified name, in execution order."""
     return {name: m for name, m in pann.named_modules() if isinstance(m, (PolyReLU, PolyMaxPool2d))}
 
 
 def out_of_range(pann: nn.Module) -> dict[str, float]:
     """Fraction of inputs outside ``[-B, B]`` per polynomial layer since the last reset."""
-    return {name: m.out_of_range.item() / max(m.seen.item(), 1) for name, m in _poly_modules(pann).items()}
+    return {name: m.out_of_range.item() / max(m.seen.item(), 1) for name, m in poly_modules(pann).items()}
 
 
 def out_of_range_rate(pann: nn.Module) -> float:
     """Fraction of all polynomial-layer inputs outside their ``[-B, B]`` since the last reset."""
-    modules = _poly_modules(pann).values()
+    modules = poly_modules(pann).values()
     return sum(m.out_of_range.item() for m in modules) / max(sum(m.seen.item() for m in modules), 1)
 
 
 def reset_out_of_range(pann: nn.Module) -> None:
-    for m in _poly_modules(pann).values():
+    for m in poly_modules(pann).values():
         m.out_of_range.zero_()
         m.seen.zero_()

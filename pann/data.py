@@ -80,6 +80,19 @@ def load_dataset(name: str, split: str, data_dir: str | Path | None = None) -> I
     return _torchvision_cifar(name, root, split)
 
 
+def download(name: str, data_dir: str | Path | None = None) -> None:
+    """Put dataset ``name`` under the data root if it is not there (torchvision's download, both splits).
+
+    Nothing to do for ``synthetic`` or the npz layout. Call it once before parallel readers start:
+    torchvision's download is not safe to run from several processes at once.
+    """
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
+    if name == "synthetic" or name == "cifar10" and (root / "cifar10").is_dir():
+        return
+    for split in ("train", "test"):
+        load_dataset(name, split, root)
+
+
 def _cifar10_npz(folder: Path, split: str) -> ImageSet:
     files = [folder / "test.npz"] if split == "test" else [folder / f"train_{i}.npz" for i in range(1, 6)]
     missing = [str(f) for f in files if not f.is_file()]

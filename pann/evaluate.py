@@ -32,8 +32,12 @@ class CurvePoint:
         return {**asdict(self), "degrees": list(self.degrees)}
 
 
-def _correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
-    """Correct predictions; a prediction whose logits are not all finite counts as wrong."""
+def count_correct(logits: torch.Tensor, labels: torch.Tensor) -> int:
+    """Number of rows whose arg-max is the label; a row of logits that are not all finite counts as wrong.
+
+    ``logits`` ``(N, C)`` on any device, ``labels`` ``(N,)`` on the CPU. The one accuracy counter of
+    the project: a PANN whose polynomial overflowed must not score by the accident of ``argmax(nan)``.
+    """
     logits = logits.float()
     ok = (logits.argmax(1).cpu() == labels) & torch.isfinite(logits).all(1).cpu()
     return int(ok.sum())
@@ -48,8 +52,7 @@ def _progress(data: ImageSet, batch_size: int, desc: str | None):
 def accuracy(model: nn.Module, data: ImageSet, batch_size: int = 500, device: str | torch.device = "cpu",
              desc: str | None = None) -> float:
     """Top-1 accuracy of ``model`` on ``data``."""
-    model.eval().to(device)
-    return sum(_correct(model(x.to(device)), y) for x, y in _progress(data, batch_size, desc)) / len(data)
+    return accuracies([model], data, batch_size, device, desc)[0]
 
 
 def calibrated(backbone: nn.Module, calibration: ImageSet, batch_size: int = 500,
@@ -82,11 +85,21 @@ def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float],
         if leakage_batches is not None:
             compensate_leakage(pann, (x.to(device) for x in leakage_batches))
         reset_out_of_range(pann)  # count only the evaluation's inputs
-    correct = [0] * len(panns)
-    for x, y in _progress(data, batch_size, f"{len(panns)} PANNs" if progress else None):
-        x = x.to(device)
-        for i, pann in enumerate(panns):
-            correct[i] += _correct(pann(x), y)
-    return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, c / len(data),
+    scores = accuracies(panns, data, batch_size, device, f"{len(panns)} PANNs" if progress else None)
+    return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, score,
                        out_of_range_rate(pann))
-            for alpha, a, pann, c in zip(alphas, approximations, panns, correct)]
+            for alpha, a, pann, score in zip(alphas, approximations, panns, scores)]
+
+
+@torch.no_grad()
+def accuracies(models: Sequence[nn.Module], data: ImageSet, batch_size: int = 500,
+               device: str | torch.device = "cpu", desc: str | None = None) -> list[float]:
+    """Top-1 accuracy of each model on ``data``, loading every batch once for all of them."""
+    correct = [0] * len(models)
+    for model in models:
+        model.eval().to(device)
+    for x, y in _progress(data, batch_size, desc):
+        x = x.to(device)
+        for i, model in enumerate(models):
+            correct[i] += count_correct(model(x), y)
+    return [c / len(data) for c in correct]

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 import torchvision
 from torch import nn
 
+from pann.files import atomic_write
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -158,7 +160,10 @@ def model_names() -> list[str]:
 
 
 def build_model(name: str, num_classes: int = 10, weights: str | Path | None = None) -> Classifier:
-    """A CIFAR model by name, or any torchvision classification model (ImageNet normalisation)."""
+    """A CIFAR model by name, or any torchvision classification model (ImageNet normalisation).
+
+    ``weights``: a file or a weights name such as ``resnet20_cifar10`` (see :func:`load_weights`).
+    """
     if name in CIFAR_MODELS:
         return CIFAR_MODELS[name](num_classes=num_classes, weights=weights)
     if name in torchvision.models.list_models(module=torchvision.models):
@@ -170,14 +175,18 @@ def build_model(name: str, num_classes: int = 10, weights: str | Path | None = N
 
 
 def load_weights(model: Classifier, path: str | Path) -> Classifier:
-    """Load a state dict or a :func:`save_weights` checkpoint into ``model`` strictly.
+    """Load a state dict, a :func:`save_weights` checkpoint or named weights into ``model`` strictly.
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` naming the
-    mismatch when the weights do not fit the model.
+    ``path`` is a file, or a name of :data:`pann.weights.WEIGHTS` (``resnet20_cifar10``, whose input
+    normalisation is the builder's), fetched with :func:`pann.weights.fetch`'s defaults (the torch hub
+    cache, else the source); for a data folder or a mirror, pass the file that
+    :func:`pann.weights.resolve` returns. Raises
+    ``FileNotFoundError`` for a missing file and ``ValueError`` naming the mismatch when the weights
+    do not fit the model.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
+    from pann.weights import resolve
+
+    path = resolve(path, model=model.name or None)
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -209,10 +218,7 @@ def load_weights(model: Classifier, path: str | Path) -> Classifier:
 
 
 def save_weights(model: Classifier, path: str | Path, **metadata) -> None:
-    """Write the network's state dict with its model name and normalisation."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"model": model.name, "state_dict": model.net.state_dict(), **model.normalization,
-                **metadata}, tmp)
-    tmp.replace(path)
+    """Write the network's state dict with its model name and normalisation, atomically (parents created)."""
+    with atomic_write(path) as temporary:
+        torch.save({"model": model.name, "state_dict": model.net.state_dict(), **model.normalization,
+                    **metadata}, temporary)

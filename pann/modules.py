@@ -8,10 +8,12 @@ replace them with the polynomial approximation scaled to an interval ``[-B, B]``
 
 from __future__ import annotations
 
-import os
+import functools
 import warnings
 
 import torch
+import torch._dynamo
+import torch._inductor.exc
 import torch.nn.functional as F
 from torch import nn
 
@@ -65,30 +67,44 @@ def relu_polynomial(x: torch.Tensor, bound: torch.Tensor, widths: list[torch.Ten
     return x * (1 + p) / 2, outside
 
 
-_compiled_relu_polynomial = None
+# Compiler failures (no C++ compiler, an unsupported platform): these, and only these, fall back to eager.
+_COMPILE_ERRORS = (torch._dynamo.exc.BackendCompilerFailed, torch._dynamo.exc.TorchDynamoException,
+                   torch._inductor.exc.InductorError, torch._inductor.exc.CppCompileError)
+# One compiled entry per degree-set shape, dtype and grad mode: more than dynamo's default of 8. Raised only
+# around our own calls (a scoped config patch), never for the rest of the process.
+_RECOMPILE_LIMIT = 256
+_compile_failure: str | None = None  # why compilation failed in this process, once it has
 
 
-def _compiled():
-    """``relu_polynomial`` compiled by TorchInductor (one fused kernel per degree set),
-    or ``None`` where compilation is switched off (``PANN_COMPILE=0``) or has failed."""
-    global _compiled_relu_polynomial
-    if _compiled_relu_polynomial is None:
-        if os.environ.get("PANN_COMPILE", "1") == "0":
-            _compiled_relu_polynomial = False
-        else:
-            # One entry per degree set, dtype and grad mode; the default limit of 8 is too few.
-            config = torch._dynamo.config
-            name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
-            setattr(config, name, max(getattr(config, name), 256))
-            _compiled_relu_polynomial = torch.compile(relu_polynomial, dynamic=True)
-    return _compiled_relu_polynomial or None
+@functools.lru_cache(maxsize=None)
+def _compiled_kernel():
+    """``relu_polynomial`` compiled by TorchInductor: one fused kernel per degree set (compiled lazily)."""
+    return torch.compile(relu_polynomial, dynamic=True)
 
 
-def _disable_compilation(exc: Exception) -> None:
-    global _compiled_relu_polynomial
-    _compiled_relu_polynomial = False
-    warnings.warn(f"torch.compile failed ({type(exc).__name__}: {exc}); PANN layers fall back to "
-                  "eager evaluation. Set PANN_COMPILE=0 to skip the attempt.", RuntimeWarning, stacklevel=3)
+def _dynamo_limit_patch():
+    config = torch._dynamo.config
+    name = "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+    return config.patch(**{name: max(getattr(config, name), _RECOMPILE_LIMIT)})
+
+
+def _run_compiled(*args):
+    """The compiled kernel's result, or ``None`` once the compiler has failed in this process.
+
+    Only compiler errors fall back (with a warning naming the error, once); anything else, out of
+    memory included, propagates.
+    """
+    global _compile_failure
+    if _compile_failure is not None:
+        return None
+    try:
+        with _dynamo_limit_patch():
+            return _compiled_kernel()(*args)
+    except _COMPILE_ERRORS as exc:
+        _compile_failure = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        warnings.warn(f"torch.compile failed ({_compile_failure}); PANN layers fall back to eager evaluation "
+                      "(pass compiled=False to skip the attempt)", RuntimeWarning, stacklevel=4)
+        return None
 
 
 class _PolynomialReLU(nn.Module):
@@ -124,12 +140,10 @@ class _PolynomialReLU(nn.Module):
     def _evaluate(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         widths = [getattr(self, w) for w, _ in self._stage_names]
         coefficients = [getattr(self, c) for _, c in self._stage_names]
-        kernel = _compiled() if self.compiled else None
-        if kernel is not None:
-            try:
-                return kernel(x, self.bound, widths, coefficients, self.composite)
-            except Exception as exc:  # no C++ compiler, unsupported platform, ...
-                _disable_compilation(exc)
+        if self.compiled:
+            result = _run_compiled(x, self.bound, widths, coefficients, self.composite)
+            if result is not None:
+                return result
         if torch.is_grad_enabled() and x.requires_grad:
             return relu_polynomial(x, self.bound, widths, coefficients, self.composite)
         flat = x.reshape(-1)

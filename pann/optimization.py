@@ -7,9 +7,6 @@ from typing import Any
 import torch
 from torch import nn
 
-OPTIMIZERS = ("sgd", "nesterov", "adamw")
-SCHEDULES = ("constant", "step", "cosine", "onecycle")
-
 
 def parameter_groups(model: nn.Module, config: Any) -> list[dict]:
     """One group with ``config.weight_decay``, or, without ``config.decay_norm_and_bias``, a second

@@ -1,14 +1,15 @@
-"""Training and fine-tuning of backbones, with the leakage-mitigation techniques and recipes.
+"""Training and fine-tuning of backbones, with the leakage-mitigation techniques.
 
-A :class:`~pann.training_config.TrainConfig` (re-exported here) is plain data, validated as a
-whole before anything runs. :func:`train` runs the loop and calls ``callback(epoch, metrics)``
-after every epoch; a callback that returns ``True`` stops training (the hook for Ray Tune
-reporting and early stopping). With a precision schedule the metrics carry ``alpha``, the
-mean training alpha of the epoch's steps; without validation images, ``val_*`` are NaN.
+:func:`train` runs a :class:`~pann.train_config.TrainConfig` (plain data, validated as a whole
+before anything runs) and calls ``callback(epoch, metrics)`` after every epoch; a callback that
+returns ``True`` stops training (the hook for Ray Tune reporting and early stopping). With a
+precision schedule the metrics carry ``alpha``, the mean training alpha of the epoch's steps;
+without validation images (``validation_size=0``), ``val_*`` are NaN.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections.abc import Callable
@@ -26,13 +27,19 @@ from pann.catalog import relu_for_precision
 from pann.convert import replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
 from pann.distillation import Teacher, distillation_loss
+from pann.evaluate import count_correct
+from pann.files import atomic_write
 from pann.models import Classifier, build_model
-from pann.optimization import optimizer, scheduler
+from pann.optimization import optimizer as _optimizer
+from pann.optimization import scheduler as _scheduler
 from pann.schedules import PrecisionSchedule
 from pann.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
-from pann.training_config import LEAKAGE_TREATMENTS, ConfigError, TrainConfig
+from pann.train_config import LEAKAGE_TREATMENTS, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
 
-__all__ = ["ConfigError", "LEAKAGE_TREATMENTS", "TrainConfig", "TrainResult", "TrainingDiverged", "train"]
+__all__ = ["LEAKAGE_TREATMENTS", "OPTIMIZERS", "SCHEDULES", "ConfigError", "TrainConfig", "TrainResult",
+           "TrainingDiverged", "evaluate_loss_accuracy", "leakage_module", "mixup", "train"]
+
+logger = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,37 +84,40 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Gener
 
 
 def evaluate_loss_accuracy(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[float, float]:
+    """Mean cross-entropy and top-1 accuracy (a row of non-finite logits counts as wrong)."""
     model.eval()
     loss, correct = 0.0, 0
     with torch.no_grad():
         for x, y in data.batches(max(batch_size, 500)):
             logits = model(x.to(device)).float()
             loss += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
-            correct += int((logits.argmax(1).cpu() == y).sum())
+            correct += count_correct(logits, y)
     return loss / len(data), correct / len(data)
 
 
 @dataclass
-class _Run:
-    """What one training run updates, step by step."""
+class _Loop:
+    """What a training run updates step by step, and saves to and restores from its checkpoint."""
 
-    config: TrainConfig
     model: nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
     generator: torch.Generator
     device: torch.device
-    teacher: Teacher | None
-    precision: PrecisionSchedule | None
+    use_amp: bool
+    teacher: Teacher | None = None
+    precision: PrecisionSchedule | None = None
 
-    def state(self, epoch: int, history: list[dict[str, float]]) -> dict:
-        return {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "history": history,
-                "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state()}
+    def save(self, path: Path, epoch: int, history: list[dict[str, float]]) -> None:
+        state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "history": history,
+                 "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state()}
+        with atomic_write(path) as temporary:
+            torch.save(state, temporary)
 
-    def restore(self, path: Path) -> tuple[list[dict[str, float]], int]:
-        """Load a checkpoint written by :meth:`state`; its history and epoch."""
+    def resume(self, path: Path) -> tuple[list[dict[str, float]], int]:
+        """Restore the state saved at ``path``; its history and the number of epochs done."""
         state = torch.load(path, map_location=self.device, weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -115,85 +125,75 @@ class _Run:
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["torch_rng"])
         self.generator.set_state(state["generator"])
+        logger.info("resuming from %s after epoch %d", path, state["epoch"])
         return state["history"], state["epoch"]
 
 
-def _save(state: dict, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+def _backbone_and_data(config: TrainConfig) -> tuple[Classifier, ImageSet, ImageSet | None]:
+    """The backbone to train (pretrained when asked) and the (train, validation) split of the training set
+    (no validation images with ``validation_size=0``)."""
+    problems = config.problems()
+    if problems:
+        raise ConfigError("invalid training config: " + "; ".join(problems))
+    try:
+        backbone = build_model(config.model, NUM_CLASSES[config.dataset], weights=config.pretrained)
+    except ValueError as exc:
+        raise ConfigError(f"invalid training config: pretrained: {exc}") from exc
+    train_set, validation = load_dataset(config.dataset, "train", config.data_dir), None
+    if config.validation_size:
+        train_set, validation = split_train(train_set, config.validation_size, config.seed)
+    if config.train_limit:
+        train_set = train_set.subset(slice(0, config.train_limit))
+    return backbone, train_set, validation
 
 
-def _loss(run: _Run, x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
+def _loss(loop: _Loop, config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """The batch loss: cross-entropy (on Mixup targets if set), or the distillation loss with a teacher."""
     targets = y
-    if run.config.mixup_alpha:
-        x, targets = mixup(x, y, run.config.mixup_alpha, run.generator, num_classes)
-    logits = run.model(x)
-    if run.teacher is None:
+    if config.mixup_alpha:
+        x, targets = mixup(x, y, config.mixup_alpha, loop.generator, NUM_CLASSES[config.dataset])
+    logits = loop.model(x)
+    if loop.teacher is None:
         return F.cross_entropy(logits, targets)
-    return distillation_loss(logits, run.teacher(x), targets, run.config.distill_temperature,
-                             run.config.distill_weight)
+    return distillation_loss(logits, loop.teacher(x), targets, config.distill_temperature, config.distill_weight)
 
 
-def _train_epoch(run: _Run, data: ImageSet, epoch: int, progress: bool) -> dict[str, float]:
-    config, device = run.config, run.device
-    run.model.train()
+def _train_epoch(loop: _Loop, train_set: ImageSet, config: TrainConfig, epoch: int,
+                 progress: bool) -> dict[str, float]:
+    """One pass over ``train_set``; its mean training loss (and mean training alpha under a precision
+    schedule). Raises :class:`TrainingDiverged` on a non-finite loss."""
+    loop.model.train()
     total_loss, seen, alphas = 0.0, 0, []
-    steps = -(-len(data) // config.batch_size)
-    batches = data.batches(config.batch_size, shuffle=True, augment=config.augment, generator=run.generator)
-    for step, (x, y) in enumerate(tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}",
-                                       leave=False, disable=not progress)):
-        if run.precision is not None:
-            alphas.append(run.precision.step(epoch, step))
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, enabled=run.scaler.is_enabled()):
-            loss = _loss(run, x, y, NUM_CLASSES[config.dataset])
+    batches = train_set.batches(config.batch_size, shuffle=True, augment=config.augment, generator=loop.generator)
+    for step, (x, y) in enumerate(tqdm(batches, total=-(-len(train_set) // config.batch_size),
+                                       desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)):
+        if loop.precision is not None:
+            alphas.append(loop.precision.step(epoch, step))
+        x, y = x.to(loop.device), y.to(loop.device)
+        with torch.autocast(loop.device.type, enabled=loop.use_amp):
+            loss = _loss(loop, config, x, y)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {float(loss.detach())} in epoch {epoch + 1}; "
                                    "lower the learning rate (nothing was saved for this epoch)")
-        run.optimizer.zero_grad(set_to_none=True)
-        run.scaler.scale(loss).backward()
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        run.scheduler.step()
+        loop.optimizer.zero_grad(set_to_none=True)
+        loop.scaler.scale(loss).backward()
+        loop.scaler.step(loop.optimizer)
+        loop.scaler.update()
+        loop.scheduler.step()
         total_loss += float(loss.detach()) * len(y)
         seen += len(y)
-    metrics = {"epoch": epoch + 1, "train_loss": total_loss / seen, "lr": run.optimizer.param_groups[0]["lr"]}
-    if alphas:
-        metrics["alpha"] = sum(alphas) / len(alphas)  # the mean training alpha of the epoch's steps
-    return metrics
+    return {"train_loss": total_loss / seen, **({"alpha": sum(alphas) / len(alphas)} if alphas else {})}
 
 
-def _networks(config: TrainConfig) -> tuple[Classifier, nn.Module, Teacher | None]:
-    """The backbone, the network trained (the backbone with the leakage treatment) and the teacher."""
-    num_classes = NUM_CLASSES[config.dataset]
-    try:
-        backbone = build_model(config.model, num_classes, weights=config.pretrained)
-    except ValueError as exc:
-        raise ConfigError(f"invalid training config: pretrained: {exc}") from exc
-    factory = leakage_module(config)
-    model = replace_activations(backbone, factory, require_polynomial=False) if factory else backbone
-    teacher = Teacher(build_model(config.model, num_classes, weights=config.pretrained)) \
-        if config.distill_weight > 0 else None
-    return backbone, model, teacher
-
-
-def _start(config: TrainConfig, steps_per_epoch: int) -> tuple[Classifier, _Run]:
-    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    generator = _seed_everything(config.seed)
-    backbone, model, teacher = _networks(config)
-    model = model.to(device)
-    opt = optimizer(model, config)
+def _recipes(config: TrainConfig, model: nn.Module, steps_per_epoch: int,
+             device: torch.device) -> tuple[Teacher | None, PrecisionSchedule | None]:
+    """The distillation teacher (the pretrained backbone) and the precision schedule, where the config asks."""
+    teacher = None
+    if config.distill_weight > 0:
+        teacher = Teacher(build_model(config.model, NUM_CLASSES[config.dataset], weights=config.pretrained).to(device))
     precision = None if config.alpha_start is None else PrecisionSchedule(
         model, config.alpha_start, config.alpha, config.epochs, steps_per_epoch, config.alpha_granularity)
-    run = _Run(config, model, opt, scheduler(opt, config, steps_per_epoch),
-               torch.amp.GradScaler(device.type, enabled=config.amp and device.type == "cuda"), generator, device,
-               teacher, precision)
-    if teacher is not None:
-        teacher.network.to(device)
-    return backbone, run
+    return teacher, precision
 
 
 def train(config: TrainConfig, checkpoint: str | Path | None = None,
@@ -205,28 +205,36 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
     exists, training resumes from it. Raises :class:`TrainingDiverged` on a non-finite
     loss, before anything is written for that epoch.
     """
-    problems = config.problems()
-    if problems:
-        raise ConfigError("invalid training config: " + "; ".join(problems))
-    train_set = load_dataset(config.dataset, "train", config.data_dir)
-    validation = None
-    if config.validation_size:
-        train_set, validation = split_train(train_set, config.validation_size, config.seed)
-    if config.train_limit:
-        train_set = train_set.subset(slice(0, config.train_limit))
-    backbone, run = _start(config, -(-len(train_set) // config.batch_size))
+    device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generator = _seed_everything(config.seed)
+    backbone, train_set, validation = _backbone_and_data(config)
+    factory = leakage_module(config)
+    model = replace_activations(backbone, factory, require_polynomial=False) if factory else backbone
+    model = model.to(device)
+    optimizer = _optimizer(model, config)
+    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
+    use_amp = config.amp and device.type == "cuda"
+    loop = _Loop(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_amp), generator,
+                 device, use_amp, *_recipes(config, model, steps_per_epoch, device))
+    history: list[dict[str, float]] = []
+    start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint else None
-    history, start_epoch = run.restore(checkpoint) if checkpoint and checkpoint.is_file() else ([], 0)
+    if checkpoint and checkpoint.is_file():
+        history, start_epoch = loop.resume(checkpoint)
+
     for epoch in range(start_epoch, config.epochs):
-        metrics = _train_epoch(run, train_set, epoch, progress)
-        val_loss, val_accuracy = (evaluate_loss_accuracy(run.model, validation, config.batch_size, run.device)
+        trained = _train_epoch(loop, train_set, config, epoch, progress)
+        val_loss, val_accuracy = (evaluate_loss_accuracy(model, validation, config.batch_size, device)
                                   if validation is not None else (math.nan, math.nan))
-        metrics.update(val_loss=val_loss, val_accuracy=val_accuracy)
+        metrics = {"epoch": epoch + 1, **trained, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                   "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
         if checkpoint:
-            _save(run.state(epoch + 1, history), checkpoint)
+            loop.save(checkpoint, epoch + 1, history)
         if callback is not None and callback(epoch + 1, metrics):
             break
+
     # The trained weights, back in a plain backbone with exact ReLUs.
-    backbone.load_state_dict(run.model.state_dict())
+    backbone.load_state_dict(model.state_dict())
     return TrainResult(backbone.cpu().eval(), history)

@@ -14,12 +14,54 @@ _FORMATS = (".csv", ".json", ".png", ".html")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from pann.data import download
     from search import config
-    from search.runner import print_outcome, run_search
+    from search.runner import run_search
 
     search = config.load(args.config)
-    outcome = run_search(search, address=args.address, resume=args.resume)
+    download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
+    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line())
     print_outcome(outcome, search)
+
+
+def _progress_line():
+    """One status line on stderr: rewritten in place on a terminal, a line per update otherwise."""
+    def show(line: str) -> None:
+        if sys.stderr.isatty():
+            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
+        else:
+            print(line, file=sys.stderr, flush=True)
+    return show
+
+
+def _costs(point) -> str:
+    return ", ".join(f"{k} {point.costs[k]:g}" for k in ("bootstraps", "levels", "latency_s") if k in point.costs)
+
+
+def print_outcome(outcome, search, out=sys.stdout) -> None:
+    """The end of a search, for people: the answer, how it was confirmed, and the front."""
+    trainings = "1 backbone training" if outcome.backbone_trainings == 1 else \
+        f"{outcome.backbone_trainings} backbone trainings"
+    print(f"\n{outcome.trials} trials, {trainings}", file=out)
+    for point, score in outcome.checked:
+        print(f"  candidate {point.trial} (alpha {point.alpha:.2f}, {_costs(point)}): confirmation "
+              f"{100 * score:.2f}%", file=out)
+    if outcome.answer is None:
+        why = "on the confirmation images" if outcome.checked else ""
+        print(f"no trial reached the target accuracy {100 * search.target_accuracy:.2f}% {why}".rstrip(), file=out)
+    else:
+        a = outcome.answer
+        confirmed = "" if outcome.confirmation_accuracy is None else \
+            f", confirmation {100 * outcome.confirmation_accuracy:.2f}%"
+        print(f"cheapest ({search.cost}) meeting {100 * search.target_accuracy:.2f}%: alpha {a.alpha:.3g} "
+              f"(validation {100 * a.accuracy:.2f}%{confirmed}, test {100 * outcome.test_accuracy:.2f}%, "
+              f"depth {a.depth}{', ' + _costs(a) if a.costs else ''}), trial {a.trial}, "
+              f"backbone {a.params.get('backbone') or 'pretrained'}", file=out)
+    print("feasible Pareto front (alpha, validation accuracy, depth, costs, trial):", file=out)
+    for p in outcome.front:
+        print(f"  {p.alpha:>5.3g}  {100 * p.accuracy:6.2f}%  {p.depth:3d}  {_costs(p)}  {p.trial}", file=out)
+    print(f"MLflow parent run {outcome.parent_run_id} ({search.tracking_uri}); "
+          f"front files in {search.run_dir / 'pareto'}", file=out)
 
 
 def cmd_pareto(args: argparse.Namespace) -> None:
@@ -38,7 +80,7 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     target = args.target
     if target is None:
         target = float(client.get_run(parents[0]).data.params["target_accuracy"])
-    front = export_front(args.out, points, target, title=", ".join(args.search or args.run_id))
+    front = export_front(args.out, points, target, title=", ".join(args.search or args.run_id), x=args.x)
     print(f"{len(front)} front points of {len(points)} measured, target {100 * target:.2f}%, written to {args.out}")
 
 
@@ -78,6 +120,8 @@ def build_full_parser() -> argparse.ArgumentParser:
     which.add_argument("--run-id", action="append", help="parent run id of a search (repeatable)")
     pa.add_argument("--out", type=Path, required=True, help="FILE.csv, .json, .png or .html")
     pa.add_argument("--target", type=float, help="target accuracy (default: the first search's)")
+    pa.add_argument("--x", choices=("alpha", "bootstraps", "levels", "latency"), default="alpha",
+                    help="the cost on the x axis (default alpha; the others need a search with a cost model)")
     pa.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
     pa.set_defaults(run=cmd_pareto)
 

@@ -7,43 +7,16 @@ resolved to absolute paths here, because Ray runs every trial in its own working
 from __future__ import annotations
 
 import dataclasses
-import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pann.catalog import MAX_ALPHA, MIN_ALPHA
-from pann.data import DATASETS, default_data_dir
-from pann.models import model_names
+from pann.files import read_yaml
 from pann.training import TrainConfig
-from tracking.runs import default_tracking_uri
-
-SCOPES = ("layer", "global")
-CORRECTIONS = ("none", "compensate")
-# Search dimensions and what they control. Training dimensions change the backbone (and so its key in
-# the backbone store); approximation dimensions only change how a trained backbone is converted.
-TRAINING_DIMENSIONS = ("epochs", "lr", "weight_decay", "mixup_alpha", "leakage", "leakage_alpha",
-                       "noise_factor", "slope", "distill_weight", "distill_temperature", "alpha_start",
-                       "alpha_granularity")
-APPROXIMATION_DIMENSIONS = ("alpha", "scope", "margin", "correction")
-INTEGER_DIMENSIONS = ("alpha", "epochs")
-# Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
-# dimension of the search space overrides the training section's value.
-_TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", "validation_size"}
-
-_SECTIONS = {
-    "name": None, "target_accuracy": None, "storage": None,
-    "backbone": ("model", "dataset", "data_dir", "weights", "validation_from", "validation_size",
-                 "calibration_size"),
-    "training": None,
-    "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
-    "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
-    "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones"),
-    "tracking": ("uri", "experiment"),
-}
-
+from search.config_checks import (APPROXIMATION_DIMENSIONS, CORRECTIONS, COSTS, INTEGER_DIMENSIONS,  # noqa: F401
+                                  SCOPES, STRATEGIES, TRAINING_DIMENSIONS, flatten, check_backbone, check_budget,
+                                  check_identity, check_search, check_space, check_training)
 
 class SearchConfigError(ValueError):
     """A search configuration with problems; ``problems`` lists them all."""
@@ -73,6 +46,7 @@ class SearchConfig:
     training: Mapping[str, Any] = field(default_factory=dict)
     validation_from: str = "train"
     validation_size: int = 5000
+    confirmation_size: int = 0
     calibration_size: int = 5000
     trials: int = 20
     time_s: float | None = None
@@ -84,11 +58,17 @@ class SearchConfig:
     early_stopping: bool = True
     grace_period: int = 1
     depth_objective: bool = False
-    neighbours: int = 1
+    neighbours: int | None = None  # default: 1 with granularity 'network', else 0
     reuse_backbones: bool = True
+    granularity: str = "network"
+    cost: str = "alpha"
+    preset: str = "mpcnn"
+    strategy: str = "optuna"
+    compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""
     experiment: str = "pann-search"
+    weights_url: str | None = None  # a mirror of the named weights' source folder
 
     @property
     def run_dir(self) -> Path:
@@ -112,192 +92,21 @@ class SearchConfig:
         return TrainConfig(**settings)
 
 
-def _flatten(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Nested YAML sections -> SearchConfig keyword arguments, and unknown-field problems."""
-    problems = [f"{key}: unknown field" for key in data if key not in _SECTIONS]
-    values: dict[str, Any] = {}
-    for section, keys in _SECTIONS.items():
-        if section not in data:
-            continue
-        value = data[section]
-        if keys is None or section == "space":
-            values[section] = value
-            continue
-        if not isinstance(value, Mapping):
-            problems.append(f"{section}: must be a mapping")
-            continue
-        problems += [f"{section}.{key}: unknown field" for key in value if key not in keys]
-        for key in keys:
-            if key in value:
-                values[{"uri": "tracking_uri"}.get(key, key)] = value[key]
-    return values, problems
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _dimension_values(name: str, spec: Any) -> tuple[list[Any], list[str]]:
-    """The values to check for one dimension (choices, or the ends of a range), and shape problems."""
-    where = f"space.{name}"
-    if isinstance(spec, list):
-        return (spec, []) if spec else ([], [f"{where}: no values"])
-    if isinstance(spec, Mapping):
-        unknown = [k for k in spec if k not in ("low", "high", "log")]
-        if unknown or "low" not in spec or "high" not in spec:
-            return [], [f"{where}: a range needs exactly low, high and optionally log (got {dict(spec)})"]
-        low, high = spec["low"], spec["high"]
-        if name in ("scope", "correction", "leakage", "mixup_alpha", "alpha_granularity"):
-            return [], [f"{where}: must be a list of choices"]
-        if not (_is_number(low) and _is_number(high)) or low > high:
-            return [], [f"{where}: low and high must be numbers with low <= high (got {low!r}, {high!r})"]
-        if name in INTEGER_DIMENSIONS and not (_is_int(low) and _is_int(high)):
-            return [], [f"{where}: low and high must be integers"]
-        if spec.get("log") and low <= 0:
-            return [], [f"{where}: a log range needs low > 0"]
-        return [low, high], []
-    return [spec], []
-
-
-def _value_problems(name: str, value: Any, base: Mapping[str, Any]) -> list[str]:
-    where = f"space.{name}"
-    if name == "alpha":
-        ok = _is_number(value) and MIN_ALPHA <= value <= MAX_ALPHA
-        return [] if ok else [f"{where}: {value!r} is not a precision in {MIN_ALPHA:g}..{MAX_ALPHA:g}"]
-    if name == "epochs":
-        return [] if _is_int(value) and value >= 0 else [f"{where}: {value!r} is not an integer >= 0"]
-    if name == "scope":
-        return [] if value in SCOPES else [f"{where}: {value!r} is not one of {', '.join(SCOPES)}"]
-    if name == "margin":
-        return [] if _is_number(value) and value > 0 else [f"{where}: {value!r} must be positive"]
-    if name == "correction":
-        return [] if value in CORRECTIONS else [f"{where}: {value!r} is not one of {', '.join(CORRECTIONS)}"]
-    # A training dimension: let TrainConfig judge the value.
-    field_name = "alpha" if name == "leakage_alpha" else name
-    trial = TrainConfig(**{**base, field_name: value})
-    return [f"{where}: {p.split(': ', 1)[1]}" for p in trial.problems() if p.startswith(f"{field_name}:")]
-
-
-def _resolve(path: str | None, *, relative_to: Path | None = None) -> str | None:
-    if path is None:
-        return None
-    p = Path(os.path.expanduser(str(path)))
-    if not p.is_absolute() and relative_to is not None and not p.exists() and (relative_to / p).exists():
-        p = relative_to / p
-    return str(p.resolve())
-
-
 def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchConfig:
     """Validate a parsed YAML search config; raise :class:`SearchConfigError` with every problem."""
     if not isinstance(data, Mapping):
         raise SearchConfigError([f"must be a mapping of sections, got {type(data).__name__}"], source)
-    values, problems = _flatten(data)
+    values, problems = flatten(data)
     known = {f.name for f in dataclasses.fields(SearchConfig)}
     defaults = {f.name: f.default for f in dataclasses.fields(SearchConfig)
                 if f.default is not dataclasses.MISSING}
     merged = {**defaults, **{k: v for k, v in values.items() if k in known}}
-
-    def need(ok: bool, name: str, message: str) -> None:
-        if not ok:
-            problems.append(f"{name}: {message} (got {merged.get(name.split('.')[-1])!r})")
-
-    for required in ("name", "target_accuracy", "backbone", "space"):
-        if required not in data:
-            problems.append(f"{required}: required")
-    name = merged.get("name")
-    need(isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", name or "") is not None, "name",
-         "must be a non-empty name of letters, digits, '.', '_' or '-'")
-    target = merged.get("target_accuracy")
-    need(_is_number(target) and 0 < target <= 1, "target_accuracy", "must lie in (0, 1]")
-    merged.setdefault("model", "resnet20")
-    merged.setdefault("dataset", "cifar10")
-    need(merged["model"] in model_names(), "backbone.model", "unknown model")
-    need(merged["dataset"] in DATASETS, "backbone.dataset", f"expected one of {', '.join(DATASETS)}")
-    need(merged["validation_from"] in ("train", "test"), "backbone.validation_from", "expected 'train' or 'test'")
-    for key in ("validation_size", "calibration_size"):
-        need(_is_int(merged[key]) and merged[key] >= 1, f"backbone.{key}", "must be an integer >= 1")
-    data_dir = Path(_resolve(merged.get("data_dir") or str(default_data_dir())))
-    merged["data_dir"] = str(data_dir)
-    if merged["dataset"] != "synthetic" and not data_dir.is_dir():
-        problems.append(f"backbone.data_dir: {data_dir} does not exist (set it or PANN_DATA_DIR)")
-    merged["weights"] = _resolve(merged.get("weights"), relative_to=data_dir)
-    if merged["weights"] is not None and not Path(merged["weights"]).is_file():
-        problems.append(f"backbone.weights: file not found ({merged['weights']})")
-
-    for key in ("trials", "concurrency"):
-        need(_is_int(merged[key]) and merged[key] >= 1, f"budget.{key}", "must be an integer >= 1")
-    need(_is_int(merged["max_failures"]) and merged["max_failures"] >= 0, "budget.max_failures",
-         "must be an integer >= 0")
-    need(merged["time_s"] is None or _is_number(merged["time_s"]) and merged["time_s"] > 0, "budget.time_s",
-         "must be positive or null")
-    need(_is_number(merged["cpus_per_trial"]) and merged["cpus_per_trial"] > 0, "budget.cpus_per_trial",
-         "must be positive")
-    gpus = merged["gpus_per_trial"]
-    need(_is_number(gpus) and gpus >= 0 and (gpus <= 1 or float(gpus).is_integer()), "budget.gpus_per_trial",
-         "must be >= 0, a fraction of one GPU or a whole number of GPUs")
-    need(_is_int(merged["seed"]), "search.seed", "must be an integer")
-    need(isinstance(merged["early_stopping"], bool), "search.early_stopping", "must be true or false")
-    need(isinstance(merged["depth_objective"], bool), "search.depth_objective", "must be true or false")
-    need(isinstance(merged["reuse_backbones"], bool), "search.reuse_backbones", "must be true or false")
-    need(_is_int(merged["grace_period"]) and merged["grace_period"] >= 1, "search.grace_period",
-         "must be an integer >= 1")
-    need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",
-         "must be an integer >= 0")
-    need(isinstance(merged["storage"], str) and merged["storage"] != "", "storage", "must be a folder path")
-    need(isinstance(merged["experiment"], str) and merged["experiment"] != "", "tracking.experiment",
-         "must be a non-empty name")
-
-    training = merged.get("training") or {}
-    if not isinstance(training, Mapping):
-        problems.append("training: must be a mapping of pann.training.TrainConfig fields")
-        training = {}
-    train_fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for key in training:
-        if key not in train_fields:
-            problems.append(f"training.{key}: unknown field")
-        elif key in _TRAINING_FIELDS_SET_BY_SEARCH:
-            problems.append(f"training.{key}: set in the backbone section, not here")
-    training = {k: v for k, v in training.items() if k in train_fields and k not in _TRAINING_FIELDS_SET_BY_SEARCH}
-    merged["training"] = dict(training)
-    base = {**training, "model": merged["model"] if merged["model"] in model_names() else "resnet20",
-            "dataset": merged["dataset"] if merged["dataset"] in DATASETS else "cifar10",
-            # the teacher of distillation: the backbone's weights, judged in the backbone section
-            "pretrained": merged["weights"] if merged["weights"] and Path(merged["weights"]).is_file() else None}
-    problems += [f"training.{p}" for p in TrainConfig(**base).problems()]
-
-    space = merged.get("space")
-    if not isinstance(space, Mapping) or not space:
-        problems.append("space: empty; give at least the alpha range to search")
-        space = {}
-    problems += [f"space.{key}: unknown dimension" for key in space
-                 if key not in TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS]
-    if space and "alpha" not in space:
-        problems.append("space.alpha: required (the precisions to search)")
-    varying = 0
-    for dim, spec in space.items():
-        if dim not in TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS:
-            continue
-        values, shape = _dimension_values(dim, spec)
-        problems += shape
-        for value in values:
-            problems += _value_problems(dim, value, base)
-        varying += isinstance(spec, Mapping) or isinstance(spec, list) and len(spec) > 1
-    if space and varying == 0:
-        problems.append("space: nothing to search (every dimension has a single value)")
-    epochs, _ = _dimension_values("epochs", space.get("epochs", [training.get("epochs", 0)]))
-    if merged["weights"] is None and any(e == 0 for e in epochs if _is_number(e)):
-        problems.append("space.epochs: 0 (no training) needs backbone.weights")
-
-    merged["space"] = {k: v for k, v in space.items()}
-    merged["storage"] = _resolve(merged["storage"]) if isinstance(merged["storage"], str) else merged["storage"]
-    if not merged["tracking_uri"]:
-        merged["tracking_uri"] = default_tracking_uri()
-    elif not isinstance(merged["tracking_uri"], str):
-        problems.append("tracking.uri: must be a string")
+    check_identity(data, merged, problems)
+    check_backbone(merged, problems)
+    check_budget(merged, problems)
+    check_search(merged, problems)
+    base = check_training(merged, problems)
+    check_space(merged, base, problems)
     if problems:
         raise SearchConfigError(problems, source)
     return SearchConfig(**{k: v for k, v in merged.items() if k in known})
@@ -305,13 +114,4 @@ def from_dict(data: Mapping[str, Any], source: str = "search config") -> SearchC
 
 def load(path: str | Path) -> SearchConfig:
     """Read and validate a YAML search config."""
-    import yaml
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"search config not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise SearchConfigError([f"not valid YAML: {exc}"], str(path)) from exc
-    return from_dict(data if data is not None else {}, str(path))
+    return from_dict(read_yaml(path), str(path))

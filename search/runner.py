@@ -1,166 +1,52 @@
-"""Run a search: Optuna chooses the points, Ray Tune runs the trials, MLflow records them.
+"""Run a search: Optuna (or the greedy baseline) chooses the points, Ray Tune runs the trials, MLflow
+records them, and the answer is confirmed on images no trial saw.
 
-Objectives (given to Optuna, never to ``TuneConfig``, which would silently make the study single-objective):
-minimise ``precision_bits``, maximise ``accuracy`` and, optionally, minimise ``depth``; the target accuracy
-is a constraint (``target - accuracy <= 0`` is feasible). ASHA, when enabled, stops bad training runs on
-its own metric, the PANN accuracy after each epoch; a trial it stops reaches Optuna as PRUNED.
+Objectives (given to the searcher, never to ``TuneConfig``, which would silently make the study single
+objective): minimise the cost (``search.cost``: the mean alpha, or bootstraps, levels or estimated latency
+under the CKKS preset), maximise ``accuracy`` and, optionally, minimise ``depth``; the target accuracy is a
+constraint. ASHA, when enabled, stops bad training runs on its own metric, the PANN accuracy after each
+epoch; a trial it stops reaches Optuna as PRUNED.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
-import sys
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 import optuna
 import ray
 from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from pann.catalog import relu_for_precision
-from search.config import INTEGER_DIMENSIONS, SearchConfig, SearchConfigError
-from search.trial import Evaluation, backbone_for, neighbourhood, run_trial, test_set
-from tracking.pareto import Point, export_front, lowest_precision, pareto_front
-from tracking.runs import BACKBONE_TAG, SearchRecorder, check_reachable
+from pann.convert import prepare
+from pann.data import NUM_CLASSES
+from pann.groups import layer_groups
+from pann.models import build_model
+from search import answer
+from search.callback import ProgressCallback, TrackingCallback
+from search.config import SearchConfig, SearchConfigError
+from search.searchers import FeasibleOnlyOptunaSearch, GreedySearch
+from search.space import (alpha_key, alpha_values, constants, max_epochs, measurable_alphas, param_space,
+                          uniform_points)
+from search.splits import Splits
+from search.trial import run_trial
+from tracking.runs import SearchRecorder, check_reachable
+
+logger = logging.getLogger(__name__)
+
+# The metric each cost objective minimises (the trial reports them all).
+COST_METRIC = {"alpha": "precision_bits", "bootstraps": "bootstraps", "levels": "levels", "latency": "latency_s"}
 
 
 class SearchError(ValueError):
     """A search that cannot start or resume."""
 
 
-class FeasibleOnlyOptunaSearch(OptunaSearch):
-    """OptunaSearch that records the accuracy constraint and tells Optuna about unfinished trials.
-
-    Tune hands a trial stopped early (by ASHA or a time budget) to ``on_trial_complete`` with its last
-    intermediate result; the stock searcher would tell Optuna it is COMPLETE with half-trained values.
-    Only a result marked ``final`` counts; anything else is PRUNED (or FAIL on error).
-    """
-
-    def __init__(self, *args, target_accuracy: float, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.target_accuracy = target_accuracy
-
-    def suggest(self, trial_id: str) -> dict | None:
-        """Optuna's next point, with its trial number as ``optuna_trial``.
-
-        After a driver crash, the study can hold a trial that was asked for but never reached Tune's
-        checkpoint; it is RUNNING and owned by no one. It is adopted here instead of asking a new one,
-        so a resumed search has no extra trials.
-        """
-        if trial_id not in self._ot_trials and self._ot_study is not None:
-            owned = {t._trial_id for t in self._ot_trials.values()}
-            orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-                       if t._trial_id not in owned]
-            if orphans:
-                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans[0]._trial_id)
-        point = super().suggest(trial_id)
-        return None if point is None else {**point, "optuna_trial": self._ot_trials[trial_id].number}
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-        if not (result and result.get("final")) or error:
-            result = None
-        elif trial_id in self._ot_trials and trial_id not in self._completed_trials:
-            self._ot_trials[trial_id].set_constraint("accuracy", self.target_accuracy - result["accuracy"])
-        super().on_trial_complete(trial_id, result, error)
-
-
-class TrackingCallback(tune.Callback):
-    """Mirrors every trial into MLflow. Holds only plain data, so Tune can checkpoint it; the MLflow
-    connection is made in ``setup``, also after ``Tuner.restore``, and finds its existing runs again."""
-
-    def __init__(self, search: SearchConfig):
-        self.search = search
-        self._recorder: SearchRecorder | None = None
-
-    def __getstate__(self) -> dict:
-        return {"search": self.search, "_recorder": None}
-
-    def setup(self, **info) -> None:
-        self._recorder = SearchRecorder(self.search.tracking_uri, self.search.experiment)
-        self._recorder.start_search(self.search.name, _search_params(self.search))
-
-    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._recorder.start_trial(_run_key(trial.config, trial.trial_id), trial.config, name=trial.trial_id)
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self._recorder.log_metrics(_run_key(trial.config, trial.trial_id), result,
-                                   step=result["training_iteration"])
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        result = trial.last_result or {}
-        key = _run_key(trial.config, trial.trial_id)
-        if not result.get("final"):
-            self._recorder.finish_trial(key, "KILLED")
-            print(f"  {trial.trial_id}: stopped early (pruned)", flush=True)
-            return
-        self._recorder.log_curve(key, json.loads(result["curve"]))
-        self._recorder.log_artifact_text(key, relu_for_precision(result["precision_bits"]).to_json(),
-                                         "approximation.json")
-        if result["backbone"]:
-            self._recorder.set_tag(key, BACKBONE_TAG, result["backbone"])
-        self._recorder.finish_trial(key, "FINISHED")
-        verdict = "meets" if result["accuracy"] >= self.search.target_accuracy else "misses"
-        backbone = ("trained" if result["trained_backbone"] else
-                    "pretrained" if result["backbone"] == self.search.weights else "reused from the store")
-        print(f"  {trial.trial_id}: alpha {result['precision_bits']:g}, accuracy {100 * result['accuracy']:.2f}% "
-              f"({verdict} the target), backbone {backbone}", flush=True)
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        error = ""
-        if trial.error_file and os.path.isfile(trial.error_file):
-            error = Path(trial.error_file).read_text()
-        self._recorder.finish_trial(_run_key(trial.config, trial.trial_id), "FAILED",
-                                    error=error or "trial failed")
-        print(f"  {trial.trial_id}: FAILED ({error.strip().splitlines()[-1] if error.strip() else 'error'})",
-              flush=True)
-
-    def on_experiment_end(self, trials: list, **info) -> None:
-        self._recorder.close_dangling()
-
-
-def _run_key(config: dict, trial_id: str) -> str:
-    """Runs are keyed by Optuna trial number, so a point adopted after a crash keeps its run."""
-    return f"optuna-{config['optuna_trial']}" if "optuna_trial" in config else trial_id
-
-
-def _search_params(search: SearchConfig) -> dict[str, Any]:
-    return {"target_accuracy": search.target_accuracy, "model": search.model, "dataset": search.dataset,
-            "weights": search.weights, "trials": search.trials, "concurrency": search.concurrency,
-            "space": dict(search.space), "training": dict(search.training), "storage": search.storage}
-
-
-def param_space(space: dict[str, Any]) -> dict[str, Any]:
-    """The search space as Tune domains: a list is a choice, a single value a constant, a mapping a range."""
-    domains = {}
-    for name, spec in space.items():
-        if isinstance(spec, list):
-            domains[name] = spec[0] if len(spec) == 1 else tune.choice(spec)
-        elif isinstance(spec, dict):
-            if name in INTEGER_DIMENSIONS:
-                domains[name] = (tune.lograndint if spec.get("log") else tune.randint)(spec["low"], spec["high"] + 1)
-            else:
-                domains[name] = (tune.loguniform if spec.get("log") else tune.uniform)(spec["low"], spec["high"])
-        else:
-            domains[name] = spec
-    return domains
-
-
-def _alphas(space: dict[str, Any], neighbours: int) -> list[float]:
-    """Every alpha a trial of this space can measure."""
-    spec = space["alpha"]
-    values = spec if isinstance(spec, list) else range(spec["low"], spec["high"] + 1) \
-        if isinstance(spec, dict) else [spec]
-    return sorted({a for value in values for a in neighbourhood(value, neighbours)})
-
-
-def _max_epochs(space: dict[str, Any]) -> int:
-    spec = space.get("epochs", 0)
-    return max(spec) if isinstance(spec, list) else spec["high"] if isinstance(spec, dict) else spec
+def groups_of(search: SearchConfig) -> dict[str, list[str]]:
+    """The layer groups of the search's model at its granularity (traced once, without weights)."""
+    return layer_groups(prepare(build_model(search.model, NUM_CLASSES[search.dataset])), search.granularity)
 
 
 def check_resources(search: SearchConfig, available: dict[str, float]) -> None:
@@ -180,71 +66,59 @@ def _optuna_storage(search: SearchConfig) -> optuna.storages.RDBStorage:
     return optuna.storages.RDBStorage(f"sqlite:///{search.run_dir / 'optuna.db'}")
 
 
-def tune_config(search: SearchConfig) -> tune.TuneConfig:
-    """Objectives on the searcher, ASHA on its own metric, none on TuneConfig itself."""
-    metrics, modes = ["precision_bits", "accuracy"], ["min", "max"]
+def _searcher(search: SearchConfig, groups: dict[str, list[str]]):
+    if search.strategy == "greedy":
+        return GreedySearch(list(groups), alpha_values(search.space),
+                            {g: "alpha" if list(groups) == ["network"] else alpha_key(g) for g in groups},
+                            search.target_accuracy, constants(search.space))
+    metrics, modes = [COST_METRIC[search.cost], "accuracy"], ["min", "max"]
     if search.depth_objective:
         metrics, modes = metrics + ["depth"], modes + ["min"]
-    searcher = FeasibleOnlyOptunaSearch(metric=metrics, mode=modes, storage=_optuna_storage(search),
-                                        study_name=search.name, seed=search.seed,
-                                        target_accuracy=search.target_accuracy)
-    max_epochs = _max_epochs(search.space)
+    return FeasibleOnlyOptunaSearch(metric=metrics, mode=modes, storage=_optuna_storage(search),
+                                    study_name=search.name, seed=search.seed,
+                                    points_to_evaluate=uniform_points(search.space, groups) or None,
+                                    target_accuracy=search.target_accuracy)
+
+
+def tune_config(search: SearchConfig, groups: dict[str, list[str]] | None = None) -> tune.TuneConfig:
+    """Objectives on the searcher, ASHA on its own metric, none on TuneConfig itself. Worker processes are
+    reused between trials, so compilation, data loading and calibration are paid once per process."""
+    groups = groups or {"network": []}
+    epochs = max_epochs(search.space)
     scheduler = (ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration",
-                               grace_period=search.grace_period, max_t=max_epochs + 1)
-                 if search.early_stopping and max_epochs > 0 else FIFOScheduler())
-    return tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=search.trials,
-                           max_concurrent_trials=search.concurrency, time_budget_s=search.time_s)
+                               grace_period=search.grace_period, max_t=epochs + 1)
+                 if search.early_stopping and epochs > 0 else FIFOScheduler())
+    return tune.TuneConfig(search_alg=_searcher(search, groups), scheduler=scheduler, num_samples=search.trials,
+                           max_concurrent_trials=search.concurrency, time_budget_s=search.time_s,
+                           reuse_actors=True)
 
 
-def _tuner(search: SearchConfig, resume: bool) -> tune.Tuner:
-    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search),
+def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool, progress=None) -> tune.Tuner:
+    trainable = tune.with_resources(tune.with_parameters(run_trial, search=search, groups=groups),
                                     {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(str(search.run_dir), trainable, resume_unfinished=True, resume_errored=True)
+    space = param_space(dict(search.space), groups)
+    if search.strategy == "greedy":
+        space = constants(search.space)
     return tune.Tuner(
-        trainable, param_space=param_space(dict(search.space)), tune_config=tune_config(search),
+        trainable, param_space=space, tune_config=tune_config(search, groups),
         run_config=tune.RunConfig(name=search.name, storage_path=search.storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
-                                  callbacks=[TrackingCallback(search)]))
-
-
-@dataclass
-class SearchOutcome:
-    """What a search found: the lowest feasible precision (None if no trial met the target) and the front."""
-
-    answer: Point | None
-    front: list[Point]
-    points: list[Point]
-    test_accuracy: float | None
-    parent_run_id: str
-    trials: int
-    backbone_trainings: int
-
-
-def _points(results, run_ids: dict[str, str]) -> list[Point]:
-    """The measured (trial, alpha) points of the finished trials, each with its MLflow run id."""
-    points = []
-    for result in results:
-        metrics = result.metrics or {}
-        if result.error is not None or not metrics.get("final"):
-            continue
-        params = dict(result.config or {})
-        run_id = run_ids.get(_run_key(params, metrics["trial_id"]))
-        for p in json.loads(metrics["curve"]):
-            points.append(Point(trial=metrics["trial_id"], alpha=p["alpha"], accuracy=p["accuracy"], depth=p["depth"],
-                                run_id=run_id, params={**params, "alpha": p["alpha"], "backbone": metrics["backbone"]}))
-    return points
+                                  callbacks=[TrackingCallback(search), ProgressCallback(search, progress)]))
 
 
 def _close_unfinished_optuna_trials(search: SearchConfig) -> None:
     """After the search, a trial still RUNNING in Optuna was asked for but never ran (driver crash)."""
+    if search.strategy != "optuna":
+        return
     study = optuna.load_study(study_name=search.name, storage=_optuna_storage(search))
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         study.tell(trial.number, state=TrialState.FAIL)
 
 
-def run_search(search: SearchConfig, address: str | None = None, resume: bool = False) -> SearchOutcome:
-    """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``."""
+def _preflight(search: SearchConfig, resume: bool) -> None:
+    """Everything cheap to check before Ray starts."""
     check_reachable(search.tracking_uri)
     restorable = tune.Tuner.can_restore(str(search.run_dir))
     if resume and not restorable:
@@ -252,8 +126,47 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
     if not resume and search.run_dir.exists():
         raise SearchError(f"search {search.name!r} already exists in {search.storage}; pass --resume to continue "
                           "it, or give the search another name")
+    Splits.for_search(search)  # the sizes fit the data
+    if search.weights:  # the weights load into the model (a corrupt file or another model's fails here)
+        try:
+            build_model(search.model, NUM_CLASSES[search.dataset], search.weights)
+        except (ValueError, RuntimeError, OSError) as exc:
+            raise SearchError(f"backbone.weights: {exc}") from exc
+    alphas = measurable_alphas(dict(search.space), search.neighbours)
+    logger.info("preparing ReLU approximations for alpha %g..%g", alphas[0], alphas[-1])
+    for alpha in alphas:
+        relu_for_precision(alpha, workers=os.cpu_count())
+
+
+class SearchInterrupted(KeyboardInterrupt):
+    """The search stopped before its trials did (Ctrl-C, SIGTERM); it can be continued with ``--resume``."""
+
+
+def _check_ended(search: SearchConfig, results) -> None:
+    """Raise unless the search ran to its end: every trial failing is a :class:`SearchError` with the first
+    error's last line; trials left unfinished (Tune returns after an interrupt) are :class:`SearchInterrupted`."""
+    final = [r for r in results if (r.metrics or {}).get("final")]
+    errors = [r.error for r in results if r.error is not None]
+    if not final and errors:
+        lines = str(errors[0]).strip().splitlines()
+        raise SearchError(f"every trial failed ({len(errors)}); the first: {lines[-1] if lines else errors[0]!r}")
+    budget_spent = search.time_s is not None and (results.num_terminated + results.num_errors) < search.trials
+    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("final")
+                  and (r.metrics or {}).get("epoch") is None]
+    if not budget_spent and (len(results) < search.trials or unfinished) and search.strategy == "optuna":
+        raise SearchInterrupted(f"search {search.name!r} interrupted after {len(final)} of {search.trials} trials; "
+                                "continue it with --resume")
+
+
+def run_search(search: SearchConfig, address: str | None = None, resume: bool = False,
+               progress=None) -> answer.SearchOutcome:
+    """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``. ``progress``, if given,
+    is called with a one-line summary after every finished trial (see :class:`ProgressCallback`)."""
+    _preflight(search, resume)
+    groups = groups_of(search)
     if address is None:
-        ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        # "local": always a new instance of our own, never another Ray that happens to run here.
+        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
     else:
         ray.init(address=address, log_to_driver=False)
     try:
@@ -262,17 +175,15 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         if not resume and recorder.search_exists(search.name):
             raise SearchError(f"search {search.name!r} is already recorded in MLflow experiment "
                               f"{search.experiment!r}; pass --resume or give the search another name")
-        alphas = _alphas(dict(search.space), search.neighbours)
-        print(f"preparing ReLU approximations for alpha {alphas[0]:g}..{alphas[-1]:g}", flush=True)
-        for alpha in alphas:
-            relu_for_precision(alpha)
         search.run_dir.mkdir(parents=True, exist_ok=True)
-        print(f"search {search.name}: {search.trials} trials, {search.concurrency} at a time; "
-              f"MLflow: {search.tracking_uri}", flush=True)
+        logger.info("search %s: %d trials, %d at a time, %d alpha group(s) (%s granularity), cost %s; MLflow: %s",
+                    search.name, search.trials, search.concurrency, len(groups), search.granularity,
+                    search.cost, search.tracking_uri)
         try:
-            results = _tuner(search, resume).fit()
+            results = _tuner(search, groups, resume, progress).fit()
             _close_unfinished_optuna_trials(search)
-            outcome = _outcome(search, recorder, results)
+            _check_ended(search, results)
+            outcome = answer.outcome(search, groups, recorder, results)
         except BaseException as exc:  # the parent run must not stay RUNNING
             if recorder.parent_id is not None or recorder.search_exists(search.name):
                 recorder.start_search(search.name, {})
@@ -282,52 +193,3 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         return outcome
     finally:
         ray.shutdown()
-
-
-def _outcome(search: SearchConfig, recorder: SearchRecorder, results) -> SearchOutcome:
-    parent_id = recorder.start_search(search.name, _search_params(search))
-    points = _points(results, recorder.trial_run_ids)
-    front = pareto_front(points, search.target_accuracy, with_depth=search.depth_objective)
-    answer = lowest_precision(points, search.target_accuracy)
-    test_accuracy = None
-    if answer is not None:
-        test_accuracy = _test_accuracy(search, answer.params)
-        recorder.client.log_metric(parent_id, "lowest_alpha", answer.alpha)
-        recorder.client.log_metric(parent_id, "answer_validation_accuracy", answer.accuracy)
-        recorder.client.log_metric(parent_id, "answer_test_accuracy", test_accuracy)
-        recorder.client.log_dict(parent_id, {"alpha": answer.alpha, "validation_accuracy": answer.accuracy,
-                                             "test_accuracy": test_accuracy, "depth": answer.depth,
-                                             "trial": answer.trial, "config": dict(answer.params),
-                                             "approximation": relu_for_precision(answer.alpha).to_dict()},
-                                 "answer.json")
-    export_dir = search.run_dir / "pareto"
-    for suffix in ("csv", "json", "png", "html"):
-        export_front(export_dir / f"front.{suffix}", points, search.target_accuracy, title=search.name,
-                     with_depth=search.depth_objective)
-        recorder.client.log_artifact(parent_id, str(export_dir / f"front.{suffix}"), "pareto")
-    trainings = sum(int((r.metrics or {}).get("trained_backbone", 0)) for r in results)
-    return SearchOutcome(answer, front, points, test_accuracy, parent_id, len(results), trainings)
-
-
-def _test_accuracy(search: SearchConfig, point: dict[str, Any]) -> float:
-    """Test-set accuracy of the answer: its stored backbone, converted as in its trial."""
-    model, _, _, _ = backbone_for(search, point)
-    return Evaluation.for_search(search).curve(model, [point["alpha"]], point, data=test_set(search))[0].accuracy
-
-
-def print_outcome(outcome: SearchOutcome, search: SearchConfig, out=sys.stdout) -> None:
-    trainings = "1 backbone training" if outcome.backbone_trainings == 1 else \
-        f"{outcome.backbone_trainings} backbone trainings"
-    print(f"\n{outcome.trials} trials, {trainings}", file=out)
-    if outcome.answer is None:
-        print(f"no trial reached the target accuracy {100 * search.target_accuracy:.2f}%", file=out)
-    else:
-        a = outcome.answer
-        print(f"lowest precision meeting {100 * search.target_accuracy:.2f}%: alpha {a.alpha:g} "
-              f"(validation {100 * a.accuracy:.2f}%, test {100 * outcome.test_accuracy:.2f}%, depth {a.depth}), "
-              f"trial {a.trial}, backbone {a.params.get('backbone') or 'pretrained'}", file=out)
-    print("feasible Pareto front (alpha, validation accuracy, depth, trial):", file=out)
-    for p in outcome.front:
-        print(f"  {p.alpha:>4g}  {100 * p.accuracy:6.2f}%  {p.depth:3d}  {p.trial}", file=out)
-    print(f"MLflow parent run {outcome.parent_run_id} ({search.tracking_uri}); "
-          f"front files in {search.run_dir / 'pareto'}", file=out)

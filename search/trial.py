@@ -1,169 +1,170 @@
 """One trial of a search, as a Ray Tune function trainable.
 
-Training is the expensive part and conversion the cheap part, so a trained backbone is stored once in
-``storage/backbones/<key>/``, keyed by its training settings, and every later trial that samples the
-same settings loads it instead of training again (a file lock makes concurrent trials wait for the
-first). Every report carries ``accuracy``: the PANN's validation accuracy at the sampled alpha, after
-each training epoch (what ASHA compares) and once more at the end, when ``final`` is set and the
-neighbouring alphas and the post-training correction are measured too.
+A trial gets its backbone (pretrained, or trained once into the backbone store), the backbone's
+calibrated activation ranges (computed once per backbone and calibration set, kept beside the store),
+converts it with the sampled alpha of every layer group, and reports the PANN's validation accuracy and
+its network cost under the search's CKKS preset. Training trials report after every epoch too (what ASHA
+compares); the last report carries ``final``. Post-training trials are cheap: they run the fused compiled
+kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import hashlib
 import json
-import shutil
-import tempfile
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from ray import tune
 
-from pann.catalog import MAX_ALPHA, MIN_ALPHA, relu_for_precision
-from pann.data import ImageSet, NUM_CLASSES, load_dataset, split_train
-from pann.evaluate import CurvePoint, accuracy, accuracy_curve, calibrated
-from pann.models import build_model, save_weights
-from pann.training import TrainConfig, train
+from pann.catalog import relu_for_precision
+from pann.convert import calibrate, convert, observers, out_of_range_rate, prepare
+from pann.corrections import compensate_leakage
+from pann.cost_presets import load_preset
+from pann.data import NUM_CLASSES
+from pann.evaluate import accuracies, accuracy
+from pann.groups import expand
+from pann.files import write_bytes_atomic
+from pann.models import build_model
+from pann.network_cost import network_cost
+from pann.spec import spec_of
+from search.backbones import Backbone, backbone_key, file_digest, locked, stored_backbone
 from search.config import SearchConfig
+from search.space import group_alphas, neighbourhood
+from search.splits import Splits
 
-_STATE_FILE = "training_state.pt"
-_BACKBONE_FILE = "backbone.pt"
-
-
-def backbone_key(config: TrainConfig) -> str:
-    """A stable key of everything that determines the trained weights (not where data lives or runs)."""
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("data_dir", "device")}
-    if settings["pretrained"]:  # the weights, not the path they were read from
-        settings["pretrained"] = hashlib.sha256(Path(settings["pretrained"]).read_bytes()).hexdigest()
-    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=list).encode()).hexdigest()[:16]
+_memo: dict[Any, Any] = {}  # per worker process: data splits, calibrated ranges, backbone accuracies
 
 
-@contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _memoized(key: Any, make):
+    if key not in _memo:
+        _memo[key] = make()
+    return _memo[key]
 
 
-@dataclasses.dataclass
-class Evaluation:
-    """The data a trial measures on: calibration images from the training part, validation images held out."""
-
-    calibration: ImageSet
-    validation: ImageSet
-
-    @classmethod
-    def for_search(cls, search: SearchConfig) -> Evaluation:
-        train_part, validation = split_train(load_dataset(search.dataset, "train", search.data_dir),
-                                             search.validation_size, search.training.get("seed", 0))
-        if search.validation_from == "test":
-            validation = load_dataset(search.dataset, "test", search.data_dir).subset(
-                slice(0, search.validation_size))
-        return cls(train_part.subset(slice(0, search.calibration_size)), validation)
+def splits_for(search: SearchConfig) -> Splits:
+    key = ("splits", search.dataset, search.data_dir, search.validation_from, search.validation_size,
+           search.confirmation_size, search.calibration_size, json.dumps(dict(search.training), sort_keys=True))
+    return _memoized(key, lambda: Splits.for_search(search))
 
 
-    def curve(self, backbone: torch.nn.Module, alphas: list[float], point: Mapping[str, Any],
-              data: ImageSet | None = None) -> list[CurvePoint]:
-        """PANN accuracy of ``backbone`` at ``alphas`` with the point's interval and correction."""
-        observed = calibrated(backbone, self.calibration)
-        leakage = ([x for x, _ in self.calibration.batches(500)]
-                   if point.get("correction", "none") == "compensate" else None)
-        return accuracy_curve(observed, self.validation if data is None else data, alphas,
-                              point.get("scope", "layer"), point.get("margin", 1.0), compiled=False,
-                              progress=False, leakage_batches=leakage)
-
-
-def test_set(search: SearchConfig) -> ImageSet:
-    """The images that score a search's answer: the test set, less those used for validation."""
-    test = load_dataset(search.dataset, "test", search.data_dir)
-    return test.subset(slice(search.validation_size, None)) if search.validation_from == "test" else test
-
-
-def neighbourhood(alpha: float, neighbours: int) -> list[float]:
-    """``alpha`` and up to ``neighbours`` alphas on each side, within the supported range."""
-    return [a for a in (alpha + d for d in range(-neighbours, neighbours + 1)) if MIN_ALPHA <= a <= MAX_ALPHA]
-
-
-def _restore_training_state(state_dir: Path) -> int:
-    """Copy the training state of Tune's last checkpoint (after a retry) to ``state_dir``; its epoch, or 0."""
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is None:
-        return 0
-    with checkpoint.as_directory() as folder:
-        shutil.copy(Path(folder) / _STATE_FILE, state_dir / _STATE_FILE)
-    return int(torch.load(state_dir / _STATE_FILE, weights_only=True)["epoch"])
-
-
-def _trained_backbone(config: TrainConfig, path: Path, evaluation: Evaluation, point: Mapping[str, Any],
-                      base_metrics: dict[str, Any]) -> int:
-    """Train ``config`` into ``path``, reporting every epoch to Tune with a checkpoint; the epoch resumed from."""
-    state_dir = Path(tempfile.mkdtemp(prefix="pann-train-"))
-    resumed_from = _restore_training_state(state_dir)
-    model = build_model(config.model, NUM_CLASSES[config.dataset])
-
-    def report(epoch: int, metrics: dict[str, float]) -> None:
-        # The state's keys are the backbone's: leakage modules replacing ReLUs hold no parameters.
-        model.load_state_dict(torch.load(state_dir / _STATE_FILE, weights_only=True)["model"])
-        pann_accuracy = evaluation.curve(model, [point["alpha"]], {**point, "correction": "none"})[0].accuracy
-        tune.report({**base_metrics, "epoch": epoch, "train_loss": metrics["train_loss"],
-                     "val_loss": metrics["val_loss"], "backbone_accuracy": metrics["val_accuracy"],
-                     "accuracy": pann_accuracy},
-                    checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
-
-    try:
-        result = train(config, checkpoint=state_dir / _STATE_FILE, callback=report, progress=False)
-        save_weights(result.model, path, config=dataclasses.asdict(config), history=result.history)
-    finally:
-        shutil.rmtree(state_dir, ignore_errors=True)
-    return resumed_from
-
-
-def backbone_for(search: SearchConfig, point: Mapping[str, Any], evaluation: Evaluation | None = None,
-                 base_metrics: dict[str, Any] | None = None) -> tuple[torch.nn.Module, Path | None, bool, int]:
-    """The backbone a point needs: (model, weights file, whether this call trained it, epoch resumed from).
-
-    Called outside a trial (``evaluation=None``), it never trains: the backbone must be in the store.
-    """
+def backbone_for(search: SearchConfig, point: Mapping[str, Any], report=None) -> Backbone:
+    """The backbone a point needs: the pretrained weights, or the store's backbone for its training settings.
+    Outside a trial (``report=None``) it never trains."""
     config = search.train_config(point)
-    num_classes = NUM_CLASSES[search.dataset]
     if config is None:
-        return build_model(search.model, num_classes, search.weights), search.weights and Path(search.weights), False, 0
-    key = backbone_key(config)
-    if not search.reuse_backbones:  # every trial trains its own (to measure what reuse saves)
-        key = f"{key}-{search.name}-{point['optuna_trial']}"
-    folder = search.backbone_dir / key
-    path = folder / _BACKBONE_FILE
-    trained, resumed_from = False, 0
-    if evaluation is not None:
-        with _locked(folder.with_suffix(".lock")):
-            if not path.is_file():
-                resumed_from = _trained_backbone(config, path, evaluation, point, base_metrics or {})
-                trained = True
-    if not path.is_file():
-        raise FileNotFoundError(f"backbone {path} is not in the store")
-    return build_model(search.model, num_classes, path), path, trained, resumed_from
+        model = build_model(search.model, NUM_CLASSES[search.dataset], search.weights)
+        return Backbone(model, Path(search.weights) if search.weights else None)
+    key = None if search.reuse_backbones else \
+        f"{backbone_key(config)}-{search.name}-{point['optuna_trial']}"  # every trial trains its own
+    return stored_backbone(search.backbone_dir, config, key, report)
 
 
-def run_trial(point: dict[str, Any], search: SearchConfig) -> None:
-    """Ray Tune trainable: get the backbone, convert it at the sampled alpha (and its neighbours), report."""
-    approximation = relu_for_precision(point["alpha"])
-    base = {"precision_bits": float(point["alpha"]), "depth": approximation.depth}
-    evaluation = Evaluation.for_search(search)
-    model, path, trained, resumed_from = backbone_for(search, point, evaluation, base)
-    curve = evaluation.curve(model, neighbourhood(point["alpha"], search.neighbours), point)
-    main = next(p for p in curve if p.alpha == point["alpha"])
-    tune.report({**base, "final": 1, "accuracy": main.accuracy, "out_of_range": main.out_of_range,
-                 "backbone_accuracy": accuracy(model, evaluation.validation),
-                 "trained_backbone": int(trained), "resumed_from_epoch": resumed_from,
-                 "backbone": str(path) if path else "",
+def _ranges(backbone: Backbone, splits: Splits, search: SearchConfig) -> dict[str, float]:
+    """Each observer's largest |x| on the calibration images, computed once per backbone (kept on disk)."""
+    model = backbone.model
+    if backbone.path is None:  # a backbone without a file (random init): nothing to key a cache on
+        observed = prepare(model)
+        calibrate(observed, (x for x, _ in splits.calibration.batches(500)))
+        return {name: float(m.max_abs) for name, m in observers(observed).items()}
+    path = search.backbone_dir / "ranges" / f"{file_digest(backbone.path)[:16]}-{search.calibration_size}.json"
+
+    def compute() -> dict[str, float]:
+        with locked(path.with_suffix(".lock")):
+            if path.is_file():
+                return json.loads(path.read_text())
+            observed = prepare(model)
+            calibrate(observed, (x for x, _ in splits.calibration.batches(500)))
+            ranges = {name: float(m.max_abs) for name, m in observers(observed).items()}
+            write_bytes_atomic(path, json.dumps(ranges).encode())
+            return ranges
+
+    return _memoized(("ranges", str(path)), compute)
+
+
+def observed_model(backbone: Backbone, splits: Splits, search: SearchConfig) -> torch.nn.Module:
+    """The backbone prepared for conversion, with its calibrated ranges."""
+    observed = prepare(backbone.model)
+    for name, module in observers(observed).items():
+        module.max_abs = torch.tensor(_ranges(backbone, splits, search)[name])
+    return observed
+
+
+def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], point: Mapping[str, Any],
+               splits: Splits, compiled: bool) -> torch.nn.Module:
+    """The PANN of a point: each layer at its alpha, the point's interval scope, margin and correction."""
+    approximations = {name: relu_for_precision(alpha) for name, alpha in layer_alphas.items()}
+    pann = convert(observed, approximations, point.get("scope", "layer"), point.get("margin", 1.0),
+                   compiled=compiled).eval()
+    if point.get("correction", "none") == "compensate":
+        compensate_leakage(pann, (x for x, _ in splits.calibration.batches(500)))
+    return pann
+
+
+def cost_metrics(pann: torch.nn.Module, preset) -> dict[str, float]:
+    cost = network_cost(pann, preset)
+    return {"bootstraps": cost.bootstraps, "levels": cost.levels, "polynomial_levels": cost.polynomial_levels,
+            "multiplications": cost.multiplications, "latency_s": cost.latency}
+
+
+def _variants(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any],
+              neighbours: bool) -> list[dict[str, float]]:
+    """Per-group alphas to measure: the sampled ones, and at granularity network its neighbours."""
+    sampled = group_alphas(point, groups)
+    if list(groups) != ["network"] or not neighbours:
+        return [sampled]
+    return [{"network": a} for a in neighbourhood(sampled["network"], search.neighbours)]
+
+
+def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any],
+            backbone: Backbone, data: str = "validation", neighbours: bool = True) -> list[dict[str, Any]]:
+    """Accuracy on ``data`` (a split's name) and cost of the point's PANN: one record per variant (the
+    neighbouring alphas too at granularity network, unless ``neighbours=False``)."""
+    splits = splits_for(search)
+    observed = observed_model(backbone, splits, search)
+    preset = load_preset(search.preset)
+    records, panns = [], []
+    for alphas in _variants(search, groups, point, neighbours):
+        layer_alphas = expand(groups, alphas)
+        pann = build_pann(observed, layer_alphas, point, splits, search.compile)
+        panns.append(pann)
+        records.append({"alpha": sum(layer_alphas.values()) / len(layer_alphas), "group_alphas": alphas,
+                        "depth": max(relu_for_precision(a).depth for a in layer_alphas.values()),
+                        **cost_metrics(pann, preset)})
+    for record, pann, score in zip(records, panns, accuracies(panns, getattr(splits, data))):
+        record.update(accuracy=score, out_of_range=out_of_range_rate(pann),
+                      spec=spec_of(pann, model=search.model, weights=str(backbone.path or ""),
+                                   input_normalization=backbone.model.normalization).to_dict())
+    return records
+
+
+def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):
+    def report(model, epoch: int, metrics: dict[str, float], state_dir: Path) -> None:
+        main = measure(search, groups, {**point, "correction": "none"}, Backbone(model, None))[0]
+        tune.report({**base, "epoch": epoch, "train_loss": metrics["train_loss"], "val_loss": metrics["val_loss"],
+                     "backbone_accuracy": metrics["val_accuracy"], "accuracy": main["accuracy"]},
+                    checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
+    return report
+
+
+def run_trial(point: dict[str, Any], search: SearchConfig, groups: dict[str, list[str]]) -> None:
+    """Ray Tune trainable: get the backbone, convert it with the point's alphas, report accuracy and cost."""
+    sampled = group_alphas(point, groups)
+    layer_alphas = expand(groups, sampled)
+    base = {"precision_bits": sum(layer_alphas.values()) / len(layer_alphas),
+            "depth": max(relu_for_precision(a).depth for a in sampled.values())}
+    backbone = backbone_for(search, point, _epoch_reporter(search, groups, point, base))
+    records = measure(search, groups, point, backbone)
+    main = next(r for r in records if r["group_alphas"] == sampled)
+    splits = splits_for(search)
+    backbone_accuracy = _memoized(("backbone_accuracy", str(backbone.path), backbone.trained),
+                                  lambda: accuracy(backbone.model, splits.validation))
+    curve = [{k: v for k, v in r.items() if k not in ("spec", "group_alphas")} for r in records]
+    tune.report({**base, "final": 1, "accuracy": main["accuracy"], "out_of_range": main["out_of_range"],
+                 **{k: main[k] for k in ("bootstraps", "levels", "polynomial_levels", "multiplications",
+                                         "latency_s")},
+                 "backbone_accuracy": backbone_accuracy, "trained_backbone": int(backbone.trained),
+                 "resumed_from_epoch": backbone.resumed_from, "backbone": str(backbone.path or ""),
                  # JSON text: Tune's loggers take numbers and strings, not lists of records.
-                 "curve": json.dumps([p.to_dict() for p in curve])})
+                 "curve": json.dumps(curve), "spec": json.dumps(main["spec"])})

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pann import catalog, fhe_cost
+from pann import approximation, catalog, fhe_cost
 from pann.approximation import ReluApproximation, composite_sign, direct_relu
 from pann.catalog import get_approximation, relu_for_precision
 
@@ -52,14 +52,34 @@ def test_relu_for_precision_is_cheapest_and_no_deeper_than_lee():
     assert all(get_approximation("composite", ds).precision < 9 for ds in cheaper)
 
 
-def test_cache_solves_once_and_survives_corruption(approximation_cache):
-    approx = get_approximation("composite", (3, 3))
-    path = catalog._cache_path("composite", (3, 3))
-    assert path.is_file()
+def test_cache_solves_once_and_survives_corruption(approximation_cache, monkeypatch):
+    solves = []  # one entry per call of the composite solver's stage fitting: a counter, the real solver runs
+    solver = approximation.composite_sign
+
+    def counted(*args):
+        solves.append(args)
+        return solver(*args)
+
+    monkeypatch.setattr(approximation, "composite_sign", counted)
+    degrees = (3, 5)
+    path = catalog._cache_path("composite", degrees)
+    path.unlink(missing_ok=True)
+    catalog._cached.cache_clear()
+
+    approx = get_approximation("composite", degrees)
+    solved = len(solves)
+    assert solved > 0 and path.is_file()
     assert ReluApproximation.from_dict(json.loads(path.read_text())) == approx
+    assert get_approximation("composite", degrees) == approx  # in memory
+    catalog._cached.cache_clear()
+    assert get_approximation("composite", degrees) == approx  # from disk
+    assert len(solves) == solved, "a cached degree set was solved again"
+
     path.write_text("{not json")
     catalog._cached.cache_clear()
-    assert get_approximation("composite", (3, 3)) == approx
+    assert get_approximation("composite", degrees) == approx
+    assert len(solves) == 2 * solved  # a corrupt entry is solved again, once ...
+    assert ReluApproximation.from_dict(json.loads(path.read_text())) == approx  # ... and rewritten
 
 
 def test_json_export_round_trips():

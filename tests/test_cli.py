@@ -100,3 +100,17 @@ def test_train_rejects_bad_config_before_training(tmp_path):
     assert not (tmp_path / "w.pt").exists()
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     assert "mapping" in run("train", str(tmp_path / "list.yaml"), "--out", str(tmp_path / "w.pt"), check=False).stderr
+
+
+def test_resumed_training_is_logged_on_stderr(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("model: resnet20\ndataset: synthetic\nepochs: 1\nbatch_size: 64\ntrain_limit: 64\n"
+                      "validation_size: 64\n")
+    checkpoint = tmp_path / "run.pt"
+    first = run("train", str(config), "--out", str(tmp_path / "a.pt"), "--checkpoint", str(checkpoint))
+    assert "epoch 1/1" in first.stdout and "resuming" not in first.stderr
+    again = run("train", str(config), "--out", str(tmp_path / "b.pt"), "--checkpoint", str(checkpoint))
+    assert f"INFO pann.training: resuming from {checkpoint} after epoch 1" in again.stderr
+    assert "epoch 1/1" not in again.stdout  # the finished epoch is not trained again
+    assert torch.load(tmp_path / "b.pt", weights_only=True)["history"] == torch.load(
+        tmp_path / "a.pt", weights_only=True)["history"]

@@ -60,7 +60,12 @@ def test_shared_pretrained_resnets_load_strictly(shared_data, depth):
     path = shared_data / f"resnet{depth}_cifar10.pt"
     if not path.is_file():
         pytest.skip(f"{path} not present")
-    build_model(f"resnet{depth}", weights=path)
+    model = build_model(f"resnet{depth}", weights=path)
+    stored = {k.removeprefix("module."): v for k, v in torch.load(path, weights_only=True).items()}
+    loaded = model.net.state_dict()
+    assert set(loaded) == set(stored)
+    for key, value in stored.items():
+        assert torch.equal(loaded[key], value), key
 
 
 def test_shared_resnet20_backbone_accuracy(shared_data):

@@ -6,6 +6,7 @@ Ray and MLflow processes are started by the fixtures (``.ci/run`` additionally s
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -75,7 +76,8 @@ def two_node_cluster(tmp_path_factory):
     port, dashboard = free_port(), free_port()
     ray = str(BIN / "ray")
     try:
-        subprocess.run([ray, "start", "--head", "--port", str(port), "--num-cpus", "1", "--include-dashboard",
+        subprocess.run([ray, "start", "--head", "--temp-dir", str(tmp / "ray"), "--port", str(port),
+                        "--num-cpus", "1", "--include-dashboard",
                         "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
                         "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
                        env=env, check=True, capture_output=True, timeout=180)
@@ -87,7 +89,24 @@ def two_node_cluster(tmp_path_factory):
         wait_for(lambda: alive_nodes(f"127.0.0.1:{port}", env) >= 2, 120, "the second node to join")
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True, timeout=120)
+        stop_ray_under(tmp)
+
+
+def stop_ray_under(tmp: Path) -> None:
+    """Stop the Ray instance this test started, and nothing else: `ray stop` would kill every Ray process of
+    the machine. Ours are the processes whose command line names our own temp dir (their session folder)."""
+    ours = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and str(tmp) in (proc / "cmdline").read_bytes().decode(errors="replace"):
+                ours.append(int(proc.name))
+        except OSError:
+            continue
+    for pid in ours:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def alive_nodes(address: str, env: dict) -> int:

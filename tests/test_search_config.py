@@ -7,7 +7,7 @@ import yaml
 
 from search import config
 from search.config import SearchConfigError
-from search.trial import backbone_key
+from search.backbones import backbone_key
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def test_weights_are_found_in_the_data_folder(tmp_path):
 def test_load_reports_bad_yaml_and_missing_file(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("name: [unclosed")
-    with pytest.raises(SearchConfigError, match="not valid YAML"):
+    with pytest.raises(ValueError, match="not valid YAML"):
         config.load(bad)
     with pytest.raises(FileNotFoundError):
         config.load(tmp_path / "nope.yaml")

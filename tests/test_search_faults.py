@@ -38,11 +38,9 @@ def test_invalid_config_lists_every_problem_and_creates_nothing(tmp_path):
 
 def test_unreachable_tracking_server_fails_before_any_trial(tmp_path):
     cfg = write_config(tmp_path, "offline", "http://127.0.0.1:9")
-    start = time.monotonic()
     result = pann("search", str(cfg), cwd=tmp_path)
     assert result.returncode == 2
     assert "MLflow tracking server http://127.0.0.1:9 is not reachable" in result.stderr
-    assert time.monotonic() - start < 60
     assert not (tmp_path / "runs").exists()
 
 
@@ -56,10 +54,21 @@ def test_impossible_resources_fail_before_mlflow(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def trial_processes() -> list[int]:
-    """PIDs of the Ray actors running Tune function trainables (the tests run one Ray instance at a time)."""
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-    return [int(line.split()[0]) for line in out.splitlines()[1:] if "ImplicitFunc" in line]
+def trial_processes(driver: int) -> list[int]:
+    """PIDs of the Ray actors running Tune function trainables under ``driver`` (its descendants only:
+    other Ray instances on the machine are not ours to kill)."""
+    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
+    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
+    parent = {int(r[0]): int(r[1]) for r in rows}
+
+    def under_driver(pid: int) -> bool:
+        while pid > 1:
+            if pid == driver:
+                return True
+            pid = parent.get(pid, 1)
+        return False
+
+    return [int(r[0]) for r in rows if len(r) == 3 and "ImplicitFunc" in r[2] and under_driver(int(r[0]))]
 
 
 def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
@@ -78,7 +87,7 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
         # (the checkpointed one from its checkpoint). Every process is killed because which actor runs
         # the checkpointed trial is not visible from outside; the other may still wait for a backbone.
         wait_for(lambda: list((tmp_path / "runs" / "crash").glob("*/checkpoint_000000")), 300, "a checkpoint")
-        victims = trial_processes()
+        victims = trial_processes(driver.pid)
         assert victims, "no trial process found"
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
@@ -100,7 +109,7 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
 
     resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    assert "lowest precision meeting" in resumed.stdout
+    assert "cheapest (alpha) meeting" in resumed.stdout
 
     study = optuna.load_study(study_name="crash", storage=f"sqlite:///{tmp_path / 'runs' / 'crash' / 'optuna.db'}")
     assert len(study.trials) == 4, [t.state for t in study.trials]
@@ -121,7 +130,6 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
 
 @pytest.mark.parametrize("suffix", ["csv", "html"])
 def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
-    pytest.importorskip("tracking.pareto")
     from tracking.runs import SearchRecorder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -139,3 +147,59 @@ def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
     assert out.is_file()
     bad = pann("pareto", "--search", "a", "--out", str(tmp_path / "front.txt"), cwd=tmp_path)
     assert bad.returncode == 2 and ".csv" in bad.stderr and not (tmp_path / "front.txt").exists()
+
+
+def test_weights_of_another_model_fail_before_any_trial(tmp_path):
+    from pann.models import build_model, save_weights
+
+    weights = tmp_path / "vgg.pt"
+    save_weights(build_model("vgg11_bn"), weights)
+    cfg = write_config(tmp_path, "wrong-weights", "", epochs=[0])
+    data = yaml.safe_load(cfg.read_text())
+    data["backbone"]["weights"] = str(weights)
+    cfg.write_text(yaml.safe_dump(data))
+    result = pann("search", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2 and "backbone.weights:" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
+
+
+def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
+    cfg = write_config(tmp_path, "ctrl-c", "")
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].update(trials=4, concurrency=1)
+    cfg.write_text(yaml.safe_dump(data))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg)], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def one_finished() -> bool:
+        try:
+            return any(c.info.status == "FINISHED" for c in child_runs(MlflowClient(uri), "ctrl-c")[1])
+        except (AssertionError, Exception):
+            return False
+
+    try:
+        wait_for(one_finished, 400, "a finished trial")
+        os.kill(driver.pid, signal.SIGINT)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(60)
+    assert driver.returncode == 130, out[-2000:] + err[-2000:]
+    assert "interrupted after" in err and "--resume" in err and "cheapest" not in out
+    parent, _ = child_runs(MlflowClient(uri), "ctrl-c")
+    assert parent.info.status == "KILLED"
+
+    resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    parent, children = child_runs(MlflowClient(uri), "ctrl-c")
+    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{tmp_path / 'runs' / 'ctrl-c' / 'optuna.db'}")
+    states = [t.state for t in study.trials]
+    assert len(states) == 4 and optuna.trial.TrialState.RUNNING not in states, states
+    # Known gap (issue 10): the trial running at the interrupt is closed in Optuna (not COMPLETE) although its
+    # rerun after --resume finishes; Tune and MLflow agree on four finished trials.
+    assert states.count(optuna.trial.TrialState.COMPLETE) >= 3, states
+    assert len(children) == 4 and {c.info.status for c in children} == {"FINISHED"}
+    assert parent.info.status == "FINISHED"

@@ -13,7 +13,10 @@ from ray.tune.experiment import Trial
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import config
-from search.runner import FeasibleOnlyOptunaSearch, TrackingCallback, check_resources, param_space, tune_config
+from search.callback import ProgressCallback, TrackingCallback
+from search.runner import check_resources, tune_config
+from search.searchers import FeasibleOnlyOptunaSearch
+from search.space import param_space
 from tracking.runs import SearchRecorder, TrackingUnavailable, check_reachable, trial_points
 
 
@@ -167,7 +170,7 @@ def test_callback_records_pruned_trials_as_killed(tmp_path):
     trials["pruned"].update_last_result({"accuracy": 0.4, "epoch": 1})
     callback.on_trial_complete(0, [], trials["pruned"])
     trials["done"].update_last_result({"final": 1, "accuracy": 0.8, "precision_bits": 7.0, "trained_backbone": 1,
-                                     "backbone": "/store/b.pt",
+                                     "backbone": "/store/b.pt", "spec": json.dumps({"format": "pann-spec"}),
                                      "curve": json.dumps([{"alpha": 7.0, "accuracy": 0.8, "depth": 7}])})
     callback.on_trial_complete(0, [], trials["done"])
     client = MlflowClient(search.tracking_uri)
@@ -175,4 +178,21 @@ def test_callback_records_pruned_trials_as_killed(tmp_path):
         [e.experiment_id for e in client.search_experiments()], "tags.`pann.trial_id` LIKE 'optuna-%'")}
     assert {k: r.info.status for k, r in runs.items()} == {"pruned": "KILLED", "done": "FINISHED"}
     assert runs["done"].data.tags["pann.backbone"] == "/store/b.pt"
-    assert {a.path for a in client.list_artifacts(runs["done"].info.run_id)} == {"approximation.json", "curve.json"}
+    assert {a.path for a in client.list_artifacts(runs["done"].info.run_id)} == {"spec.json", "curve.json"}
+
+
+def test_progress_line_counts_trials_and_keeps_the_cheapest_feasible_point(tmp_path):
+    search = tiny_search(tmp_path)
+    lines = []
+    callback = pickle.loads(pickle.dumps(ProgressCallback(search, None)))  # picklable, for Tune
+    callback.report = lines.append
+    results = [{"final": 1, "accuracy": 0.4, "precision_bits": 6.0}, {"final": 1, "accuracy": 0.8,
+                                                                      "precision_bits": 7.0},
+               {"accuracy": 0.9, "epoch": 1}]  # the last one was stopped early: not a point
+    trials = [Trial("run_trial", config={"alpha": 7}, trial_id=f"t{i}", stub=True) for i in range(3)]
+    for trial, result in zip(trials, results):
+        trial.update_last_result(result)
+        callback.on_trial_complete(0, trials, trial)
+    assert len(lines) == 3 and lines[0].startswith("1/20 trials done") and "none feasible yet" in lines[0]
+    assert "best feasible alpha 7 at 80.00%" in lines[1] and "left" in lines[1]
+    assert lines[2].startswith("3/20 trials done") and "best feasible alpha 7 at 80.00%" in lines[2]

@@ -1,11 +1,16 @@
+import collections
+import contextlib
+
 import pytest
 import torch
 
 from pann.catalog import relu_for_precision
+from pann.data import synthetic
+from pann.evaluate import count_correct
 from pann.models import resnet20, save_weights, vgg11_bn
 from pann.modules import PolyReLU
 from pann.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
-from pann.training import ConfigError, TrainConfig, TrainingDiverged, train
+from pann.training import ConfigError, TrainConfig, TrainingDiverged, evaluate_loss_accuracy, train
 
 
 def test_random_slope_is_zero_mean_on_negatives_and_vanishes_in_eval():
@@ -51,14 +56,56 @@ def tiny(**overrides) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
-@pytest.mark.parametrize("leakage", ["none", "noise", "random-slope", "approximation-aware"])
+TECHNIQUES = {"none": None, "noise": NegativeNoiseReLU, "random-slope": RandomSlopeReLU,
+              "approximation-aware": ApproximationAwareReLU}
+
+
+@contextlib.contextmanager
+def modules_run():
+    """The types of every module whose forward runs inside the block (a global forward hook)."""
+    seen: collections.Counter = collections.Counter()
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, args, output: seen.update([type(module)]) if module.training else None)
+    try:
+        yield seen
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("leakage", list(TECHNIQUES))
 def test_training_runs_with_each_technique(leakage):
     seen = []
-    result = train(tiny(leakage=leakage, epochs=1, mixup_alpha=0.4 if leakage == "none" else None),
-                   callback=lambda epoch, metrics: seen.append(metrics), progress=False)
+    with modules_run() as ran:
+        result = train(tiny(leakage=leakage, epochs=1, mixup_alpha=0.4 if leakage == "none" else None),
+                       callback=lambda epoch, metrics: seen.append(metrics), progress=False)
     assert [m["epoch"] for m in seen] == [1] and result.history == seen
     assert 0 <= seen[0]["val_accuracy"] <= 1 and seen[0]["train_loss"] > 0
-    assert not any(isinstance(m, (RandomSlopeReLU, NegativeNoiseReLU)) for m in result.model.modules())
+    # In training every one of resnet20's 19 ReLUs was the technique, on each of the 4 batches.
+    technique = TECHNIQUES[leakage]
+    for other in set(TECHNIQUES.values()) - {None, technique}:
+        assert ran[other] == 0, f"{other.__name__} ran in a {leakage} training"
+    if technique is not None:
+        assert ran[technique] == 19 * 4
+    # ... and the trained backbone comes back with exact ReLUs.
+    assert not any(isinstance(m, tuple(t for t in TECHNIQUES.values() if t)) for m in result.model.modules())
+
+
+def test_non_finite_logits_count_as_wrong():
+    logits = torch.tensor([[2.0, 1.0], [float("nan"), 1.0], [1.0, float("inf")], [0.0, 3.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert count_correct(logits, labels) == 2  # rows 0 and 3; argmax of the nan and inf rows is not trusted
+
+    class HalfNaN(torch.nn.Module):  # right on every image, but the second half of each batch overflows
+        def forward(self, x):
+            out = torch.nn.functional.one_hot(self.labels[:len(x)], 10).float()
+            out[len(x) // 2:] = float("nan")
+            return out
+
+    data = synthetic(100)
+    model = HalfNaN()
+    model.labels = data.labels
+    _, accuracy = evaluate_loss_accuracy(model, data, 100, torch.device("cpu"))
+    assert accuracy == 0.5
 
 
 def test_training_learns_synthetic_data():

@@ -1,4 +1,5 @@
-"""The feasible Pareto front of a precision search, and its export as CSV, JSON, PNG or HTML.
+"""The feasible Pareto front of a precision search, and its export as CSV, JSON, PNG or HTML (an
+interactive plotly figure drawn by Optuna's Pareto-front plot, self-contained).
 
 Each measured :class:`Point` is one (trial, alpha) pair. Lower alpha means fewer bits in the ReLU
 approximation (error ``B * 2^-alpha``), so it is cheaper: the front holds the feasible points
@@ -12,19 +13,25 @@ import csv
 import html
 import io
 import json
-import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pann.files import write_bytes_atomic
+
 X_LABEL = "precision alpha (ReLU error B 2^-alpha)"
 Y_LABEL = "validation accuracy (%)"
 
 
+# What a front can be drawn against: alpha (the mean over layers for a per-layer point) or a network cost.
+X_AXES = {"alpha": "alpha", "bootstraps": "bootstraps", "levels": "levels", "latency": "latency_s"}
+
+
 @dataclass(frozen=True)
 class Point:
-    """One measurement: a trial's validation accuracy at precision ``alpha``."""
+    """One measurement: a trial's validation accuracy at precision ``alpha`` (the mean over layers for a
+    per-layer point), with its network costs (``bootstraps``, ``levels``, ``latency_s``...) when known."""
 
     trial: str
     alpha: float
@@ -32,6 +39,17 @@ class Point:
     depth: int
     run_id: str | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
+    costs: Mapping[str, float] = field(default_factory=dict)
+
+    def cost(self, x: str) -> float:
+        """The point's value on axis ``x`` (one of :data:`X_AXES`); ``ValueError`` when it was not measured."""
+        if x not in X_AXES:
+            raise ValueError(f"unknown x axis {x!r}; expected one of {', '.join(X_AXES)}")
+        if x == "alpha":
+            return self.alpha
+        if X_AXES[x] not in self.costs:
+            raise ValueError(f"point of trial {self.trial} has no {x} recorded (a search without a cost model)")
+        return self.costs[X_AXES[x]]
 
 
 def _check_target(target: float) -> None:
@@ -39,127 +57,125 @@ def _check_target(target: float) -> None:
         raise ValueError(f"target accuracy must be in (0, 1], got {target!r}")
 
 
-def _objectives(point: Point, with_depth: bool) -> tuple[float, ...]:
+def _objectives(point: Point, with_depth: bool, x: str = "alpha") -> tuple[float, ...]:
     """The point's objectives, all to be minimised."""
-    return (point.alpha, -point.accuracy, point.depth) if with_depth else (point.alpha, -point.accuracy)
+    cost = point.cost(x)
+    return (cost, -point.accuracy, point.depth) if with_depth else (cost, -point.accuracy)
 
 
-def pareto_front(points: Sequence[Point], target: float, with_depth: bool = False) -> list[Point]:
-    """Feasible points (accuracy >= target) not dominated in (alpha min, accuracy max[, depth min]).
+def pareto_front(points: Sequence[Point], target: float, with_depth: bool = False, x: str = "alpha") -> list[Point]:
+    """Feasible points (accuracy >= target) not dominated in (``x`` min, accuracy max[, depth min]).
 
-    Sorted by alpha, then by decreasing accuracy. Of points with equal objectives the first is kept.
+    Sorted by ``x``, then by decreasing accuracy. Of points with equal objectives the first is kept.
     """
     _check_target(target)
-    feasible = sorted((p for p in points if p.accuracy >= target), key=lambda p: _objectives(p, with_depth))
+    feasible = sorted((p for p in points if p.accuracy >= target), key=lambda p: _objectives(p, with_depth, x))
     front: list[Point] = []
     for point in feasible:  # a point's dominators sort before it, and one of them is on the front
-        mine = _objectives(point, with_depth)
-        if not any(all(t <= m for t, m in zip(_objectives(q, with_depth), mine)) for q in front):
+        mine = _objectives(point, with_depth, x)
+        if not any(all(t <= m for t, m in zip(_objectives(q, with_depth, x), mine)) for q in front):
             front.append(point)
     return front
 
 
-def lowest_precision(points: Sequence[Point], target: float) -> Point | None:
-    """The feasible point with the lowest alpha; ties go to higher accuracy, then lower depth. None if none."""
+def lowest_precision(points: Sequence[Point], target: float, x: str = "alpha") -> Point | None:
+    """The feasible point with the lowest ``x``; ties go to higher accuracy, then lower alpha and depth.
+    None if none."""
     _check_target(target)
     feasible = [p for p in points if p.accuracy >= target]
-    return min(feasible, key=lambda p: (p.alpha, -p.accuracy, p.depth), default=None)
+    return min(feasible, key=lambda p: (p.cost(x), -p.accuracy, p.alpha, p.depth), default=None)
 
 
-def _csv(front: list[Point], points: Sequence[Point], target: float, title: str) -> bytes:
+def _x_label(x: str) -> str:
+    return X_LABEL if x == "alpha" else {"bootstraps": "bootstraps per inference", "levels": "levels (network depth)",
+                                         "latency": "estimated latency (s)"}[x]
+
+
+def _csv(front: list[Point], points: Sequence[Point], target: float, title: str,
+         with_depth: bool, x: str = "alpha") -> bytes:
     keys = sorted({k for p in front for k in p.params})
+    costs = sorted({k for p in front for k in p.costs})
     out = io.StringIO(newline="")
     writer = csv.writer(out)
-    writer.writerow(["trial", "alpha", "accuracy", "depth", "run_id"] + [f"param.{k}" for k in keys])
+    writer.writerow(["trial", "alpha", "accuracy", "depth"] + costs + ["run_id"] + [f"param.{k}" for k in keys])
     for p in front:
-        writer.writerow([p.trial, p.alpha, p.accuracy, p.depth, p.run_id or ""] + [p.params.get(k, "") for k in keys])
+        writer.writerow([p.trial, p.alpha, p.accuracy, p.depth] + [p.costs.get(k, "") for k in costs]
+                        + [p.run_id or ""] + [p.params.get(k, "") for k in keys])
     return out.getvalue().encode()
 
 
-def _json(front: list[Point], points: Sequence[Point], target: float, title: str) -> bytes:
-    rows = [{"trial": p.trial, "alpha": p.alpha, "accuracy": p.accuracy, "depth": p.depth, "run_id": p.run_id,
-             "params": dict(p.params)} for p in front]
-    return json.dumps({"target": target, "front": rows, "points": len(points)}, indent=2, default=str).encode()
+def _json(front: list[Point], points: Sequence[Point], target: float, title: str,
+          with_depth: bool, x: str = "alpha") -> bytes:
+    rows = [{"trial": p.trial, "alpha": p.alpha, "accuracy": p.accuracy, "depth": p.depth, "costs": dict(p.costs),
+             "run_id": p.run_id, "params": dict(p.params)} for p in front]
+    return json.dumps({"target": target, "x": x, "front": rows, "points": len(points)}, indent=2,
+                      default=str).encode()
 
 
-def _png(front: list[Point], points: Sequence[Point], target: float, title: str) -> bytes:
+def _png(front: list[Point], points: Sequence[Point], target: float, title: str,
+         with_depth: bool, x: str = "alpha") -> bytes:
     from matplotlib.figure import Figure  # no pyplot: no display and no global backend needed
 
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.scatter([p.alpha for p in points], [100 * p.accuracy for p in points], color="0.7", s=16, label="measured")
-    ax.step([p.alpha for p in front], [100 * p.accuracy for p in front], where="post", marker="o",
+    ax.scatter([p.cost(x) for p in points], [100 * p.accuracy for p in points], color="0.7", s=16,
+               label="measured")
+    ax.step([p.cost(x) for p in front], [100 * p.accuracy for p in front], where="post", marker="o",
             color="tab:red", label="Pareto front")
     ax.axhline(100 * target, color="0.3", linestyle="--", linewidth=1, label=f"target {100 * target:g}%")
-    ax.set(xlabel=X_LABEL, ylabel=Y_LABEL, title=title)
+    ax.set(xlabel=_x_label(x), ylabel=Y_LABEL, title=title)
     ax.legend(loc="best")
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=120)
     return buffer.getvalue()
 
 
-def _span(values: list[float]) -> tuple[float, float]:
-    """The range of ``values``, widened when it is a single value."""
-    lo, hi = min(values), max(values)
-    return (lo - 0.5, hi + 0.5) if hi == lo else (lo, hi)
+def _study(points: Sequence[Point], target: float, with_depth: bool, x: str = "alpha"):
+    """An in-memory Optuna study holding ``points`` as trials, so that Optuna's plots can draw them.
+
+    Values: alpha (minimised), accuracy in % (maximised)[, depth (minimised)]; the constraint
+    ``target - accuracy <= 0`` marks the feasible points; user attributes carry the trial and MLflow run.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    study = optuna.create_study(directions=["minimize", "maximize"] + ["minimize"] * with_depth)
+    for p in points:
+        params = {k: v if v is None or isinstance(v, (bool, int, float, str)) else str(v) for k, v in p.params.items()}
+        study.add_trial(optuna.trial.create_trial(
+            values=[p.cost(x), 100 * p.accuracy] + [p.depth] * with_depth, params=params,
+            distributions={k: CategoricalDistribution([v]) for k, v in params.items()},
+            user_attrs={"trial": p.trial, "mlflow_run_id": p.run_id or "", "depth": p.depth, "alpha": p.alpha,
+                        **dict(p.costs)},
+            constraints={"target_accuracy": target - p.accuracy}))
+    return study
 
 
-def _html(front: list[Point], points: Sequence[Point], target: float, title: str) -> bytes:
-    width, height, margin = 720, 420, 60
-    x0, x1 = _span([p.alpha for p in points] or [0.0])
-    y0, y1 = _span([100 * p.accuracy for p in points] + [100 * target])
+def _html(front: list[Point], points: Sequence[Point], target: float, title: str, with_depth: bool,
+          x: str = "alpha") -> bytes:
+    """Optuna's Pareto-front plot of ``points`` (hover: values, parameters, MLflow run id) with the
+    front as a line and the target, as one HTML page with plotly.js embedded, so it opens offline."""
+    import optuna
 
-    def x(alpha: float) -> float:
-        return margin + (alpha - x0) / (x1 - x0) * (width - 2 * margin)
-
-    def y(percent: float) -> float:
-        return height - margin - (percent - y0) / (y1 - y0) * (height - 2 * margin)
-
-    def tooltip(p: Point) -> str:
-        params = ", ".join(f"{k}={v}" for k, v in sorted(p.params.items()))
-        return html.escape(f"{p.trial}: alpha {p.alpha:g}, accuracy {100 * p.accuracy:.2f}%, depth {p.depth}\n{params}")
-
-    left, bottom, right, top = margin, height - margin, width - margin, margin
-    svg = [f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>',
-           f'<line x1="{left}" y1="{bottom}" x2="{left}" y2="{top}" stroke="black"/>']
-    for i in range(6):
-        a, v = x0 + i * (x1 - x0) / 5, y0 + i * (y1 - y0) / 5
-        svg.append(f'<line x1="{x(a):.1f}" y1="{bottom}" x2="{x(a):.1f}" y2="{bottom + 5}" stroke="black"/>'
-                   f'<text x="{x(a):.1f}" y="{bottom + 18}" text-anchor="middle">{a:.3g}</text>'
-                   f'<line x1="{left - 5}" y1="{y(v):.1f}" x2="{left}" y2="{y(v):.1f}" stroke="black"/>'
-                   f'<text x="{left - 8}" y="{y(v) + 4:.1f}" text-anchor="end">{v:.3g}</text>')
-    svg.append(f'<text x="{width / 2}" y="{height - 15}" text-anchor="middle">{X_LABEL}</text>'
-               f'<text transform="translate(16 {height / 2}) rotate(-90)" text-anchor="middle">{Y_LABEL}</text>')
-    svg.append(f'<line x1="{left}" y1="{y(100 * target):.1f}" x2="{right}" y2="{y(100 * target):.1f}" '
-               f'stroke="grey" stroke-dasharray="6 4"/>'
-               f'<text x="{right}" y="{y(100 * target) - 4:.1f}" text-anchor="end">target {100 * target:g}%</text>')
-    path = " ".join(f"{x(p.alpha):.1f},{y(100 * p.accuracy):.1f}" for p in front)
-    svg.append(f'<polyline points="{path}" fill="none" stroke="crimson"/>')
-    on_front = {id(p) for p in front}
-    for p in sorted(points, key=lambda p: id(p) in on_front):  # front points drawn last, on top
-        colour, r = ("crimson", 5) if id(p) in on_front else ("#aaa", 3.5)
-        svg.append(f'<circle cx="{x(p.alpha):.1f}" cy="{y(100 * p.accuracy):.1f}" r="{r}" fill="{colour}">'
-                   f'<title>{tooltip(p)}</title></circle>')
-    rows = "".join(f"<tr><td>{html.escape(p.trial)}</td><td>{p.alpha:g}</td><td>{100 * p.accuracy:.2f}</td>"
-                   f"<td>{p.depth}</td><td>{html.escape(p.run_id or '')}</td>"
-                   f"<td>{html.escape(json.dumps(dict(p.params), default=str))}</td></tr>" for p in front)
-    heading = html.escape(title or "Pareto front")
-    page = (f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{heading}</title><style>'
-            "body{font-family:sans-serif} td,th{padding:2px 8px;border-bottom:1px solid #ddd} svg{font-size:12px}"
-            f"</style></head><body><h1>{heading}</h1>"
-            f"<p>{len(front)} front points of {len(points)} measured; target accuracy {100 * target:g}%.</p>"
-            f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}">{"".join(svg)}</svg>'
-            "<table><tr><th>trial</th><th>alpha</th><th>accuracy (%)</th><th>depth</th><th>run id</th>"
-            f"<th>params</th></tr>{rows}</table></body></html>\n")
+    figure = optuna.visualization.plot_pareto_front(
+        _study(points, target, with_depth, x), target_names=[_x_label(x), Y_LABEL],
+        targets=lambda trial: trial.values[:2])  # drawn in 2-D; depth, if an objective, still picks the best
+    figure.add_scatter(x=[p.cost(x) for p in front], y=[100 * p.accuracy for p in front], mode="lines",
+                       line={"shape": "hv", "color": "crimson"}, name="Pareto front", hoverinfo="skip")
+    figure.add_hline(y=100 * target, line_dash="dash", line_color="grey",
+                     annotation_text=f"target {100 * target:g}%", annotation_position="top right")
+    figure.update_layout(title=html.escape(title or "Pareto front") + f"<br><sub>{len(front)} front points of "
+                         f"{len(points)} measured; target accuracy {100 * target:g}%</sub>")
+    page = figure.to_html(include_plotlyjs=True, full_html=True)
     return page.encode()
 
 
-_WRITERS: dict[str, Callable[[list[Point], Sequence[Point], float, str], bytes]] = {
+_WRITERS: dict[str, Callable[[list[Point], Sequence[Point], float, str, bool, str], bytes]] = {
     ".csv": _csv, ".json": _json, ".png": _png, ".html": _html}
 
 
 def export_front(path: str | Path, points: Sequence[Point], target: float, title: str = "",
-                 with_depth: bool = False) -> list[Point]:
+                 with_depth: bool = False, x: str = "alpha") -> list[Point]:
     """Write the front of ``points`` to ``path`` in the format its suffix names (.csv, .json, .png, .html).
 
     The file is replaced atomically, parent folders are created. Returns the front.
@@ -169,13 +185,7 @@ def export_front(path: str | Path, points: Sequence[Point], target: float, title
     if writer is None:
         raise ValueError(f"cannot export to {path.suffix or 'a name without suffix'!r} ({path}); "
                          f"allowed: {', '.join(_WRITERS)}")
-    front = pareto_front(points, target, with_depth)
-    data = writer(front, points, target, title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
+    front = pareto_front(points, target, with_depth, x)
+    data = writer(front, points, target, title, with_depth, x)
+    write_bytes_atomic(path, data)
     return front

@@ -19,6 +19,7 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from tracking.pareto import Point
@@ -27,8 +28,9 @@ SEARCH_TAG = "pann.search"
 TRIAL_TAG = "pann.trial_id"
 BACKBONE_TAG = "pann.backbone"
 ERROR_TAG = "pann.error"
-CURVE_ACCURACY = "curve_accuracy"  # metric history with step = alpha: the accuracy-vs-alpha curve
-CURVE_DEPTH = "curve_depth"
+CURVE_PREFIX = "curve_"  # metric histories with step = alpha: the accuracy-vs-alpha curve and its costs
+CURVE_ACCURACY = "curve_accuracy"
+COST_METRICS = ("bootstraps", "levels", "polynomial_levels", "multiplications", "latency_s")
 
 
 class TrackingUnavailable(ConnectionError):
@@ -133,9 +135,15 @@ class SearchRecorder:
     def log_curve(self, trial_id: str, curve: list[Mapping[str, Any]]) -> None:
         """The accuracy-vs-alpha curve as metric histories (step = alpha) and as a JSON artifact."""
         for point in curve:
-            step = int(point["alpha"])
-            self.log_metrics(trial_id, {CURVE_ACCURACY: point["accuracy"], CURVE_DEPTH: point["depth"]}, step)
+            if not float(point["alpha"]).is_integer():
+                raise ValueError(f"curve alpha {point['alpha']} is not a whole number: MLflow steps are integers")
+            self.log_metrics(trial_id, {CURVE_PREFIX + k: v for k, v in point.items() if k != "alpha"},
+                             int(point["alpha"]))
         self.client.log_dict(self._trial_runs[trial_id], list(curve), "curve.json")
+
+    def log_dict(self, trial_id: str | None, data: Any, name: str) -> None:
+        """A JSON artifact of a trial's run (or of the search's, ``trial_id=None``)."""
+        self.client.log_dict(self.parent_id if trial_id is None else self._trial_runs[trial_id], data, name)
 
     def log_artifact_text(self, trial_id: str | None, text: str, name: str) -> None:
         run_id = self.parent_id if trial_id is None else self._trial_runs[trial_id]
@@ -179,15 +187,42 @@ def find_search(client: MlflowClient, name: str) -> str:
     return runs[0].info.run_id
 
 
+def _curve_points(client: MlflowClient, run) -> list[Point]:
+    histories = {name.removeprefix(CURVE_PREFIX): {m.step: m.value for m in client.get_metric_history(
+        run.info.run_id, name)} for name in run.data.metrics if name.startswith(CURVE_PREFIX)}
+    accuracy = histories.pop("accuracy", {})
+    depths = histories.pop("depth", {})
+    return [Point(trial=run.data.tags.get(TRIAL_TAG, run.info.run_id), alpha=float(step), accuracy=value,
+                  depth=int(depths.get(step, 0)), run_id=run.info.run_id, params={**run.data.params, "alpha": step},
+                  costs={k: h[step] for k, h in histories.items() if k in COST_METRICS and step in h})
+            for step, value in sorted(accuracy.items())]
+
+
 def trial_points(client: MlflowClient, parent_id: str) -> list[Point]:
-    """Every measured (trial, alpha) of a search's FINISHED child runs, from their curve histories."""
-    parent = client.get_run(parent_id)
+    """Every measured point of a search's FINISHED child runs: the (trial, alpha) points of their curve
+    histories, or, for a per-layer trial, its one point (mean alpha) from its final metrics.
+
+    Raises ``ValueError`` when ``parent_id`` is not the parent run of a search in this store.
+    """
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ValueError(f"no run {parent_id!r} in {client.tracking_uri}") from None
+    if SEARCH_TAG not in parent.data.tags:
+        raise ValueError(f"run {parent_id!r} is not the parent run of a search (no {SEARCH_TAG} tag)")
     points = []
     for run in client.search_runs([parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
                                   " and attributes.status = 'FINISHED'"):
-        depths = {m.step: m.value for m in client.get_metric_history(run.info.run_id, CURVE_DEPTH)}
-        for m in client.get_metric_history(run.info.run_id, CURVE_ACCURACY):
-            points.append(Point(trial=run.data.tags.get(TRIAL_TAG, run.info.run_id), alpha=float(m.step),
-                                accuracy=m.value, depth=int(depths.get(m.step, 0)), run_id=run.info.run_id,
-                                params={**run.data.params, "alpha": m.step}))
+        if CURVE_ACCURACY in run.data.metrics:
+            points += _curve_points(client, run)
+            continue
+        metrics = run.data.metrics
+        if "accuracy" not in metrics or "precision_bits" not in metrics:
+            continue
+        points.append(Point(trial=run.data.tags.get(TRIAL_TAG, run.info.run_id), alpha=metrics["precision_bits"],
+                            accuracy=metrics["accuracy"], depth=int(metrics.get("depth", 0)), run_id=run.info.run_id,
+                            params=dict(run.data.params),
+                            costs={k: metrics[k] for k in COST_METRICS if k in metrics}))
     return points

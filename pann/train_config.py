@@ -1,6 +1,7 @@
-"""The configuration of a training run: plain data, validated as a whole before anything runs.
+"""The configuration of a training run: :class:`TrainConfig`, plain data validated as a whole.
 
-:func:`TrainConfig.from_dict` reports every bad field at once; :mod:`pann.training` runs it.
+:func:`TrainConfig.from_dict` and :meth:`TrainConfig.problems` report every bad field at once
+(:class:`ConfigError`), before anything runs. :func:`pann.training.train` runs a config.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ from typing import Any
 
 from pann.data import DATASETS
 from pann.models import model_names
-from pann.optimization import OPTIMIZERS, SCHEDULES
 from pann.schedules import GRANULARITIES
 
+OPTIMIZERS = ("sgd", "nesterov", "adamw")
+SCHEDULES = ("constant", "step", "cosine", "onecycle")
 LEAKAGE_TREATMENTS = ("none", "noise", "random-slope", "approximation-aware")
 
 

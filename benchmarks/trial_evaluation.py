@@ -1,0 +1,74 @@
+"""One post-training trial's evaluation against one backbone pass over the same images.
+
+    PANN_DATA_DIR=../shared/data python benchmarks/trial_evaluation.py [--model resnet20] [--images 2000]
+        [--repeats 3] [--out docs/measurements/bench_trial_evaluation.txt]
+
+In one process: a backbone pass over the first N test images, then a per-layer trial's evaluation as the
+search runs it (build the PANN from the cached ranges with a random alpha in 4..10 per layer, fused compiled
+kernels, evaluate the same images, count its network cost under the mpcnn preset), after one untimed
+warm-up trial that pays the compilation. Prints the median times and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from pann.catalog import relu_for_precision
+from pann.convert import calibrate, convert, prepare
+from pann.cost_presets import load_preset
+from pann.data import default_data_dir, load_dataset
+from pann.evaluate import accuracy
+from pann.groups import layer_groups
+from pann.models import build_model
+from pann.network_cost import network_cost
+from pann.weights import resolve
+
+
+def trial(observed, names: list[str], test, preset, rng: random.Random) -> float:
+    pann = convert(observed, {n: relu_for_precision(rng.randint(4, 10)) for n in names})
+    network_cost(pann, preset)
+    return accuracy(pann, test)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--images", type=int, default=2000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (a trial gets 1 CPU)")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    model = build_model(args.model, 10, resolve(f"{args.model}_cifar10", default_data_dir()))
+    test = load_dataset("cifar10", "test").subset(slice(0, args.images))
+    observed = prepare(model)
+    calibrate(observed, (x for x, _ in load_dataset("cifar10", "train").subset(slice(0, 2000)).batches(500)))
+    names = layer_groups(observed, "layer")
+    preset, rng = load_preset("mpcnn"), random.Random(0)
+    for alpha in range(4, 11):
+        relu_for_precision(alpha)
+    trial(observed, list(names), test, preset, rng)  # warm-up: compilation
+    backbone, pann = [], []
+    for _ in range(args.repeats):
+        start = time.perf_counter()
+        accuracy(model, test)
+        backbone.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        trial(observed, list(names), test, preset, rng)
+        pann.append(time.perf_counter() - start)
+    b, p = statistics.median(backbone), statistics.median(pann)
+    text = (f"{args.model}, {args.images} images, {args.threads} thread(s), median of {args.repeats}: "
+            f"backbone pass {b:.2f} s, per-layer trial evaluation {p:.2f} s, ratio {p / b:.2f}\n")
+    print(text, end="")
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""Network vs stage vs layer granularity, and the greedy baseline, on one pretrained backbone.
+
+    PANN_DATA_DIR=../shared/data python experiments/per_layer_table.py --model resnet20 \\
+        --weights resnet20_cifar10.pt --target 0.9073 --trials 100 --out docs/measurements/per_layer_resnet20
+
+Runs four searches, one after the other, each in its own folder under WORK with its own MLflow store:
+granularity network (Optuna over the uniform alpha, neighbours 1), stage and layer (Optuna, warm-started
+with the uniform points), and layer with the greedy baseline, all on the same trial budget (network: one
+trial per alpha it can sample). Validation, confirmation and test images are consecutive, disjoint slices
+of the test set (the backbone saw the whole training set). Writes OUT/table.json and OUT/table.md: per
+search its answer's validation / confirmation / test accuracy, bootstraps, levels, polynomial levels,
+mean alpha, estimated latency (preset ``--preset``), trials and wall time, and the uniform baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from search import config
+from search.runner import run_search
+
+VARIANTS = {  # name: (granularity, strategy)
+    "network": ("network", "optuna"), "stage": ("stage", "optuna"), "layer": ("layer", "optuna"),
+    "layer-greedy": ("layer", "greedy"),
+}
+
+
+def search_config(args: argparse.Namespace, variant: str, folder: Path) -> config.SearchConfig:
+    granularity, strategy = VARIANTS[variant]
+    alphas = {"low": args.alpha_low, "high": args.alpha_high}
+    trials = args.trials if granularity != "network" else args.alpha_high - args.alpha_low + 1
+    return config.from_dict({
+        "name": f"{args.model}-{variant}", "target_accuracy": args.target,
+        "backbone": {"model": args.model, "dataset": "cifar10", "weights": args.weights, "validation_from": "test",
+                     "validation_size": args.validation, "confirmation_size": args.confirmation,
+                     "calibration_size": args.calibration},
+        "space": {"alpha": alphas, "epochs": [0], "scope": ["layer"], "margin": [args.margin]},
+        "budget": {"trials": trials, "concurrency": args.concurrency, "cpus_per_trial": 1},
+        "search": {"seed": 0, "early_stopping": False, "granularity": granularity, "strategy": strategy,
+                   "cost": args.cost, "preset": args.preset, "neighbours": 1 if granularity == "network" else 0},
+        "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
+    })
+
+
+def row(variant: str, outcome, seconds: float) -> dict:
+    answer = outcome.answer
+    base = {"search": variant, "trials": outcome.trials, "wall_s": round(seconds, 1),
+            "front_points": len(outcome.front), "candidates_checked": len(outcome.checked)}
+    if answer is None:
+        return {**base, "answer": None}
+    return {**base, "answer": answer.trial, "mean_alpha": answer.alpha, "validation": answer.accuracy,
+            "confirmation": outcome.confirmation_accuracy, "test": outcome.test_accuracy, **dict(answer.costs),
+            "group_alphas": {k: v for k, v in answer.params.items() if k.startswith("alpha")},
+            "mlflow_parent_run": outcome.parent_run_id}
+
+
+def markdown(rows: list[dict], args: argparse.Namespace) -> str:
+    head = ("| search | trials | wall (s) | mean alpha | validation | confirmation | test | bootstraps | levels | "
+            "polynomial levels | est. latency (s) |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
+    lines = []
+    for r in rows:
+        if r.get("answer") is None:
+            lines.append(f"| {r['search']} | {r['trials']} | {r['wall_s']:.0f} | no confirmed answer |||||||| ")
+            continue
+        pct = lambda v: "-" if v is None else f"{100 * v:.2f}%"  # noqa: E731
+        lines.append(f"| {r['search']} | {r['trials']} | {r['wall_s']:.0f} | {r['mean_alpha']:.2f} | "
+                     f"{pct(r['validation'])} | {pct(r['confirmation'])} | {pct(r['test'])} | "
+                     f"{r.get('bootstraps', '-'):g} | {r.get('levels', '-'):g} | {r.get('polynomial_levels', '-'):g} | "
+                     f"{r.get('latency_s', '-'):.0f} |")
+    return (f"{args.model}, target {100 * args.target:.2f}%, preset {args.preset}, cost objective {args.cost}; "
+            f"validation {args.validation} / confirmation {args.confirmation} / test the other test images\n\n"
+            + head + "\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--weights", default="resnet20_cifar10.pt")
+    parser.add_argument("--target", type=float, required=True)
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--alpha-low", type=int, default=4)
+    parser.add_argument("--alpha-high", type=int, default=10)
+    parser.add_argument("--validation", type=int, default=2000)
+    parser.add_argument("--confirmation", type=int, default=2000)
+    parser.add_argument("--calibration", type=int, default=5000)
+    parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--cost", default="levels", choices=("alpha", "bootstraps", "levels", "latency"))
+    parser.add_argument("--preset", default="mpcnn")
+    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--out", type=Path, required=True, help="folder for table.json and table.md")
+    parser.add_argument("--work", type=Path, help="folder for the searches' runs and MLflow stores "
+                        "(default runs/per_layer/MODEL)")
+    args = parser.parse_args()
+    args.work = args.work or Path("runs") / "per_layer" / args.model
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for variant in args.variants.split(","):
+        folder = args.work / variant
+        start = time.perf_counter()
+        outcome = run_search(search_config(args, variant, folder))
+        rows.append(row(variant, outcome, time.perf_counter() - start))
+        print(json.dumps(rows[-1]), flush=True)
+        (args.out / "table.json").write_text(json.dumps(rows, indent=1, default=str))
+        (args.out / "table.md").write_text(markdown(rows, args))
+    print(markdown(rows, args))
+
+
+if __name__ == "__main__":
+    main()

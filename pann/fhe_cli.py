@@ -1,0 +1,78 @@
+"""``pann fhe-check``: a PANN from the command line's model, weights and alpha, checked under CKKS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from pann.catalog import check_alpha, relu_for_precision
+from pann.fhe_params import load_params
+
+
+def _fhe_pann(args: argparse.Namespace):
+    """``(pann, test images, calibration images)`` from --model/--weights and --alpha or --spec."""
+    import torch
+
+    from pann import spec as pann_spec
+    from pann.convert import convert, prepare
+    from pann.data import NUM_CLASSES, load_dataset
+    from pann.evaluate import calibrated
+    from pann.models import build_model
+
+    from pann.cli import weights_file
+
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
+    calibration = train.subset(order[:args.calibration_size])
+    if args.spec:
+        pann = pann_spec.apply(prepare(model), pann_spec.load(args.spec), compiled=False)
+    else:
+        pann = convert(calibrated(model, calibration), relu_for_precision(check_alpha(args.alpha)), "layer",
+                       args.margin, compiled=False)
+    images = next(test.subset(slice(0, args.images)).batches(args.images))[0]
+    return pann, images, next(calibration.batches(args.fit_images))[0]
+
+
+def fhe_check(args: argparse.Namespace) -> None:
+    """``pann fhe-check``: build the PANN, check it encrypted, print one row per image."""
+    from pann import fhe
+    from pann.cli import UsageError
+
+    params = load_params(args.params)
+    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
+    try:
+        fhe.orion_modules()
+    except fhe.FheUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    pann, images, fit_images = _fhe_pann(args)
+    predicted = _predicted_bootstraps(pann)
+    if args.dry_run:
+        print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir)
+    if args.json:
+        json.dump({"params": params.name, "secure": params.secure, "cost_model_bootstraps": predicted,
+                   "results": [r.to_dict() for r in results]}, sys.stdout, indent=2)
+        print()
+        return
+    print(f"{'image':>5} {'encrypted':>9} {'plaintext':>9} {'max error':>10} {'levels':>6} {'boots':>5} {'seconds':>8}")
+    for r in results:
+        print(f"{r.index:>5} {r.encrypted_class:>9} {r.plaintext_class:>9} {r.max_logit_error:>10.3g} "
+              f"{r.levels:>6} {r.bootstraps:>5} {r.seconds:>8.1f}")
+    print(f"{sum(r.agrees for r in results)}/{len(results)} agree with the plaintext PANN under {params.name}"
+          + ("" if params.secure else " (INSECURE test parameters)"))
+    print(f"cost model (preset orion-resnet) predicts {predicted} bootstraps per image for this PANN")
+
+
+def _predicted_bootstraps(pann) -> int:
+    """Our cost model's bootstrap count for the PANN under the Orion preset, beside what Orion does."""
+    from pann.cost_presets import load_preset
+    from pann.network_cost import network_cost
+
+    return network_cost(pann, load_preset("orion-resnet")).bootstraps

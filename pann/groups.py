@@ -1,0 +1,82 @@
+"""Groups of activation layers that share one precision: the granularity of a per-layer choice.
+
+* ``network``: one group holding every ReLU and max-pool (one alpha for the whole network).
+* ``stage``: one group per stage of the network. A stage is the module two levels below the root that
+  made the call (``net.layer1`` of a CIFAR ResNet; the stem's ReLU is the stage ``stem``); a stage
+  without sub-blocks (a VGG's ``features``) is cut after each max-pool into blocks ``block1``, ``block2``...
+* ``layer``: one group per activation layer, named as the layer.
+
+Groups map a name to the layer names of :func:`pann.convert.observers` in execution order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from torch import nn
+
+from pann.modules import ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU
+
+GRANULARITIES = ("network", "stage", "layer")
+
+_LAYER_TYPES = (ObservedReLU, ObservedMaxPool2d, PolyReLU, PolyMaxPool2d)
+_POOLS = (ObservedMaxPool2d, PolyMaxPool2d)
+
+
+def _activation_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, _LAYER_TYPES)}
+
+
+def _stage_of(owner: str) -> str:
+    parts = [p for p in owner.split(".") if p]
+    if parts and parts[0] == "net":  # pann.models.Classifier wraps the network as ``net``
+        parts = parts[1:]
+    return parts[0] if parts else "stem"
+
+
+def layer_groups(model: nn.Module, granularity: str) -> dict[str, list[str]]:
+    """The groups of ``model``'s activation layers (observers or polynomial layers) at ``granularity``.
+
+    Raises ``ValueError`` for an unknown granularity, a model without activation layers, or a
+    ``stage`` granularity on a model that has a single stage with no max-pool to cut it at.
+    """
+    if granularity not in GRANULARITIES:
+        raise ValueError(f"unknown granularity {granularity!r}; expected one of {', '.join(GRANULARITIES)}")
+    layers = _activation_layers(model)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no ReLU or max-pool layers (prepare or convert it first)")
+    if granularity == "network":
+        return {"network": list(layers)}
+    if granularity == "layer":
+        return {name: [name] for name in layers}
+    groups: dict[str, list[str]] = {}
+    blocks: dict[str, int] = {}
+    for name, module in layers.items():
+        stage = _stage_of(getattr(module, "owner", ""))
+        nested = "." in getattr(module, "owner", "").removeprefix("net.")
+        key = stage if nested or stage == "stem" else f"block{blocks.get(stage, 0) + 1}"
+        groups.setdefault(key, []).append(name)
+        if isinstance(module, _POOLS) and not nested:
+            blocks[stage] = blocks.get(stage, 0) + 1
+    if len(groups) < 2:
+        raise ValueError(f"granularity 'stage': {type(model).__name__} has no stages or max-pool blocks to "
+                         "group its layers by; use 'network' or 'layer'")
+    return groups
+
+
+def check_names(given: Iterable[str], expected: Iterable[str], what: str) -> None:
+    """Raise ``ValueError`` naming every expected name missing from ``given`` and every unknown one."""
+    given, expected = list(given), list(expected)
+    missing = [n for n in expected if n not in given]
+    unknown = [n for n in given if n not in expected]
+    if missing or unknown:
+        raise ValueError(f"{what} do not fit the model: "
+                         + "; ".join(filter(None, [missing and "missing " + ", ".join(missing),
+                                                   unknown and "unknown " + ", ".join(unknown)]))
+                         + f" (expected: {', '.join(expected)})")
+
+
+def expand(groups: Mapping[str, list[str]], values: Mapping[str, float]) -> dict[str, float]:
+    """Per-layer values from per-group ``values`` (every group needs one; unknown groups are refused)."""
+    check_names(values, groups, "per-group values")
+    return {layer: values[group] for group, layers in groups.items() for layer in layers}

@@ -1,0 +1,187 @@
+"""The PANN spec: a portable JSON description of a converted network's polynomial layers.
+
+With the spec and the backbone's weights, anyone can rebuild the PANN in another library::
+
+    {"format": "pann-spec", "version": 1,
+     "model": "resnet20", "input_normalization": {"mean": [...], "std": [...]},
+     "layers": [{"name": "net_relu", "kind": "relu", "B": 9.8,
+                 "family": "composite", "degrees": [7, 15], "precision": 8.03, "depth": 8,
+                 "multiplications": 12, "dead_zone": 0.0132,
+                 "basis": "chebyshev", "interval": [-1, 1],
+                 "stages": [{"degree": 7, "width": 1.0, "coefficients": [c_0, ..., c_7]}, ...]},
+                {"name": "...", "kind": "maxpool", "kernel_size": [2, 2], "stride": [2, 2], "padding": [0, 0],
+                 ...}]}
+
+A layer computes ``B r(x / B)`` with ``r(t) = t (1 + p(t)) / 2`` for the composite family, ``p`` being the
+stages applied in turn, stage ``i`` being ``sum_k c_k T_k(u / width_i)`` (Chebyshev polynomials of the first
+kind); for the direct families ``r`` is the single stage. A max-pool is a tournament of pairwise
+``max(a, b) = b + B r((a - b) / B)``. Layers are listed in execution order, named as in
+:func:`pann.convert.observers`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from pann.approximation import FAMILIES, ReluApproximation, validate_degrees
+from pann.convert import convert, observers, poly_modules
+from pann.groups import check_names
+from pann.files import write_bytes_atomic
+from pann.modules import PolyMaxPool2d
+
+FORMAT = "pann-spec"
+VERSION = 1
+_LAYER_FIELDS = ("name", "kind", "B", "family", "degrees", "precision", "depth", "multiplications", "stages")
+
+
+class SpecError(ValueError):
+    """A spec file that cannot be read; ``problems`` lists every problem."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = problems
+        super().__init__(f"invalid PANN spec {source}: " + "; ".join(problems))
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One polynomial layer: its name, kind (``relu`` or ``maxpool``), interval bound ``B`` and approximation."""
+
+    name: str
+    kind: str
+    bound: float
+    approximation: ReluApproximation
+    pool: Mapping[str, list[int]] = field(default_factory=dict)  # kernel_size, stride, padding of a max-pool
+
+    def to_dict(self) -> dict[str, Any]:
+        approx = self.approximation.to_dict()
+        return {"name": self.name, "kind": self.kind, "B": self.bound, **approx, **dict(self.pool)}
+
+
+@dataclass(frozen=True)
+class PannSpec:
+    """Every polynomial layer of a PANN, plus what identifies its backbone (``model``, normalisation...)."""
+
+    layers: tuple[LayerSpec, ...]
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def approximations(self) -> dict[str, ReluApproximation]:
+        return {layer.name: layer.approximation for layer in self.layers}
+
+    @property
+    def bounds(self) -> dict[str, float]:
+        return {layer.name: layer.bound for layer in self.layers}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "version": VERSION, **dict(self.meta),
+                "layers": [layer.to_dict() for layer in self.layers]}
+
+    def save(self, path: str | Path) -> None:
+        write_bytes_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
+
+
+def spec_of(pann: nn.Module, **meta: Any) -> PannSpec:
+    """The spec of a converted PANN (``meta``: e.g. ``model``, ``weights``, ``input_normalization``)."""
+    normalization = getattr(pann, "normalization", None)
+    if callable(normalization) and "input_normalization" not in meta:
+        meta["input_normalization"] = normalization()
+    layers = []
+    for name, module in poly_modules(pann).items():
+        pool = {}
+        if isinstance(module, PolyMaxPool2d):
+            pool = {"kernel_size": list(module.kernel_size), "stride": list(module.stride),
+                    "padding": list(module.padding)}
+        layers.append(LayerSpec(name, "maxpool" if pool else "relu", float(module.bound.item()),
+                                module.approximation, pool))
+    if not layers:
+        raise ValueError("the model has no polynomial layers: convert it to a PANN first")
+    return PannSpec(tuple(layers), meta)
+
+
+def _layer(data: Any, where: str, problems: list[str]) -> LayerSpec | None:
+    if not isinstance(data, Mapping):
+        problems.append(f"{where}: must be an object")
+        return None
+    missing = [k for k in _LAYER_FIELDS if k not in data]
+    if missing:
+        problems.append(f"{where}: missing {', '.join(missing)}")
+        return None
+    name = data["name"]
+    before = len(problems)
+    if data["kind"] not in ("relu", "maxpool"):
+        problems.append(f"{where} ({name}).kind: {data['kind']!r} is not relu or maxpool")
+    if not (isinstance(data["B"], (int, float)) and data["B"] > 0):
+        problems.append(f"{where} ({name}).B: must be a positive number, got {data['B']!r}")
+    if data["family"] not in FAMILIES:
+        problems.append(f"{where} ({name}).family: {data['family']!r} is not one of {', '.join(FAMILIES)}")
+    try:
+        validate_degrees(data["degrees"], odd=data["family"] == "composite")
+        approx = ReluApproximation.from_dict(data)
+        if [s.degree for s in approx.stages] != list(approx.degrees) or any(
+                len(s.coefficients) != s.degree + 1 for s in approx.stages):
+            problems.append(f"{where} ({name}).stages: one stage per degree with degree + 1 coefficients")
+    except (ValueError, KeyError, TypeError) as exc:
+        problems.append(f"{where} ({name}): {exc}")
+        return None
+    if len(problems) > before:
+        return None
+    pool = {k: list(data[k]) for k in ("kernel_size", "stride", "padding") if k in data}
+    if data["kind"] == "maxpool" and len(pool) != 3:
+        problems.append(f"{where} ({name}): a maxpool layer needs kernel_size, stride and padding")
+    return LayerSpec(str(name), data["kind"], float(data["B"]), approx, pool)
+
+
+def from_dict(data: Any, source: str = "spec") -> PannSpec:
+    """Validate a parsed spec; raise :class:`SpecError` listing every problem."""
+    if not isinstance(data, Mapping):
+        raise SpecError(["must be a JSON object"], source)
+    if data.get("format") != FORMAT:
+        raise SpecError([f"format: expected {FORMAT!r}, got {data.get('format')!r}"], source)
+    if data.get("version") != VERSION:
+        raise SpecError([f"version: {data.get('version')!r} is not a known version (this pann reads {VERSION})"],
+                        source)
+    problems: list[str] = []
+    raw = data.get("layers")
+    if not isinstance(raw, list) or not raw:
+        raise SpecError(["layers: must be a non-empty list"], source)
+    layers = [_layer(item, f"layers[{i}]", problems) for i, item in enumerate(raw)]
+    names = [layer.name for layer in layers if layer is not None]
+    problems += [f"layers: {n!r} appears twice" for n in sorted({n for n in names if names.count(n) > 1})]
+    if problems:
+        raise SpecError(problems, source)
+    meta = {k: v for k, v in data.items() if k not in ("format", "version", "layers")}
+    return PannSpec(tuple(layers), meta)
+
+
+def load(path: str | Path) -> PannSpec:
+    """Read and validate a spec file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"spec file not found: {path}")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise SpecError([f"not valid JSON: {exc}"], str(path)) from exc
+    return from_dict(data, str(path))
+
+
+def apply(observed: nn.Module, spec: PannSpec, **options: Any) -> nn.Module:
+    """The PANN of a prepared model with each layer's approximation and ``B`` taken from ``spec``.
+
+    Raises ``ValueError`` naming the layers of the spec that the model lacks and those it has that the spec
+    lacks, or a layer whose kind differs. ``options`` go to :func:`pann.convert.convert` (``dtype``, ``compiled``).
+    """
+    found = observers(observed)
+    check_names(spec.approximations, found, "the spec's layers")
+    kinds = {name: "maxpool" if "MaxPool" in type(m).__name__ else "relu" for name, m in found.items()}
+    wrong = [f"{layer.name} is a {kinds[layer.name]} in the model" for layer in spec.layers
+             if layer.kind != kinds[layer.name]]
+    if wrong:
+        raise ValueError("the spec's layers do not fit the model: " + "; ".join(wrong))
+    return convert(observed, spec.approximations, bounds=spec.bounds, **options)

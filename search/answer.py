@@ -1,0 +1,102 @@
+"""A search's answer: its measured points, the validation front, the cheapest front point confirmed on
+images no trial saw, its test accuracy, and what the parent run records of it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+
+from search.callback import run_key, search_params
+from search.config import SearchConfig
+from search.trial import backbone_for, measure
+from tracking.pareto import Point, export_front, pareto_front
+from tracking.runs import COST_METRICS, SearchRecorder
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchOutcome:
+    """What a search found: the cheapest feasible point confirmed on held-out images (None if none), the
+    validation front, every measured point and the candidates checked on the confirmation images."""
+
+    answer: Point | None
+    front: list[Point]
+    points: list[Point]
+    test_accuracy: float | None
+    parent_run_id: str
+    trials: int
+    backbone_trainings: int
+    confirmation_accuracy: float | None = None
+    checked: list[tuple[Point, float]] = field(default_factory=list)
+
+
+def _points(results, run_ids: dict[str, str]) -> list[Point]:
+    """The measured points of the finished trials (a curve's alphas at granularity network), with run ids."""
+    points = []
+    for result in results:
+        metrics = result.metrics or {}
+        if result.error is not None or not metrics.get("final"):
+            continue
+        params = {**(result.config or {}), "backbone": metrics["backbone"]}
+        run_id = run_ids.get(run_key(params, metrics["trial_id"]))
+        for p in json.loads(metrics["curve"]):
+            point_params = {**params, "alpha": p["alpha"]} if "alpha" in params else params
+            points.append(Point(trial=metrics["trial_id"], alpha=p["alpha"], accuracy=p["accuracy"],
+                                depth=p["depth"], run_id=run_id, params=point_params,
+                                costs={k: p[k] for k in COST_METRICS if k in p}))
+    return points
+
+
+def _confirm(search: SearchConfig, groups, front: list[Point]) -> tuple[Point | None, float | None, list]:
+    """The cheapest front point that also meets the target on the confirmation images (the validation front's
+    cheapest point when the search has no confirmation images), and the candidates checked."""
+    x = "alpha" if search.cost == "alpha" else search.cost
+    candidates = sorted(front, key=lambda p: (p.cost(x), -p.accuracy))
+    if search.confirmation_size == 0:
+        return (candidates[0] if candidates else None), None, []
+    checked = []
+    for point in candidates:
+        backbone = backbone_for(search, point.params)
+        score = measure(search, groups, point.params, backbone, "confirmation", neighbours=False)[0]["accuracy"]
+        checked.append((point, score))
+        logger.info("  confirming %s (alpha %.2f): %.2f%% on %d confirmation images", point.trial, point.alpha,
+                    100 * score, search.confirmation_size)
+        if score >= search.target_accuracy:
+            return point, score, checked
+    return None, None, checked
+
+
+def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> SearchOutcome:
+    parent_id = recorder.start_search(search.name, search_params(search))
+    points = _points(results, recorder.trial_run_ids)
+    x = "alpha" if search.cost == "alpha" else search.cost
+    front = pareto_front(points, search.target_accuracy, with_depth=search.depth_objective, x=x)
+    answer, confirmation, checked = _confirm(search, groups, front)
+    test_accuracy = None
+    if answer is not None:
+        record = measure(search, groups, answer.params, backbone_for(search, answer.params), "test",
+                         neighbours=False)[0]
+        test_accuracy = record["accuracy"]
+        metrics = {"lowest_alpha": answer.alpha, "answer_validation_accuracy": answer.accuracy,
+                   "answer_test_accuracy": test_accuracy, **{f"answer_{k}": v for k, v in answer.costs.items()}}
+        if confirmation is not None:
+            metrics["answer_confirmation_accuracy"] = confirmation
+        for key, value in metrics.items():
+            recorder.client.log_metric(parent_id, key, value)
+        recorder.log_dict(None, {"alpha": answer.alpha, "validation_accuracy": answer.accuracy,
+                                 "confirmation_accuracy": confirmation, "test_accuracy": test_accuracy,
+                                 "costs": dict(answer.costs), "preset": search.preset, "depth": answer.depth,
+                                 "trial": answer.trial, "config": dict(answer.params)}, "answer.json")
+        recorder.log_dict(None, record["spec"], "answer_spec.json")
+    export_dir = search.run_dir / "pareto"
+    for suffix in ("csv", "json", "png", "html"):
+        export_front(export_dir / f"front.{suffix}", points, search.target_accuracy, title=search.name,
+                     with_depth=search.depth_objective, x=x)
+        recorder.client.log_artifact(parent_id, str(export_dir / f"front.{suffix}"), "pareto")
+    trainings = sum(int((r.metrics or {}).get("trained_backbone", 0)) for r in results)
+    return SearchOutcome(answer, front, points, test_accuracy, parent_id, len(results), trainings,
+                         confirmation, checked)
+

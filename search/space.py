@@ -1,0 +1,86 @@
+"""The search space: a config's dimensions as Ray Tune domains, with one alpha per layer group.
+
+At granularity ``network`` the space has one ``alpha``; at ``stage`` or ``layer`` it has one dimension
+``alpha.<group>`` per group of :func:`pann.groups.layer_groups`, each over the config's alpha range.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from ray import tune
+
+from pann.catalog import MAX_ALPHA, MIN_ALPHA
+from search.config_checks import INTEGER_DIMENSIONS
+
+_PREFIX = "alpha."
+
+
+def alpha_key(group: str) -> str:
+    return _PREFIX + group
+
+
+def _domain(name: str, spec: Any):
+    """A list is a choice (one value: a constant), a mapping a range, anything else a constant."""
+    if isinstance(spec, list):
+        return spec[0] if len(spec) == 1 else tune.choice(spec)
+    if isinstance(spec, Mapping):
+        if name in INTEGER_DIMENSIONS:
+            return (tune.lograndint if spec.get("log") else tune.randint)(spec["low"], spec["high"] + 1)
+        return (tune.loguniform if spec.get("log") else tune.uniform)(spec["low"], spec["high"])
+    return spec
+
+
+def param_space(space: Mapping[str, Any], groups: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
+    """Tune domains for ``space``; with ``groups`` other than the one ``network`` group, ``alpha`` becomes one
+    dimension per group."""
+    domains = {name: _domain(name, spec) for name, spec in space.items()}
+    if groups and list(groups) != ["network"]:
+        del domains["alpha"]
+        domains.update({alpha_key(g): _domain("alpha", space["alpha"]) for g in groups})
+    return domains
+
+
+def alpha_values(space: Mapping[str, Any]) -> list[int]:
+    """The alphas the space can sample, in increasing order."""
+    spec = space["alpha"]
+    values = spec if isinstance(spec, list) else range(spec["low"], spec["high"] + 1) \
+        if isinstance(spec, Mapping) else [spec]
+    return sorted({int(v) for v in values})
+
+
+def neighbourhood(alpha: float, neighbours: int) -> list[float]:
+    """``alpha`` and up to ``neighbours`` alphas on each side, within the supported range."""
+    return [a for a in (alpha + d for d in range(-neighbours, neighbours + 1)) if MIN_ALPHA <= a <= MAX_ALPHA]
+
+
+def measurable_alphas(space: Mapping[str, Any], neighbours: int) -> list[float]:
+    """Every alpha a trial of this space can measure (sampled ones and their neighbours)."""
+    return sorted({a for value in alpha_values(space) for a in neighbourhood(value, neighbours)})
+
+
+def group_alphas(point: Mapping[str, Any], groups: Mapping[str, list[str]]) -> dict[str, float]:
+    """The alpha of each group in a sampled point."""
+    if list(groups) == ["network"]:
+        return {"network": float(point["alpha"])}
+    return {g: float(point[alpha_key(g)]) for g in groups}
+
+
+def uniform_points(space: Mapping[str, Any], groups: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+    """One point per alpha with that alpha in every group: the uniform answers a per-layer search must beat
+    (the study is warm-started with them). Empty at granularity ``network``, where they are the space."""
+    if list(groups) == ["network"]:
+        return []
+    return [{alpha_key(g): a for g in groups} for a in reversed(alpha_values(space))]
+
+
+def max_epochs(space: Mapping[str, Any]) -> int:
+    spec = space.get("epochs", 0)
+    return max(spec) if isinstance(spec, list) else spec["high"] if isinstance(spec, Mapping) else spec
+
+
+def constants(space: Mapping[str, Any]) -> dict[str, Any]:
+    """The dimensions with a single value, as plain values."""
+    return {name: spec[0] if isinstance(spec, list) else spec for name, spec in space.items()
+            if not isinstance(spec, Mapping) and not (isinstance(spec, list) and len(spec) > 1)}

@@ -1,0 +1,204 @@
+"""The encrypted check: lowering a PANN to back-end layers, presets, Orion patches, and CKKS runs.
+
+Tests that need ``orion-fhe`` skip with the reason where it is not installed
+(``pip install 'pann[fhe]'``); the encrypted runs use the INSECURE test preset.
+"""
+
+import importlib.util
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pann.catalog import get_approximation
+from pann.convert import calibrate, convert, prepare
+from pann.fhe_graph import UnsupportedLayerError, folded_stages, lower, plan_depth
+from pann.fhe_params import InsufficientMemory, check_resources, load_params, preset_names
+from pann.modules import relu_polynomial
+
+HAVE_ORION = importlib.util.find_spec("orion") is not None
+needs_orion = pytest.mark.skipif(not HAVE_ORION, reason="orion-fhe is not installed (pip install 'pann[fhe]')")
+
+# Stated tolerance of the encrypted runs: the largest logit difference to the float64 PANN.
+# Scale 2^40 leaves about 1e-8 (measured 9e-9 to 3e-8 on the CNN, 4e-6 at scale 2^32).
+TOLERANCE = 1e-5
+
+
+class _Block(nn.Module):
+    """A CIFAR ResNet block with the option-A shortcut."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 8, 3, 2, 1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return F.relu(self.bn(self.conv(x)) + F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2)))
+
+
+def _cnn() -> nn.Module:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, 1, 1), nn.BatchNorm2d(4), nn.ReLU(), _Block(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
+def _pann(model: nn.Module, data: torch.Tensor, degrees=(3, 3), family="composite") -> nn.Module:
+    observed = prepare(model)
+    calibrate(observed, [data])
+    return convert(observed, get_approximation(family, degrees), margin=1.2, compiled=False)
+
+
+@pytest.fixture
+def cnn_pann():
+    data = torch.rand(32, 3, 8, 8)
+    return _pann(_cnn(), data), data
+
+
+def test_lowering_keeps_every_layer_and_maps_the_shortcut_to_a_zero_channel_conv(cnn_pann):
+    pann, data = cnn_pann
+    plan = lower(pann, data[:1])
+    kinds = [layer.kind for layer in plan.layers]
+    assert kinds == ["conv2d", "batchnorm", "relu", "conv2d", "batchnorm", "conv2d", "add", "relu",
+                     "adaptive_avgpool", "flatten", "linear"]
+    shortcut = plan.layers[5]
+    assert shortcut.options["stride"] == 2 and shortcut.options["weight"].shape == (8, 4, 1, 1)
+    y = torch.rand(1, 4, 8, 8)
+    expected = F.pad(y[:, :, ::2, ::2], (0, 0, 0, 0, 2, 2))
+    torch.testing.assert_close(F.conv2d(y, shortcut.options["weight"], stride=2), expected)
+    bounds = [float(m.bound) for name, m in pann.named_modules() if type(m).__name__ == "PolyReLU"]
+    assert [layer.options["bound"] for layer in plan.layers if layer.kind == "relu"] == bounds
+    # conv 1 + ReLU (1 + 2 + 2 + 1) + conv 1 + ReLU 6 + pool 1 + linear 1; batch norms fold.
+    assert plan_depth(plan) == 16
+
+
+@pytest.mark.parametrize("family,degrees", [("composite", (7, 15)), ("composite", (5, 5, 5)), ("minimax", (8,))])
+def test_folded_stages_evaluate_the_pann_relu_exactly(family, degrees):
+    approximation = get_approximation(family, degrees)
+    bound = 3.7
+    x = np.linspace(-bound, bound, 2001)
+    prescale, stages = folded_stages(approximation, bound)
+    s = t = prescale * x
+    for coefficients in stages:
+        s = np.polynomial.chebyshev.chebval(s, coefficients)
+    folded = t * s if family == "composite" else s
+    widths = [torch.tensor(st.width, dtype=torch.float64) for st in approximation.stages]
+    coefs = [torch.tensor(st.coefficients[1::2] if family == "composite" else st.coefficients, dtype=torch.float64)
+             for st in approximation.stages]
+    expected, _ = relu_polynomial(torch.tensor(x), torch.tensor(bound, dtype=torch.float64), widths, coefs,
+                                  family == "composite")
+    np.testing.assert_allclose(folded, expected.numpy(), rtol=0, atol=1e-12 * bound)
+
+
+def test_lowering_names_every_layer_it_cannot_express():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.MaxPool2d(2), nn.ReLU(), nn.Upsample(scale_factor=2))
+    pann = _pann(model.eval(), torch.rand(8, 3, 8, 8))
+    with pytest.raises(UnsupportedLayerError) as info:
+        lower(pann, torch.rand(1, 3, 8, 8))
+    message = str(info.value)
+    assert "max-pool" in message and "Upsample" in message
+
+
+def test_presets_state_their_security_and_bad_parameters_list_every_field(tmp_path):
+    assert {"bootstrap-128", "leveled-128", "insecure-test"} <= set(preset_names())
+    assert not load_params("insecure-test").secure and load_params("leveled-128").secure
+    assert load_params("leveled-128").log_qp <= 881  # HE-standard 128-bit bound at N = 2^15
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("ckks_params: {LogN: 0, LogQ: [70], LogP: [], LogScale: 40, H: 64}\n"
+                   "pann: {secure: maybe, security: x, memory_gib: {leveled: 1}}\n")
+    with pytest.raises(ValueError) as info:
+        load_params(bad)
+    for field in ("LogN", "LogQ", "LogP", "pann.secure", "pann.memory_gib"):
+        assert field in str(info.value)
+    with pytest.raises(FileNotFoundError, match="preset"):
+        load_params("no-such-preset")
+
+
+def test_resources_refuse_a_preset_too_large_or_too_shallow():
+    params = load_params("bootstrap-128")
+    assert check_resources(params, params.levels, 100.0) == (False, params.memory_gib["leveled"])
+    with pytest.raises(InsufficientMemory, match=r"need about 21\.0 GiB .* has 8\.0 GiB available"):
+        check_resources(params, 50, 8.0)
+    with pytest.raises(ValueError, match="needs 40 levels .* no bootstrapping"):
+        check_resources(load_params("leveled-128"), 40, 100.0)
+
+
+@needs_orion
+def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match():
+    from pann import fhe
+    from pann.fhe_patches import ORIGINALS, PATCHED, check_signatures, sparse_diagonalize
+
+    fhe.build_network(lower(_pann(_cnn(), torch.rand(8, 3, 8, 8)), torch.rand(1, 3, 8, 8)))  # installs
+    assert set(ORIGINALS) == set(PATCHED)
+    check_signatures(ORIGINALS)  # raises if the pinned library's functions changed their parameters
+    original = ORIGINALS["orion.core.packing.diagonalize"]
+    rng = np.random.default_rng(0)
+    for shape, method, last in [((24, 40), "hybrid", False), ((70, 40), "hybrid", False),
+                                ((24, 40), "hybrid", True), ((40, 70), "square", False)]:
+        matrix = (rng.standard_normal(shape) * (rng.random(shape) < 0.2)).astype(np.float32)
+        assert sparse_diagonalize(sp.csr_matrix(matrix), 32, method, last) == \
+            original(sp.csr_matrix(matrix), 32, method, last)
+
+
+@needs_orion
+def test_orion_network_in_the_clear_computes_the_pann(cnn_pann):
+    from pann import fhe
+    from pann.fhe_reference import plaintext
+
+    pann, data = cnn_pann
+    plan = lower(pann, data[:1])
+    logits, inputs = plaintext(pann, data[:4], plan.input)
+    network = fhe.build_network(plan)
+    with torch.no_grad():
+        clear = network(inputs.float()).double()
+    torch.testing.assert_close(clear, logits, rtol=0, atol=1e-5)
+
+
+@needs_orion
+def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
+    from pann import fhe
+
+    pann, data = cnn_pann
+    results = fhe.check(pann, data[:1], "insecure-test", calibration=data)
+    (result,) = results
+    assert result.levels == 16 and result.bootstraps >= 1
+    assert result.agrees and result.max_logit_error < TOLERANCE
+
+
+@needs_orion
+def test_mlp_agrees_under_encryption_without_bootstrapping():
+    from pann import fhe
+
+    data = torch.randn(32, 1, 4, 4)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
+    results = fhe.check(_pann(model, data, degrees=(7, 7)), data[:2], "insecure-test")
+    assert [r.bootstraps for r in results] == [0, 0] and results[0].levels == 10
+    assert all(r.agrees and r.max_logit_error < TOLERANCE for r in results)
+
+
+def test_importing_pann_never_imports_the_fhe_library():
+    code = "import sys, pann.fhe, pann.cli, pann.fhe_graph, pann.fhe_layers; print('orion' in sys.modules)"
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.stdout.strip() == "False", run.stderr
+
+
+@pytest.mark.parametrize("params,needs,expected", [
+    ("no-such-preset", None, "neither a file nor a preset"),
+    ("leveled-128", False, "pip install 'pann[fhe]'"),
+])
+def test_cli_explains_bad_input_in_one_line(params, needs, expected):
+    if needs is not None and needs != HAVE_ORION:
+        pytest.skip("orion-fhe is " + ("not " if needs else "") + "installed")
+    args = [sys.executable, "-m", "pann.cli", "fhe-check", "--model", "resnet20", "--alpha", "6", "--dataset",
+            "synthetic", "--calibration-size", "16", "--fit-images", "2", "--params", params]
+    run = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
+    assert expected in run.stderr

@@ -1,0 +1,80 @@
+"""A per-layer search end to end on a local Ray instance with the embedded MLflow store: one alpha per
+ResNet stage, the cost objective, uniform warm start, confirmation, and what MLflow records of it."""
+
+import json
+
+import optuna
+import pytest
+from mlflow import MlflowClient
+
+from pann import spec as pann_spec
+from pann.convert import prepare
+from pann.cost_presets import load_preset
+from pann.models import build_model, save_weights
+from pann.network_cost import network_cost
+from search import config
+from search.runner import run_search
+from tests.test_search_cluster import child_runs
+
+STAGES = ["stem", "layer1", "layer2", "layer3"]
+
+
+@pytest.fixture(scope="module")
+def outcome(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("per-layer")
+    weights = folder / "resnet20.pt"
+    save_weights(build_model("resnet20"), weights)
+    search = config.from_dict({
+        "name": "stages", "target_accuracy": 0.05,
+        "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(weights), "validation_from": "test",
+                     "validation_size": 100, "confirmation_size": 100, "calibration_size": 100},
+        "space": {"alpha": {"low": 6, "high": 8}, "epochs": [0]},
+        "budget": {"trials": 5, "concurrency": 2, "cpus_per_trial": 1, "max_failures": 0},
+        "search": {"granularity": "stage", "cost": "bootstraps", "preset": "mpcnn", "compile": False, "seed": 0,
+                   "early_stopping": False},
+        "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"}})
+    return search, run_search(search)
+
+
+def test_trials_sample_one_alpha_per_stage_after_the_uniform_points(outcome):
+    search, _ = outcome
+    study = optuna.load_study(study_name="stages", storage=f"sqlite:///{search.run_dir / 'optuna.db'}")
+    assert len(study.trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert set(study.trials[0].params) == {f"alpha.{s}" for s in STAGES}
+    uniform = [sorted(set(t.params.values())) for t in study.trials[:3]]
+    assert uniform == [[8], [7], [6]]  # the study starts from the uniform answers it has to beat
+
+
+def test_mlflow_records_group_alphas_costs_and_a_spec_that_rebuilds_them(outcome):
+    search, result = outcome
+    client = MlflowClient(search.tracking_uri)
+    parent, children = child_runs(client, "stages")
+    assert len(children) == 5 and {c.info.status for c in children} == {"FINISHED"}
+    preset = load_preset("mpcnn")
+    observed = prepare(build_model("resnet20"))
+    for run in children:
+        alphas = {s: int(run.data.params[f"alpha.{s}"]) for s in STAGES}
+        spec_file = client.download_artifacts(run.info.run_id, "spec.json")
+        spec = pann_spec.load(spec_file)
+        stage_of = {"net_relu": "stem"}
+        for layer in spec.layers:
+            stage = stage_of.get(layer.name, layer.name.split("_")[1])
+            assert layer.approximation.precision >= alphas[stage]  # each layer at its stage's alpha
+        cost = network_cost(observed, preset, approximations=spec.approximations)
+        assert run.data.metrics["bootstraps"] == cost.bootstraps
+        assert run.data.metrics["polynomial_levels"] == cost.polynomial_levels
+        assert run.data.metrics["precision_bits"] == pytest.approx(
+            sum(alphas[stage_of.get(n, n.split("_")[1])] for n in spec.approximations) / 19)
+    assert parent.info.status == "FINISHED"
+    answer = json.loads(open(client.download_artifacts(parent.info.run_id, "answer.json")).read())
+    assert answer["confirmation_accuracy"] >= search.target_accuracy
+    assert answer["costs"]["bootstraps"] == result.answer.costs["bootstraps"]
+
+
+def test_the_answer_is_the_cheapest_confirmed_front_point(outcome):
+    search, result = outcome
+    assert result.answer is not None and result.checked[-1][0] is result.answer
+    assert result.answer.costs["bootstraps"] == min(p.costs["bootstraps"] for p in result.front)
+    assert all(p.accuracy >= search.target_accuracy for p in result.front)
+    assert result.confirmation_accuracy == result.checked[-1][1]
+    assert 0 <= result.test_accuracy <= 1

@@ -1,0 +1,67 @@
+"""The greedy per-layer baseline, driven by a known accuracy function (no Ray cluster needed)."""
+
+from ray.tune.search import Searcher
+
+from search.searchers import GreedySearch
+from search.space import alpha_key, param_space, uniform_points
+
+
+def accuracy(point: dict) -> float:
+    # Layer "a" needs alpha >= 7, "b" >= 5, "c" tolerates anything: each missing bit costs 10 points.
+    need = {"a": 7, "b": 5, "c": 0}
+    return 0.95 - 0.1 * sum(max(0, need[g] - point[alpha_key(g)]) for g in need)
+
+
+def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy) -> list[dict]:
+    asked, running = [], []
+    for number in range(200):
+        while len(running) < concurrency:
+            point = searcher.suggest(f"t{number}-{len(running)}")
+            if point is None or point == Searcher.FINISHED:
+                break
+            running.append((f"t{number}-{len(running)}", point))
+            asked.append(point)
+        if not running:
+            return asked
+        trial_id, point = running.pop(0)
+        searcher.on_trial_complete(trial_id, {"final": 1, "accuracy": score(point)})
+    raise AssertionError("the greedy search did not finish")
+
+
+def make(**kwargs) -> GreedySearch:
+    return GreedySearch(["a", "b", "c"], [4, 5, 6, 7, 8], {g: alpha_key(g) for g in "abc"}, 0.9,
+                        fixed={"scope": "layer"}, **kwargs)
+
+
+def test_greedy_lowers_each_group_while_the_target_holds():
+    searcher = make()
+    asked = drive(searcher)
+    uniform = [p for p in asked if len({p[alpha_key(g)] for g in "abc"}) == 1]
+    assert [p[alpha_key("a")] for p in uniform[:2]] == [8, 7]  # descends until a uniform alpha misses
+    assert all(p["scope"] == "layer" for p in asked)
+    assert searcher.current == {"a": 7, "b": 5, "c": 4}  # the per-layer optimum of this accuracy
+    assert searcher.retired == {"a", "b"}
+    assert accuracy({alpha_key(g): a for g, a in searcher.current.items()}) >= 0.9
+
+
+def test_greedy_gives_the_same_answer_with_concurrent_trials():
+    searcher = make()
+    drive(searcher, concurrency=2)
+    assert searcher.current == {"a": 7, "b": 5, "c": 4}
+
+
+def test_greedy_finishes_at_once_when_no_uniform_alpha_is_feasible():
+    searcher = GreedySearch(["a"], [4, 5], {"a": "alpha"}, 0.99)
+    asked = drive(searcher, score=lambda point: 0.95)
+    assert [p["alpha"] for p in asked] == [5]
+    assert searcher.suggest("late") == Searcher.FINISHED
+
+
+def test_uniform_warm_start_points_and_per_group_space():
+    groups = {"stem": ["net_relu"], "layer1": ["x", "y"]}
+    space = {"alpha": {"low": 6, "high": 8}, "scope": ["layer"]}
+    assert uniform_points(space, groups) == [{"alpha.stem": a, "alpha.layer1": a} for a in (8, 7, 6)]
+    assert uniform_points(space, {"network": ["net_relu"]}) == []
+    domains = param_space(space, groups)
+    assert set(domains) == {"alpha.stem", "alpha.layer1", "scope"}
+    assert (domains["alpha.stem"].lower, domains["alpha.stem"].upper) == (6, 9)
