@@ -42,12 +42,12 @@ VARIANTS = {
     "aa 7 + KD": {**AWARE_7, **KD, "epochs": 1},
     "aa 9->7 by step + KD": {**AWARE_7, **KD, "alpha_start": 9, "alpha_granularity": "step", "epochs": 1},
     "aa 9->7 by step": {**AWARE_7, "alpha_start": 9, "alpha_granularity": "step", "epochs": 1},
-    "aa 9->7 by epoch + KD, 3 epochs": {**AWARE_7, **KD, "alpha_start": 9, "epochs": 3},
-    "aa 7 + KD, 3 epochs": {**AWARE_7, **KD, "epochs": 3},
+    "aa 9->7 by epoch + KD x3 epochs": {**AWARE_7, **KD, "alpha_start": 9, "epochs": 3},
+    "aa 7 + KD x3 epochs": {**AWARE_7, **KD, "epochs": 3},
     "aa 6 + KD": {**AWARE_7, **KD, "alpha": 6, "epochs": 1},
     # ResNet-56's target is alpha 8 (GPU size).
-    "aa 8 + KD, 3 epochs": {**AWARE_7, **KD, "alpha": 8, "epochs": 3},
-    "aa 10->8 by epoch + KD, 3 epochs": {**AWARE_7, **KD, "alpha": 8, "alpha_start": 10, "epochs": 3},
+    "aa 8 + KD x3 epochs": {**AWARE_7, **KD, "alpha": 8, "epochs": 3},
+    "aa 10->8 by epoch + KD x3 epochs": {**AWARE_7, **KD, "alpha": 8, "alpha_start": 10, "epochs": 3},
 }
 DEFAULT_VARIANTS = ["aa 7 + KD", "aa 9->7 by step + KD", "aa 7", "post-training"]
 
@@ -105,7 +105,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=SHARED)
     parser.add_argument("--json", type=Path, default=Path("docs/measurements/recipe_table.json"))
     args = parser.parse_args()
-    names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
+    names = [n.strip() for n in args.variants.split(",")] if args.variants else DEFAULT_VARIANTS
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
