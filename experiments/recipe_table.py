@@ -52,17 +52,23 @@ VARIANTS = {
 DEFAULT_VARIANTS = ["aa 7 + KD", "aa 9->7 by step + KD", "aa 7", "post-training"]
 
 
+def _file_name(variant: str) -> str:
+    return f"{variant.replace(' ', '_').replace('>', '')}.pt"
+
+
 def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], reference: dict[str, float],
             backbone: dict[str, float], target_alpha: float, device: str, bn: list | None) -> dict:
     """Curve on the validation images, sturdiness, chosen alpha, and its confirmation on the held-out images."""
     span = (min(alphas), max(alphas))
-    curve = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["validation"], alphas, device=device,
-                                                         progress=False, batchnorm_batches=bn)}
+    points = accuracy_curve(observed, data["validation"], alphas, device=device, progress=False,
+                            batchnorm_batches=bn)
+    curve = {p.alpha: p.accuracy for p in points}
     chosen = sturdiness(curve, reference["validation"], span=span).lowest_alpha
     confirm = sorted({a for a in (chosen, target_alpha) if a is not None})
     held = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["held_out"], confirm, device=device,
                                                         progress=False, batchnorm_batches=bn)}
-    return {"validation_curve": curve, "sturdiness": dataclasses.asdict(sturdiness(curve, backbone["validation"],
+    return {"validation_curve": curve, "validation_out_of_range": {p.alpha: p.out_of_range for p in points},
+            "sturdiness": dataclasses.asdict(sturdiness(curve, backbone["validation"],
                                                                                    span=span)),
             "chosen_alpha": chosen, "held_out": held,
             "confirmed": None if chosen is None else held[chosen] >= reference["held_out"] - 0.01}
@@ -82,11 +88,14 @@ def _row(name: str, model: torch.nn.Module, seconds: float, data: dict, alphas: 
     return row
 
 
+def _cells(values: dict, scale: float = 100, form: str = ".2f") -> str:
+    return " ".join(f"{a:g}:{scale * v:{form}}" for a, v in values.items())
+
+
 def _print(row: dict) -> None:
     parts = [row] + ([row["batchnorm"]] if "batchnorm" in row else [])
-    text = "  |  ".join(" ".join(f"{a:g}:{100 * acc:.2f}" for a, acc in part["validation_curve"].items())
-                        + f" chosen {part['chosen_alpha']} held-out "
-                        + " ".join(f"{a:g}:{100 * acc:.2f}" for a, acc in part["held_out"].items())
+    text = "  |  ".join(f"{_cells(part['validation_curve'])} chosen {part['chosen_alpha']} held-out "
+                        f"{_cells(part['held_out'])} out of range {_cells(part['validation_out_of_range'], 1, '.2e')}"
                         for part in parts)
     print(f"{row['variant']:<34} backbone {100 * row['backbone']['validation']:.2f}/"
           f"{100 * row['backbone']['held_out']:.2f}  {text}  area {row['sturdiness']['area']:.3f}", flush=True)
@@ -99,6 +108,8 @@ def main() -> None:
     parser.add_argument("--alphas", default="5-10")
     parser.add_argument("--bn-alphas", default="6-8", help="alphas with batch norm re-estimated ('' for none)")
     parser.add_argument("--save-weights", type=Path, help="folder for the fine-tuned weights (one file a variant)")
+    parser.add_argument("--from-weights", type=Path, help="evaluate the weights --save-weights wrote there instead "
+                        "of training again")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--target-alpha", type=float, default=7.0, help="also confirmed on held-out images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -128,14 +139,16 @@ def main() -> None:
         start = time.perf_counter()
         overrides = VARIANTS[name]
         model = pretrained
-        if overrides is not None:
+        saved = args.from_weights / _file_name(name) if args.from_weights else None
+        if overrides is not None and saved is not None:
+            model = build_model(args.model, 10, weights=saved)
+        elif overrides is not None:
             config = TrainConfig.from_dict({"model": args.model, "pretrained": str(weights),
                                             "data_dir": str(args.data_dir), "validation_size": 0, "lr": args.lr,
                                             "weight_decay": 0.0, "schedule": "cosine", **overrides})
             model = train(config, progress=False).model
             if args.save_weights:
-                save_weights(model, args.save_weights / f"{name.replace(' ', '_').replace('>', '')}.pt",
-                             config=dataclasses.asdict(config))
+                save_weights(model, args.save_weights / _file_name(name), config=dataclasses.asdict(config))
         row = _row(name, model, time.perf_counter() - start, data, alphas, bn_alphas, reference,
                    args.target_alpha, args.device)
         row["seconds"] = time.perf_counter() - start
