@@ -1,6 +1,8 @@
-"""Plot `finetune_table.py --json` results: PANN accuracy vs alpha, one line per variant.
+"""Plot `finetune_table.py --json` or `recipe_table.py --json` results: PANN accuracy vs alpha, one line per variant.
 
     python experiments/plot_table.py docs/measurements/insight2_weight_decay.json --out docs/img/insight2.png
+
+Recipe tables are plotted on their validation images (their curve and their backbone's accuracy there).
 """
 
 from __future__ import annotations
@@ -17,18 +19,20 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", type=Path)
+    parser.add_argument("tables", type=Path, nargs="+", help="one or more JSON tables, plotted together")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--title", default="PANN accuracy vs precision")
     args = parser.parse_args()
-    table = json.loads(args.table.read_text())
+    rows = [row for path in args.tables for row in json.loads(path.read_text())["rows"]]
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row in table["rows"]:
-        alphas = sorted(row["plain"], key=float)
-        line, = ax.plot([float(a) for a in alphas], [100 * row["plain"][a] for a in alphas], marker="o",
-                        label=f"{row['variant']} (backbone {100 * row['backbone']:.2f}%)")
-        ax.axhline(100 * row["backbone"], color=line.get_color(), linestyle=":", linewidth=1)
+    for row in rows:
+        curve = row["plain"] if "plain" in row else row["validation_curve"]
+        backbone = row["backbone"] if "plain" in row else row["backbone"]["validation"]
+        alphas = sorted(curve, key=float)
+        line, = ax.plot([float(a) for a in alphas], [100 * curve[a] for a in alphas], marker="o",
+                        label=f"{row['variant']} (backbone {100 * backbone:.2f}%)")
+        ax.axhline(100 * backbone, color=line.get_color(), linestyle=":", linewidth=1)
     ax.set_xlabel("precision alpha (ReLU error B 2^-alpha)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_title(args.title)

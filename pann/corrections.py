@@ -1,7 +1,7 @@
 """Post-training corrections of a PANN that need no retraining.
 
-* :func:`reestimate_batchnorm`: BatchNorm running statistics re-estimated on data flowing
-  through the polynomial activations, so that normalisation matches what the PANN sees.
+* :func:`reestimate_batchnorm`: BatchNorm running statistics re-estimated on (augmented) data
+  flowing through the polynomial activations, so that normalisation matches what the PANN sees.
 * :func:`compensate_leakage`: the per-channel mean of the polynomial's error
   ``B r(x / B) - ReLU(x)`` (mostly leakage on negative inputs), measured on data and
   subtracted from each polynomial ReLU's output, i.e. folded into the next layer's bias.
@@ -20,47 +20,46 @@ from pann.modules import PolyReLU
 
 @torch.no_grad()
 def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    """Set every BatchNorm's running mean and variance to those of its inputs over ``batches``
-    run through ``pann`` in eval mode, one norm after the other in execution order (each
-    measured with the norms before it already re-estimated; one pass over ``batches`` per norm).
+    r"""Set every BatchNorm's running mean and variance to those of its inputs under ``pann``.
 
-    Eval mode matters: normalising with batch statistics (``torch.optim.swa_utils.update_bn``)
-    moves activations past ``B``, where the polynomials explode.
+    All ``batches`` are run as one batch, in eval mode, and each norm takes its statistics from
+    its own input just before it normalises it:
+
+    .. math:: \mu_c = \operatorname{mean}_{n,h,w}\, x_{nch\ldots}, \qquad
+              \sigma^2_c = \operatorname{mean}_{n,h,w}\,(x_{nch\ldots} - \mu_c)^2
+
+    over the finite entries (activations a polynomial blew up carry no statistics). So the norms
+    are re-estimated in execution order, each on inputs produced by the norms before it with their
+    new statistics, in one forward pass (memory grows with the number of images: a few thousand
+    CIFAR images is the intended size). A norm applied twice keeps the statistics of its last call.
+
+    The batches must look like the training batches (the same augmentation): the stored statistics
+    were accumulated on augmented images, and re-estimating them on clean ones moves them by more
+    than the polynomials do (``experiments/corrections_check.py``, docs/results.md).
     """
-    batches = list(batches)
-    if not batches:
+    inputs = list(batches)
+    if not inputs:
         raise ValueError("batch-norm re-estimation saw no data")
-    pann.eval()
-    order: list[nn.Module] = []
+
+    def reestimate(norm: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].double()
+        finite = torch.isfinite(x)
+        x = torch.where(finite, x, 0.0)
+        dims = [d for d in range(x.ndim) if d != 1]
+        shape = [-1 if d == 1 else 1 for d in range(x.ndim)]
+        count = finite.sum(dim=dims).clamp(min=1)
+        mean = x.sum(dim=dims) / count
+        centred = torch.where(finite, x - mean.view(shape), 0.0)
+        norm.running_mean.copy_(mean)
+        norm.running_var.copy_((centred * centred).sum(dim=dims) / count)
+
     norms = [m for m in pann.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    handles = [m.register_forward_pre_hook(lambda module, inputs: order.append(module)) for m in norms]
+    handles = [m.register_forward_pre_hook(reestimate) for m in norms]
     try:
-        pann(batches[0])
+        pann.eval()(torch.cat(inputs))
     finally:
         for h in handles:
             h.remove()
-    for norm in dict.fromkeys(order):  # execution order, each norm once
-        total = squares = count = 0
-
-        def measure(module, inputs):
-            nonlocal total, squares, count
-            x = inputs[0].double()
-            finite = torch.isfinite(x)  # activations a polynomial blew up carry no statistics
-            x = torch.where(finite, x, 0.0)
-            dims = [d for d in range(x.ndim) if d != 1]
-            total = total + x.sum(dim=dims)
-            squares = squares + (x * x).sum(dim=dims)
-            count = count + finite.sum(dim=dims)
-
-        handle = norm.register_forward_pre_hook(measure)
-        try:
-            for inputs in batches:
-                pann(inputs)
-        finally:
-            handle.remove()
-        mean = total / count.clamp(min=1)
-        norm.running_mean.copy_(mean)
-        norm.running_var.copy_(squares / count.clamp(min=1) - mean * mean)
 
 
 @torch.no_grad()

@@ -11,7 +11,7 @@ from tqdm.auto import tqdm
 
 from pann.catalog import relu_for_precision
 from pann.convert import Scope, calibrate, convert, out_of_range_rate, prepare, reset_out_of_range
-from pann.corrections import compensate_leakage
+from pann.corrections import compensate_leakage, reestimate_batchnorm
 from pann.data import ImageSet
 
 
@@ -67,20 +67,24 @@ def calibrated(backbone: nn.Module, calibration: ImageSet, batch_size: int = 500
 def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float], scope: Scope = "layer",
                    margin: float = 1.0, batch_size: int = 500, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32, compiled: bool = True,
-                   progress: bool = True, leakage_batches: Sequence[torch.Tensor] | None = None
-                   ) -> list[CurvePoint]:
+                   progress: bool = True, leakage_batches: Sequence[torch.Tensor] | None = None,
+                   batchnorm_batches: Sequence[torch.Tensor] | None = None) -> list[CurvePoint]:
     """PANN accuracy at each ``alpha``, with the cheapest composite reaching it.
 
-    With ``leakage_batches`` each PANN gets :func:`~pann.corrections.compensate_leakage` measured on them.
+    With ``batchnorm_batches`` each PANN first gets :func:`~pann.corrections.reestimate_batchnorm` on them
+    (augmented training images); with ``leakage_batches`` it then gets
+    :func:`~pann.corrections.compensate_leakage` measured on them.
     Every batch of ``data`` is loaded once and run through the PANNs of all alphas.
     """
     approximations = [relu_for_precision(alpha) for alpha in alphas]
     panns = [convert(observed, a, scope, margin, dtype=dtype, compiled=compiled).to(device).eval()
              for a in approximations]
-    if leakage_batches is not None:
-        for pann in panns:
+    for pann in panns:
+        if batchnorm_batches is not None:
+            reestimate_batchnorm(pann, [x.to(device) for x in batchnorm_batches])
+        if leakage_batches is not None:
             compensate_leakage(pann, (x.to(device) for x in leakage_batches))
-            reset_out_of_range(pann)
+        reset_out_of_range(pann)  # count only the evaluation's inputs
     scores = accuracies(panns, data, batch_size, device, f"{len(panns)} PANNs" if progress else None)
     return [CurvePoint(alpha, a.family, a.degrees, a.precision, a.depth, a.multiplications, score,
                        out_of_range_rate(pann))

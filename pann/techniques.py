@@ -97,6 +97,10 @@ class ApproximationAwareReLU(_RunningRange):
         self.margin = float(margin)
         self.polynomial = PolyReLU(approximation, 1.0)
 
+    def set_approximation(self, approximation: ReluApproximation) -> None:
+        """Train against ``approximation`` from now on (the precision schedule's hook)."""
+        self.polynomial = PolyReLU(approximation, 1.0).to(self.max_abs.device)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         exact = F.relu(x)
         if not self.training:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pann.data import DATASETS
 from pann.models import model_names
+from pann.schedules import GRANULARITIES
 
 OPTIMIZERS = ("sgd", "nesterov", "adamw")
 SCHEDULES = ("constant", "step", "cosine", "onecycle")
@@ -34,6 +35,15 @@ class TrainConfig:
     * ``random-slope``: slope ``U(-slope, slope)`` on negative inputs;
     * ``approximation-aware``: the true polynomial of ``alpha`` in the forward pass,
       straight-through gradient, on ``[-B, B]`` with ``B = margin * running max |x|``.
+
+    Recipes, each independent of the others (:mod:`pann.distillation`, :mod:`pann.schedules`):
+
+    * ``distill_weight`` > 0: knowledge distillation from the ``pretrained`` backbone's logits,
+      ``w T^2 KL(teacher || student) + (1 - w) CE`` at temperature ``distill_temperature``;
+    * ``alpha_start``: with approximation-aware training, a precision schedule from ``alpha_start``
+      down to ``alpha``, one bit at a time, moved every epoch or every step (``alpha_granularity``).
+
+    ``validation_size=0`` trains on the whole training set (no validation metrics).
     """
 
     model: str = "resnet20"
@@ -58,6 +68,10 @@ class TrainConfig:
     noise_factor: float = 0.01
     slope: float = 0.01
     margin: float = 1.0
+    distill_weight: float = 0.0
+    distill_temperature: float = 4.0
+    alpha_start: float | None = None
+    alpha_granularity: str = "epoch"
     validation_size: int = 5000
     train_limit: int | None = None
     seed: int = 0
@@ -103,8 +117,19 @@ class TrainConfig:
         need(_number(self.noise_factor) and self.noise_factor > 0, "noise_factor", "must be positive")
         need(_number(self.slope) and self.slope > 0, "slope", "must be positive")
         need(_number(self.margin) and self.margin > 0, "margin", "must be positive")
-        need(isinstance(self.validation_size, int) and self.validation_size >= 1, "validation_size",
-             "must be an integer >= 1")
+        need(_number(self.distill_weight) and 0 <= self.distill_weight <= 1, "distill_weight", "must lie in [0, 1]")
+        need(not self.distill_weight or self.pretrained is not None, "distill_weight",
+             "distillation needs the backbone to learn from (set pretrained)")
+        need(_number(self.distill_temperature) and self.distill_temperature > 0, "distill_temperature",
+             "must be positive")
+        need(self.alpha_start is None or _number(self.alpha_start) and _number(self.alpha)
+             and self.alpha <= self.alpha_start <= 16, "alpha_start", "must lie in alpha..16 (or null for no schedule)")
+        need(self.alpha_start is None or self.leakage == "approximation-aware", "alpha_start",
+             "a precision schedule needs leakage 'approximation-aware'")
+        need(self.alpha_granularity in GRANULARITIES, "alpha_granularity",
+             f"expected one of {', '.join(GRANULARITIES)}")
+        need(isinstance(self.validation_size, int) and self.validation_size >= 0, "validation_size",
+             "must be an integer >= 0")
         need(self.train_limit is None or isinstance(self.train_limit, int) and self.train_limit >= 1,
              "train_limit", "must be a positive integer or null")
         if self.pretrained is not None and not Path(self.pretrained).is_file():

@@ -2,12 +2,15 @@
 
 :func:`train` runs a :class:`~pann.train_config.TrainConfig` (plain data, validated as a whole
 before anything runs) and calls ``callback(epoch, metrics)`` after every epoch; a callback that
-returns ``True`` stops training (the hook for Ray Tune reporting and early stopping).
+returns ``True`` stops training (the hook for Ray Tune reporting and early stopping). With a
+precision schedule the metrics carry ``alpha``, the mean training alpha of the epoch's steps;
+without validation images (``validation_size=0``), ``val_*`` are NaN.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,9 +26,13 @@ from tqdm.auto import tqdm
 from pann.catalog import relu_for_precision
 from pann.convert import replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
+from pann.distillation import Teacher, distillation_loss
 from pann.evaluate import count_correct
 from pann.files import atomic_write
 from pann.models import Classifier, build_model
+from pann.optimization import optimizer as _optimizer
+from pann.optimization import scheduler as _scheduler
+from pann.schedules import PrecisionSchedule
 from pann.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
 from pann.train_config import LEAKAGE_TREATMENTS, OPTIMIZERS, SCHEDULES, ConfigError, TrainConfig
 
@@ -55,35 +62,6 @@ def leakage_module(config: TrainConfig) -> Callable[[], nn.Module] | None:
         approximation = relu_for_precision(config.alpha)
         return lambda: ApproximationAwareReLU(approximation, config.margin)
     return None
-
-
-def _parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict]:
-    if config.decay_norm_and_bias:
-        return [{"params": [p for p in model.parameters() if p.requires_grad], "weight_decay": config.weight_decay}]
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)  # biases and norm scales/shifts are 1-d
-    return [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    groups = _parameter_groups(model, config)
-    if config.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=config.lr)
-    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.optimizer == "nesterov")
-
-
-def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int):
-    total = config.epochs * steps_per_epoch
-    if config.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total)
-    if config.schedule == "step":
-        return torch.optim.lr_scheduler.MultiStepLR(
-            optimizer, milestones=[m * steps_per_epoch for m in config.milestones], gamma=config.gamma)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -128,6 +106,8 @@ class _Loop:
     generator: torch.Generator
     device: torch.device
     use_amp: bool
+    teacher: Teacher | None = None
+    precision: PrecisionSchedule | None = None
 
     def save(self, path: Path, epoch: int, history: list[dict[str, float]]) -> None:
         state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -149,8 +129,9 @@ class _Loop:
         return state["history"], state["epoch"]
 
 
-def _backbone_and_data(config: TrainConfig) -> tuple[Classifier, ImageSet, ImageSet]:
-    """The backbone to train (pretrained when asked) and the (train, validation) split of the training set."""
+def _backbone_and_data(config: TrainConfig) -> tuple[Classifier, ImageSet, ImageSet | None]:
+    """The backbone to train (pretrained when asked) and the (train, validation) split of the training set
+    (no validation images with ``validation_size=0``)."""
     problems = config.problems()
     if problems:
         raise ConfigError("invalid training config: " + "; ".join(problems))
@@ -158,27 +139,39 @@ def _backbone_and_data(config: TrainConfig) -> tuple[Classifier, ImageSet, Image
         backbone = build_model(config.model, NUM_CLASSES[config.dataset], weights=config.pretrained)
     except ValueError as exc:
         raise ConfigError(f"invalid training config: pretrained: {exc}") from exc
-    train_set, validation = split_train(load_dataset(config.dataset, "train", config.data_dir),
-                                        config.validation_size, config.seed)
+    train_set, validation = load_dataset(config.dataset, "train", config.data_dir), None
+    if config.validation_size:
+        train_set, validation = split_train(train_set, config.validation_size, config.seed)
     if config.train_limit:
         train_set = train_set.subset(slice(0, config.train_limit))
     return backbone, train_set, validation
 
 
-def _train_epoch(loop: _Loop, train_set: ImageSet, config: TrainConfig, epoch: int, progress: bool) -> float:
-    """One pass over ``train_set``; the mean training loss. Raises :class:`TrainingDiverged` on a non-finite loss."""
+def _loss(loop: _Loop, config: TrainConfig, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The batch loss: cross-entropy (on Mixup targets if set), or the distillation loss with a teacher."""
+    targets = y
+    if config.mixup_alpha:
+        x, targets = mixup(x, y, config.mixup_alpha, loop.generator, NUM_CLASSES[config.dataset])
+    logits = loop.model(x)
+    if loop.teacher is None:
+        return F.cross_entropy(logits, targets)
+    return distillation_loss(logits, loop.teacher(x), targets, config.distill_temperature, config.distill_weight)
+
+
+def _train_epoch(loop: _Loop, train_set: ImageSet, config: TrainConfig, epoch: int,
+                 progress: bool) -> dict[str, float]:
+    """One pass over ``train_set``; its mean training loss (and mean training alpha under a precision
+    schedule). Raises :class:`TrainingDiverged` on a non-finite loss."""
     loop.model.train()
-    total_loss, seen = 0.0, 0
+    total_loss, seen, alphas = 0.0, 0, []
     batches = train_set.batches(config.batch_size, shuffle=True, augment=config.augment, generator=loop.generator)
-    for x, y in tqdm(batches, total=-(-len(train_set) // config.batch_size),
-                     desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress):
+    for step, (x, y) in enumerate(tqdm(batches, total=-(-len(train_set) // config.batch_size),
+                                       desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)):
+        if loop.precision is not None:
+            alphas.append(loop.precision.step(epoch, step))
         x, y = x.to(loop.device), y.to(loop.device)
         with torch.autocast(loop.device.type, enabled=loop.use_amp):
-            if config.mixup_alpha:
-                x, targets = mixup(x, y, config.mixup_alpha, loop.generator, NUM_CLASSES[config.dataset])
-                loss = F.cross_entropy(loop.model(x), targets)
-            else:
-                loss = F.cross_entropy(loop.model(x), y)
+            loss = _loss(loop, config, x, y)
         if not torch.isfinite(loss):
             raise TrainingDiverged(f"loss became {float(loss.detach())} in epoch {epoch + 1}; "
                                    "lower the learning rate (nothing was saved for this epoch)")
@@ -189,7 +182,18 @@ def _train_epoch(loop: _Loop, train_set: ImageSet, config: TrainConfig, epoch: i
         loop.scheduler.step()
         total_loss += float(loss.detach()) * len(y)
         seen += len(y)
-    return total_loss / seen
+    return {"train_loss": total_loss / seen, **({"alpha": sum(alphas) / len(alphas)} if alphas else {})}
+
+
+def _recipes(config: TrainConfig, model: nn.Module, steps_per_epoch: int,
+             device: torch.device) -> tuple[Teacher | None, PrecisionSchedule | None]:
+    """The distillation teacher (the pretrained backbone) and the precision schedule, where the config asks."""
+    teacher = None
+    if config.distill_weight > 0:
+        teacher = Teacher(build_model(config.model, NUM_CLASSES[config.dataset], weights=config.pretrained).to(device))
+    precision = None if config.alpha_start is None else PrecisionSchedule(
+        model, config.alpha_start, config.alpha, config.epochs, steps_per_epoch, config.alpha_granularity)
+    return teacher, precision
 
 
 def train(config: TrainConfig, checkpoint: str | Path | None = None,
@@ -208,10 +212,11 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
     model = replace_activations(backbone, factory, require_polynomial=False) if factory else backbone
     model = model.to(device)
     optimizer = _optimizer(model, config)
-    scheduler = _scheduler(optimizer, config, -(-len(train_set) // config.batch_size))
+    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    scheduler = _scheduler(optimizer, config, steps_per_epoch)
     use_amp = config.amp and device.type == "cuda"
     loop = _Loop(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_amp), generator,
-                 device, use_amp)
+                 device, use_amp, *_recipes(config, model, steps_per_epoch, device))
     history: list[dict[str, float]] = []
     start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint else None
@@ -219,10 +224,11 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
         history, start_epoch = loop.resume(checkpoint)
 
     for epoch in range(start_epoch, config.epochs):
-        train_loss = _train_epoch(loop, train_set, config, epoch, progress)
-        val_loss, val_accuracy = evaluate_loss_accuracy(model, validation, config.batch_size, device)
-        metrics = {"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss,
-                   "val_accuracy": val_accuracy, "lr": optimizer.param_groups[0]["lr"]}
+        trained = _train_epoch(loop, train_set, config, epoch, progress)
+        val_loss, val_accuracy = (evaluate_loss_accuracy(model, validation, config.batch_size, device)
+                                  if validation is not None else (math.nan, math.nan))
+        metrics = {"epoch": epoch + 1, **trained, "val_loss": val_loss, "val_accuracy": val_accuracy,
+                   "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
         if checkpoint:
             loop.save(checkpoint, epoch + 1, history)

@@ -34,7 +34,8 @@ CORRECTIONS = ("none", "compensate")
 # Search dimensions and what they control. Training dimensions change the backbone (and so its key in
 # the backbone store); approximation dimensions only change how a trained backbone is converted.
 TRAINING_DIMENSIONS = ("epochs", "lr", "weight_decay", "mixup_alpha", "leakage", "leakage_alpha",
-                       "noise_factor", "slope")
+                       "noise_factor", "slope", "distill_weight", "distill_temperature", "alpha_start",
+                       "alpha_granularity")
 APPROXIMATION_DIMENSIONS = ("alpha", "scope", "margin", "correction")
 INTEGER_DIMENSIONS = ("alpha", "epochs")
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
@@ -93,7 +94,7 @@ def _dimension_values(name: str, spec: Any) -> tuple[list[Any], list[str]]:
         if unknown or "low" not in spec or "high" not in spec:
             return [], [f"{where}: a range needs exactly low, high and optionally log (got {dict(spec)})"]
         low, high = spec["low"], spec["high"]
-        if name in ("scope", "correction", "leakage", "mixup_alpha"):
+        if name in ("scope", "correction", "leakage", "mixup_alpha", "alpha_granularity"):
             return [], [f"{where}: must be a list of choices"]
         if not (_is_number(low) and _is_number(high)) or low > high:
             return [], [f"{where}: low and high must be numbers with low <= high (got {low!r}, {high!r})"]
@@ -260,7 +261,9 @@ def check_training(merged: dict[str, Any], problems: list[str]) -> dict[str, Any
     training = {k: v for k, v in training.items() if k in train_fields and k not in _TRAINING_FIELDS_SET_BY_SEARCH}
     merged["training"] = dict(training)
     base = {**training, "model": merged["model"] if merged["model"] in model_names() else "resnet20",
-            "dataset": merged["dataset"] if merged["dataset"] in DATASETS else "cifar10"}
+            "dataset": merged["dataset"] if merged["dataset"] in DATASETS else "cifar10",
+            # the teacher of distillation: the backbone's weights, judged in the backbone section
+            "pretrained": merged["weights"] if merged.get("weights") and Path(merged["weights"]).is_file() else None}
     problems += [f"training.{p}" for p in TrainConfig(**base).problems()]
     return base
 

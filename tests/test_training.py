@@ -144,9 +144,9 @@ def test_bad_configuration_names_every_field(tmp_path):
 
 
 def test_weight_decay_can_spare_norm_and_bias(tmp_path):
-    from pann.training import _parameter_groups
+    from pann.optimization import parameter_groups
 
     model = resnet20()
-    groups = _parameter_groups(model, tiny(decay_norm_and_bias=False, weight_decay=5e-3))
+    groups = parameter_groups(model, tiny(decay_norm_and_bias=False, weight_decay=5e-3))
     assert groups[0]["weight_decay"] == 5e-3 and groups[1]["weight_decay"] == 0
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
