@@ -51,11 +51,27 @@ def _points(results, run_ids: dict[str, str]) -> list[Point]:
     return points
 
 
-def _confirm(search: SearchConfig, groups, front: list[Point]) -> tuple[Point | None, float | None, list]:
-    """The cheapest front point that also meets the target on the confirmation images (the validation front's
-    cheapest point when the search has no confirmation images), and the candidates checked."""
+MAX_CONFIRMATIONS = 20  # candidates scored on the confirmation images at most
+
+
+def _candidates(points: list[Point], target: float, x: str) -> list[Point]:
+    """Every validation-feasible point, cheapest first (the front's and the dominated ones: when the front's
+    points fail confirmation, a dearer feasible point, such as the uniform one a per-layer search started from,
+    may still hold); a configuration measured twice is scored once; at most :data:`MAX_CONFIRMATIONS`."""
+    seen, ordered = set(), []
+    for point in sorted((p for p in points if p.accuracy >= target), key=lambda p: (p.cost(x), -p.accuracy)):
+        key = tuple(sorted((k, str(v)) for k, v in point.params.items() if k != "backbone"))
+        if key not in seen:
+            seen.add(key)
+            ordered.append(point)
+    return ordered[:MAX_CONFIRMATIONS]
+
+
+def _confirm(search: SearchConfig, groups, points: list[Point]) -> tuple[Point | None, float | None, list]:
+    """The first candidate (:func:`_candidates`) that also meets the target on the confirmation images (the
+    cheapest feasible point when the search has no confirmation images), and the candidates checked."""
     x = "alpha" if search.cost == "alpha" else search.cost
-    candidates = sorted(front, key=lambda p: (p.cost(x), -p.accuracy))
+    candidates = _candidates(points, search.target_accuracy, x)
     if search.confirmation_size == 0:
         return (candidates[0] if candidates else None), None, []
     checked = []
@@ -85,7 +101,7 @@ def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> 
     points = _points(results, recorder.trial_run_ids)
     x = "alpha" if search.cost == "alpha" else search.cost
     front = pareto_front(points, search.target_accuracy, with_depth=search.depth_objective, x=x)
-    answer, confirmation, checked = _confirm(search, groups, front)
+    answer, confirmation, checked = _confirm(search, groups, points)
     test_accuracy = None
     if answer is not None:
         record = measure(search, groups, answer.params, backbone_for(search, answer.params), "test",

@@ -61,7 +61,7 @@ def mlflow_server(tmp_path_factory):
          "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
          "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: listening(port), 120, "mlflow server")
+        wait_for(lambda: listening(port), 300, "mlflow server")
         yield f"http://127.0.0.1:{port}"
     finally:
         os.killpg(server.pid, 15)

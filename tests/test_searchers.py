@@ -65,3 +65,16 @@ def test_uniform_warm_start_points_and_per_group_space():
     domains = param_space(space, groups)
     assert set(domains) == {"alpha.stem", "alpha.layer1", "scope"}
     assert (domains["alpha.stem"].lower, domains["alpha.stem"].upper) == (6, 9)
+
+
+def test_confirmation_candidates_are_every_feasible_point_cheapest_first_once_each():
+    from search.answer import _candidates
+    from tracking.pareto import Point
+
+    points = [Point("uniform", 9.0, 0.93, 9, params={"alpha": 9}, costs={"bootstraps": 54}),
+              Point("mixed", 8.2, 0.925, 9, params={"alpha.a": 8}, costs={"bootstraps": 50}),
+              Point("dominated", 8.9, 0.924, 9, params={"alpha.a": 9, "alpha.b": 8}, costs={"bootstraps": 52}),
+              Point("again", 9.0, 0.93, 9, params={"alpha": 9}, costs={"bootstraps": 54}),  # a neighbour, re-measured
+              Point("too-low", 6.0, 0.80, 6, params={"alpha": 6}, costs={"bootstraps": 20})]
+    ordered = _candidates(points, 0.92, "bootstraps")
+    assert [p.trial for p in ordered] == ["mixed", "dominated", "uniform"]
