@@ -106,7 +106,8 @@ def test_train_config_of_a_point_and_its_key(tmp_path):
     assert backbone_key(a) == backbone_key(b) != backbone_key(c)
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "resnet20_cifar10_cpu.yaml", "resnet20_cifar10_gpu.yaml"])
+@pytest.mark.parametrize("name", ["quickstart.yaml", "resnet20_cifar10_cpu.yaml", "resnet20_cifar10_gpu.yaml",
+                                  "resnet20_per_layer.yaml"])
 def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
     monkeypatch.setenv("PANN_DATA_DIR", str(shared_data))
     search = config.load(ROOT / "configs" / name)
