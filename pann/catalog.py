@@ -10,12 +10,12 @@ import functools
 import itertools
 import json
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from pann import fhe_cost
+from pann.files import write_bytes_atomic
 from pann.approximation import (MAX_DEGREE, ReluApproximation, composite_relu, direct_relu,
                                 validate_degrees)
 
@@ -41,28 +41,34 @@ def get_approximation(family: str, degrees: Sequence[int]) -> ReluApproximation:
     return _cached(family, degrees)
 
 
-def _cache_path(family: str, degrees: tuple[int, ...]) -> Path:
-    return cache_dir() / f"{family}-{'-'.join(map(str, degrees))}.json"
+def _cache_path(family: str, degrees: tuple[int, ...], folder: Path | None = None) -> Path:
+    return (folder or cache_dir()) / f"{family}-{'-'.join(map(str, degrees))}.json"
 
 
 def _is_cached(family: str, degrees: tuple[int, ...]) -> bool:
     return _cache_path(family, degrees).exists()
 
 
-@functools.lru_cache(maxsize=None)
 def _cached(family: str, degrees: tuple[int, ...]) -> ReluApproximation:
-    path = _cache_path(family, degrees)
+    """The approximation from memory, else from the cache folder of the moment, else solved and written there.
+    Memory is keyed by the folder too, so changing ``$PANN_CACHE_DIR`` is never answered from another folder."""
+    return _in_folder(cache_dir(), family, degrees)
+
+
+@functools.lru_cache(maxsize=None)
+def _in_folder(folder: Path, family: str, degrees: tuple[int, ...]) -> ReluApproximation:
+    path = _cache_path(family, degrees, folder)
     if path.exists():
         try:
             return ReluApproximation.from_dict(json.loads(path.read_text()))
         except (ValueError, KeyError, TypeError):
             pass  # a corrupt cache entry is solved again and overwritten
     approx = composite_relu(degrees) if family == "composite" else direct_relu(degrees[0], family)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as tmp:
-        tmp.write(approx.to_json())
-    os.replace(tmp.name, path)
+    write_bytes_atomic(path, approx.to_json().encode())
     return approx
+
+
+_cached.cache_clear = _in_folder.cache_clear  # what tests and long-lived processes reset
 
 
 def check_alpha(alpha: float) -> float:
@@ -100,7 +106,7 @@ def _deepest_of_depth(degrees: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(top[fhe_cost.polynomial_depth(d)] for d in degrees)
 
 
-def relu_for_precision(alpha: float, workers: int | None = None) -> ReluApproximation:
+def relu_for_precision(alpha: float, workers: int = 1) -> ReluApproximation:
     """The cheapest composite ReLU approximation whose precision is at least ``alpha`` bits.
 
     Cheapest means least depth, then fewest non-scalar multiplications. Degree sets are
@@ -108,10 +114,11 @@ def relu_for_precision(alpha: float, workers: int | None = None) -> ReluApproxim
     degrees are not dominated (same depth, no more multiplications, higher degree).
     A depth is skipped when even its highest-degree sets miss ``alpha``, since raising
     a stage's degree at equal depth does not lower the precision. Sets not yet cached
-    are solved in ``workers`` processes (default: one per CPU).
+    are solved in ``workers`` processes (default 1: a library call never takes every CPU of a machine, a Ray
+    trial's least of all; the CLI and the search driver pass the CPUs they own).
     """
     alpha = check_alpha(alpha)
-    workers = workers or os.cpu_count() or 1
+    workers = max(1, workers)
     by_depth: dict[int, list[tuple[int, ...]]] = {}
     for degrees in sorted(_degree_sets(), key=lambda ds: (_cost(ds), ds)):
         by_depth.setdefault(_cost(degrees)[0], []).append(degrees)

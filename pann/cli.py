@@ -44,7 +44,7 @@ def cmd_approx(args: argparse.Namespace) -> None:
         if args.family != "composite":
             raise UsageError("--alphas searches composite degree sets; give --degrees for a direct family")
         targets = list(parse_alphas(args.alphas))
-        approximations = [relu_for_precision(alpha) for alpha in targets]
+        approximations = [relu_for_precision(alpha, workers=os.cpu_count() or 1) for alpha in targets]
     if args.json:
         rows = [{"alpha": t, **a.to_dict()} for t, a in zip(targets, approximations)]
         json.dump(rows if len(rows) > 1 or not args.degrees else rows[0], sys.stdout, indent=2)

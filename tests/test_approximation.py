@@ -121,3 +121,14 @@ def test_impossible_degree_sets_are_rejected(family, degrees, message):
 def test_alpha_outside_supported_range(alpha):
     with pytest.raises(ValueError, match="supported range"):
         relu_for_precision(alpha)
+
+
+def test_a_changed_cache_folder_is_never_answered_from_memory_of_another(tmp_path, monkeypatch):
+    from pann import catalog
+
+    first = catalog.get_approximation("composite", (3, 3))
+    monkeypatch.setenv("PANN_CACHE_DIR", str(tmp_path))
+    again = catalog.get_approximation("composite", (3, 3))
+    assert again == first  # same maths...
+    assert catalog._cache_path("composite", (3, 3)).is_file()  # ...solved into the new folder, not recalled
+    assert str(catalog._cache_path("composite", (3, 3))).startswith(str(tmp_path))

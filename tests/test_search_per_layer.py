@@ -14,13 +14,14 @@ from pann.models import build_model, save_weights
 from pann.network_cost import network_cost
 from search import config
 from search.runner import run_search
-from tests.test_search_cluster import child_runs
+from tests.test_search_cluster import child_runs, mlflow_server  # noqa: F401 - a fixture
+
 
 STAGES = ["stem", "layer1", "layer2", "layer3"]
 
 
 @pytest.fixture(scope="module")
-def outcome(tmp_path_factory):
+def outcome(tmp_path_factory, mlflow_server):  # noqa: F811 - a real tracking server and model registry
     folder = tmp_path_factory.mktemp("per-layer")
     weights = folder / "resnet20.pt"
     save_weights(build_model("resnet20"), weights)
@@ -32,7 +33,7 @@ def outcome(tmp_path_factory):
         "budget": {"trials": 5, "concurrency": 2, "cpus_per_trial": 1, "max_failures": 0},
         "search": {"granularity": "stage", "cost": "bootstraps", "preset": "mpcnn", "compile": False, "seed": 0,
                    "early_stopping": False},
-        "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"}})
+        "storage": str(folder / "runs"), "tracking": {"uri": mlflow_server, "experiment": "per-layer-test"}})
     return search, run_search(search)
 
 
