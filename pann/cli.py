@@ -222,10 +222,25 @@ def cmd_fhe_check(args: argparse.Namespace) -> None:
     fhe_check(args)
 
 
+def _model_source(command: argparse.ArgumentParser) -> None:
+    """The options that name a model, its weights and its data, shared by the commands that build one."""
+    command.add_argument("--model", required=True,
+                         help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
+    command.add_argument("--weights", help="state dict, pann checkpoint or a name from `pann weights` "
+                         "(default: untrained)")
+    command.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
+    command.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pann", description="Polynomial approximations of neural networks.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_numerical_commands(sub)
+    _add_fhe_check(sub)
+    return parser
 
+
+def _add_numerical_commands(sub) -> None:
     approx = sub.add_parser("approx", help="table of ReLU approximations: degrees, precision, FHE cost")
     approx.add_argument("--alphas", default="4-14", help=f"target precisions in bits ({MIN_ALPHA:g}..{MAX_ALPHA:g}), "
                         "e.g. 4-14 or 7,9 (default 4-14)")
@@ -235,11 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     approx.set_defaults(run=cmd_approx)
 
     ev = sub.add_parser("evaluate", help="backbone and PANN accuracy over a range of precisions")
-    ev.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
-    ev.add_argument("--weights", help="state dict, pann checkpoint or a name from `pann weights` "
-                    "(default: untrained)")
-    ev.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
-    ev.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
+    _model_source(ev)
     ev.add_argument("--alphas", default="4-14", help="precisions in bits, e.g. 4-14 (default)")
     ev.add_argument("--interval", choices=("global", "layer"), default="layer",
                     help="one B for all layers, or one per layer (default)")
@@ -275,9 +286,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     tr.set_defaults(run=cmd_train)
 
+
+def _add_fhe_check(sub) -> None:
     fc = sub.add_parser("fhe-check", help="run a PANN under CKKS encryption (Orion) and compare with plaintext")
-    fc.add_argument("--model", required=True, help="resnet20/32/44/56/110 or another convertible model")
-    fc.add_argument("--weights", help="state dict or pann checkpoint (default: untrained)")
+    _model_source(fc)
     source = fc.add_mutually_exclusive_group(required=True)
     source.add_argument("--alpha", type=float, help="one precision for every ReLU, in bits (per-layer B calibrated)")
     source.add_argument("--spec", type=Path, help="a PANN spec file (per-layer B and polynomials, e.g. a search's "
@@ -285,8 +297,6 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
     fc.add_argument("--params", default="leveled-128",
                     help="preset (bootstrap-128, leveled-128, insecure-test) or a YAML file (default leveled-128)")
-    fc.add_argument("--dataset", choices=("cifar10", "cifar100", "synthetic"), default="cifar10")
-    fc.add_argument("--data-dir", help="data root (default: $PANN_DATA_DIR, else ./data)")
     fc.add_argument("--margin", type=_positive(float), default=1.2, help="B = margin x observed max |x| (default 1.2)")
     fc.add_argument("--calibration-size", type=_positive(int), default=2000, help="training images for B (default 2000)")
     fc.add_argument("--fit-images", type=_positive(int), default=64,
@@ -296,7 +306,6 @@ def build_parser() -> argparse.ArgumentParser:
     fc.add_argument("--dry-run", action="store_true",
                     help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")
     fc.set_defaults(run=cmd_fhe_check)
-    return parser
 
 
 _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
