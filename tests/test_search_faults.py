@@ -71,6 +71,15 @@ def trial_processes(driver: int) -> list[int]:
     return [int(r[0]) for r in rows if len(r) == 3 and "ImplicitFunc" in r[2] and under_driver(int(r[0]))]
 
 
+def checkpointed_and_running(folder: Path) -> bool:
+    """A trial has written a checkpoint and not yet its final result (so killing it now makes it resume)."""
+    for trial in folder.glob("*/checkpoint_000000"):
+        results = trial.parent / "result.json"
+        if not results.is_file() or '"final": 1' not in results.read_text():
+            return True
+    return False
+
+
 def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
     cfg = write_config(tmp_path, "crash", "", epochs=[3, 4])
     data = yaml.safe_load(cfg.read_text())
@@ -86,7 +95,7 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
         # Kill the trial processes once one trial has its first epoch checkpoint: Tune retries each
         # (the checkpointed one from its checkpoint). Every process is killed because which actor runs
         # the checkpointed trial is not visible from outside; the other may still wait for a backbone.
-        wait_for(lambda: list((tmp_path / "runs" / "crash").glob("*/checkpoint_000000")), 300, "a checkpoint")
+        wait_for(lambda: checkpointed_and_running(tmp_path / "runs" / "crash"), 300, "a running trial's checkpoint")
         victims = trial_processes(driver.pid)
         assert victims, "no trial process found"
         for pid in victims:
