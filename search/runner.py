@@ -81,8 +81,8 @@ def _searcher(search: SearchConfig, groups: dict[str, list[str]]):
 
 
 def tune_config(search: SearchConfig, groups: dict[str, list[str]] | None = None) -> tune.TuneConfig:
-    """Objectives on the searcher, ASHA on its own metric, none on TuneConfig itself. Worker processes are
-    reused between trials, so compilation, data loading and calibration are paid once per process."""
+    """Objectives on the searcher, ASHA on its own metric, none on TuneConfig itself. In post-training searches
+    worker processes are reused between trials, so compilation, data loading and calibration are paid once."""
     groups = groups or {"network": []}
     epochs = max_epochs(search.space)
     scheduler = (ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration",
@@ -90,7 +90,9 @@ def tune_config(search: SearchConfig, groups: dict[str, list[str]] | None = None
                  if search.early_stopping and epochs > 0 else FIFOScheduler())
     return tune.TuneConfig(search_alg=_searcher(search, groups), scheduler=scheduler, num_samples=search.trials,
                            max_concurrent_trials=search.concurrency, time_budget_s=search.time_s,
-                           reuse_actors=True)
+                           # Post-training searches reuse worker processes (compilation, data and ranges once per
+                           # worker); training searches do not, so that a retried trial restores its checkpoint.
+                           reuse_actors=epochs == 0)
 
 
 def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool, progress=None) -> tune.Tuner:
