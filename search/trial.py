@@ -61,22 +61,23 @@ def backbone_for(search: SearchConfig, point: Mapping[str, Any], report=None) ->
     return stored_backbone(search.backbone_dir, config, key, report)
 
 
+def _calibrated_ranges(model: torch.nn.Module, splits: Splits) -> dict[str, float]:
+    observed = prepare(model)
+    calibrate(observed, (x for x, _ in splits.calibration.batches(500)))
+    return {name: float(m.max_abs) for name, m in observers(observed).items()}
+
+
 def _ranges(backbone: Backbone, splits: Splits, search: SearchConfig) -> dict[str, float]:
     """Each observer's largest |x| on the calibration images, computed once per backbone (kept on disk)."""
-    model = backbone.model
-    if backbone.path is None:  # a backbone without a file (random init): nothing to key a cache on
-        observed = prepare(model)
-        calibrate(observed, (x for x, _ in splits.calibration.batches(500)))
-        return {name: float(m.max_abs) for name, m in observers(observed).items()}
+    if backbone.path is None:  # a backbone without a file (a training epoch's weights): nothing to key a cache on
+        return _calibrated_ranges(backbone.model, splits)
     path = search.backbone_dir / "ranges" / f"{file_digest(backbone.path)[:16]}-{search.calibration_size}.json"
 
     def compute() -> dict[str, float]:
         with locked(path.with_suffix(".lock")):
             if path.is_file():
                 return json.loads(path.read_text())
-            observed = prepare(model)
-            calibrate(observed, (x for x, _ in splits.calibration.batches(500)))
-            ranges = {name: float(m.max_abs) for name, m in observers(observed).items()}
+            ranges = _calibrated_ranges(backbone.model, splits)
             write_bytes_atomic(path, json.dumps(ranges).encode())
             return ranges
 
@@ -84,10 +85,11 @@ def _ranges(backbone: Backbone, splits: Splits, search: SearchConfig) -> dict[st
 
 
 def observed_model(backbone: Backbone, splits: Splits, search: SearchConfig) -> torch.nn.Module:
-    """The backbone prepared for conversion, with its calibrated ranges."""
+    """The backbone prepared for conversion, with its calibrated ranges (computed or read once per call)."""
     observed = prepare(backbone.model)
+    ranges = _ranges(backbone, splits, search)
     for name, module in observers(observed).items():
-        module.max_abs = torch.tensor(_ranges(backbone, splits, search)[name])
+        module.max_abs = torch.tensor(ranges[name])
     return observed
 
 
