@@ -1,9 +1,12 @@
+import warnings
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+import pann.modules
 from pann.catalog import get_approximation, relu_for_precision
 from pann.convert import (NonPolynomialError, calibrate, convert, interval_bounds, observers, out_of_range,
                           out_of_range_rate, prepare, reset_out_of_range)
@@ -49,7 +52,10 @@ def test_poly_relu_float32_matches_float64_reference(alpha):
     reference = PolyReLU(approx, 20.0, dtype=torch.float64, compiled=False)(x.double())
     # float32 rounding stays below 5% of the approximation error: precision moves < 0.07 bit.
     for compiled in (True, False):
-        fast = PolyReLU(approx, 20.0, dtype=torch.float32, compiled=compiled)(x)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager would pass otherwise
+            fast = PolyReLU(approx, 20.0, dtype=torch.float32, compiled=compiled)(x)
+        assert pann.modules._compile_failure is None  # ...or an earlier failure in this process
         assert (fast.double() - reference).abs().max() < 0.05 * 20 * 2.0**-approx.precision
     # The reference has the approximation's precision on [-B, B].
     assert (reference - x.double().relu()).abs().max() <= 20 * 2.0**-approx.precision * (1 + 1e-6)
