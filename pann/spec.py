@@ -34,18 +34,18 @@ from pann.convert import convert, observers, poly_modules
 from pann.groups import check_names
 from pann.files import write_bytes_atomic
 from pann.modules import PolyMaxPool2d
+from pann.user_input import ProblemsError
 
 FORMAT = "pann-spec"
 VERSION = 1
 _LAYER_FIELDS = ("name", "kind", "B", "family", "degrees", "precision", "depth", "multiplications", "stages")
 
 
-class SpecError(ValueError):
+class SpecError(ProblemsError):
     """A spec file that cannot be read; ``problems`` lists every problem."""
 
     def __init__(self, problems: list[str], source: str = "spec"):
-        self.problems = problems
-        super().__init__(f"invalid PANN spec {source}: " + "; ".join(problems))
+        super().__init__(problems, f"invalid PANN spec {source}: ")
 
 
 @dataclass(frozen=True)

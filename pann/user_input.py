@@ -13,6 +13,17 @@ class UsageError(ValueError):
     """Bad command-line input."""
 
 
+class ProblemsError(ValueError):
+    """Bad input (a config, a spec) with every problem found listed in ``problems``, so that a user
+    fixes them all in one go; the message is ``heading`` followed by the problems."""
+
+    separator = "; "
+
+    def __init__(self, problems: list[str], heading: str):
+        self.problems = problems
+        super().__init__(heading + self.separator.join(problems))
+
+
 def parse_alphas(text: str) -> list[float]:
     """``'4-14'``, ``'4,6,8'`` or ``'9'`` -> alphas, each checked against the supported range."""
     alphas: list[float] = []

@@ -14,16 +14,18 @@ from typing import Any
 
 from pann.files import read_yaml
 from pann.training import TrainConfig
+from pann.user_input import ProblemsError
 from search.config_checks import (APPROXIMATION_DIMENSIONS, CORRECTIONS, COSTS, INTEGER_DIMENSIONS,  # noqa: F401
                                   SCOPES, STRATEGIES, TRAINING_DIMENSIONS, flatten, check_backbone, check_budget,
                                   check_identity, check_search, check_space, check_training)
 
-class SearchConfigError(ValueError):
-    """A search configuration with problems; ``problems`` lists them all."""
+class SearchConfigError(ProblemsError):
+    """A search configuration with problems; ``problems`` lists them all, one per line."""
+
+    separator = "\n  "
 
     def __init__(self, problems: list[str], source: str = "search config"):
-        self.problems = problems
-        super().__init__(f"invalid {source}:\n  " + "\n  ".join(problems))
+        super().__init__(problems, f"invalid {source}:\n  ")
 
 
 @dataclass(frozen=True)
