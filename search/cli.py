@@ -68,12 +68,11 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     from mlflow import MlflowClient
 
     from tracking.pareto import export_front
-    from tracking.runs import check_reachable, find_search, trial_points
+    from tracking.runs import find_search, trial_points
 
     if args.out.suffix not in _FORMATS:
         raise ValueError(f"--out must end in one of {', '.join(_FORMATS)} (got {args.out.name!r})")
-    uri = args.tracking_uri or _default_store()
-    check_reachable(uri)
+    uri = _store(args)
     client = MlflowClient(uri)
     parents = list(args.run_id or []) + [find_search(client, name) for name in args.search or []]
     points = [p for parent in parents for p in trial_points(client, parent)]
@@ -93,10 +92,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from tracking.runs import check_reachable
-
-    uri = args.tracking_uri or _default_store()
-    check_reachable(uri)
+    uri = _store(args)
     client = MlflowClient(uri)
     if args.out.exists() and any(args.out.iterdir()):
         raise ValueError(f"--out {args.out} exists and is not empty")
@@ -121,24 +117,50 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"--weights {args.out / 'backbone.pt'} --spec {args.out / 'answer_spec.json'}")
 
 
-def _default_store() -> str:
-    from tracking.runs import default_tracking_uri
+def _store(args: argparse.Namespace) -> str:
+    """The MLflow store a reading command opens: ``--tracking-uri`` or ./mlflow.db, which must exist (a mistyped
+    path must not create a folder and an empty database) or answer (a server)."""
+    from tracking.stores import check_existing_store, default_tracking_uri
 
+    if args.tracking_uri:
+        check_existing_store(args.tracking_uri)
+        return args.tracking_uri
     uri = default_tracking_uri()
     if not Path(uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(f"no MLflow store here ({uri}); run a search in this folder or pass --tracking-uri")
     return uri
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
-    from tracking.runs import artifact_location
+def _check_port_free(host: str, port: int) -> None:
+    """The UI's address can be listened on (a port in use fails here, not in a traceback of the server)."""
+    import socket
 
-    uri = args.tracking_uri or _default_store()
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from tracking.stores import artifact_location
+
+    uri = _store(args)  # a server must answer; a sqlite file must exist
+    if uri.startswith(("http://", "https://")):
+        raise ValueError(f"--tracking-uri {uri} is a tracking server: it serves its own UI there")
+    _check_port_free(args.host, args.port)
     command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     if artifact_location(uri):
         command += ["--default-artifact-root", artifact_location(uri)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", *command])
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {text}")
+    return value
 
 
 def build_full_parser() -> argparse.ArgumentParser:
@@ -171,7 +193,7 @@ def build_full_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="browse the searches in the MLflow UI")
     ui.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(run=cmd_ui)
     return parser
 

@@ -23,7 +23,7 @@ from pann.groups import GRANULARITIES
 from pann.models import model_names
 from pann.training import TrainConfig
 from pann.weights import WEIGHTS, resolve
-from tracking.runs import default_tracking_uri
+from tracking.stores import default_tracking_uri, uri_problem
 
 SCOPES = ("layer", "global")
 # What a search minimises beside keeping the target accuracy: the (mean) alpha, or the network's cost under
@@ -174,6 +174,8 @@ def check_identity(data: Mapping[str, Any], merged: dict[str, Any], problems: li
         merged["tracking_uri"] = default_tracking_uri()
     elif not isinstance(merged["tracking_uri"], str):
         problems.append("tracking.uri: must be a string")
+    elif uri_problem(merged["tracking_uri"]):
+        problems.append(f"tracking.uri: {uri_problem(merged['tracking_uri'])}")
     if isinstance(merged["storage"], str):
         merged["storage"] = _resolve(merged["storage"])
 

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from tracking.pareto import Point
+from tracking.stores import (TrackingUnavailable, artifact_location, check_reachable,  # noqa: F401 (re-exported)
+                            default_tracking_uri)
 
 SEARCH_TAG = "pann.search"
 TRIAL_TAG = "pann.trial_id"
@@ -31,38 +31,6 @@ ERROR_TAG = "pann.error"
 CURVE_PREFIX = "curve_"  # metric histories with step = alpha: the accuracy-vs-alpha curve and its costs
 CURVE_ACCURACY = "curve_accuracy"
 COST_METRICS = ("bootstraps", "levels", "polynomial_levels", "multiplications", "latency_s")
-
-
-class TrackingUnavailable(ConnectionError):
-    """The tracking server does not answer."""
-
-
-def default_tracking_uri(folder: str | Path = ".") -> str:
-    """The embedded store: a sqlite database in ``folder``, as an absolute URI."""
-    return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """For a sqlite store, an absolute ``mlartifacts`` folder beside the database (MLflow's default is
-    ``./mlruns`` of whatever directory the process runs in); a server decides for itself."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with the URI in the message, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
-    raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({problem}); start it "
-                              "(mlflow server --host 127.0.0.1 ...) or fix tracking.uri")
 
 
 def _params(values: Mapping[str, Any]) -> dict[str, str]:
@@ -184,6 +152,11 @@ def find_search(client: MlflowClient, name: str) -> str:
     runs = client.search_runs(experiments, f"tags.`{SEARCH_TAG}` = '{name}'") if experiments else []
     if not runs:
         raise ValueError(f"no search named {name!r} in {client.tracking_uri}")
+    if len(runs) > 1:  # the same name in several experiments: which one is meant is the user's to say
+        names = {e.experiment_id: e.name for e in client.search_experiments()}
+        found = ", ".join(f"experiment {names.get(r.info.experiment_id, r.info.experiment_id)!r}: run "
+                          f"{r.info.run_id}" for r in runs)
+        raise ValueError(f"search {name!r} is recorded {len(runs)} times ({found}); choose one with --run-id")
     return runs[0].info.run_id
 
 
