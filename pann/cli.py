@@ -210,13 +210,17 @@ def cmd_weights(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pann.files import check_writable
     from pann.models import save_weights
-    from pann.training import TrainConfig, TrainingDiverged, train
+    from pann.training import CheckpointError, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig.from_dict(read_yaml(args.config))
     out = args.out
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    check_writable(out, "--out")  # now, not after the last epoch
+    if args.checkpoint:
+        check_writable(args.checkpoint, "--checkpoint")
 
     def report(epoch: int, metrics: dict) -> None:
         print(f"epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
@@ -225,6 +229,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     try:
         result = train(config, checkpoint=args.checkpoint, callback=report)
+    except CheckpointError as exc:
+        raise UsageError(f"{exc} (config {args.config})") from None
     except TrainingDiverged as exc:
         print(f"pann train: training diverged: {exc}", file=sys.stderr)
         sys.exit(1)

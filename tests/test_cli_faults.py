@@ -67,3 +67,40 @@ def test_evaluate_on_cuda_without_cuda_says_so_before_any_work(capsys):
     line = fails(capsys, "evaluate", "--model", "resnet20", "--dataset", "synthetic", "--device", "cuda")
     assert line == "pann evaluate: error: --device cuda: CUDA is not available on this machine"
     assert "is not a device" in fails(capsys, "evaluate", "--model", "resnet20", "--device", "tpu")
+
+
+TINY_TRAINING = "model: resnet20\ndataset: synthetic\nepochs: 1\nbatch_size: 64\ntrain_limit: 64\nvalidation_size: 64\n"
+
+
+def test_a_training_checkpoint_resumes_only_the_config_that_wrote_it(tmp_path, capsys):
+    config, other = tmp_path / "train.yaml", tmp_path / "other.yaml"
+    config.write_text(TINY_TRAINING)
+    other.write_text(TINY_TRAINING + "lr: 0.05\n")
+    checkpoint = tmp_path / "run.pt"
+    assert main(["train", str(config), "--out", str(tmp_path / "a.pt"), "--checkpoint", str(checkpoint)]) == 0
+    assert torch.load(checkpoint, weights_only=True)["config"]["lr"] == 0.01
+    capsys.readouterr()
+    line = fails(capsys, "train", str(other), "--out", str(tmp_path / "b.pt"), "--checkpoint", str(checkpoint))
+    assert f"checkpoint {checkpoint} was written by another training config (lr: 0.01 in the checkpoint, " \
+           f"0.05 now)" in line and str(other) in line
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(b"not a checkpoint")
+    line = fails(capsys, "train", str(config), "--out", str(tmp_path / "b.pt"), "--checkpoint", str(corrupt))
+    assert f"checkpoint {corrupt} cannot be read" in line
+    state = torch.load(checkpoint, weights_only=True)
+    foreign = tmp_path / "foreign.pt"
+    torch.save({**state, "config": {**state["config"], "model": "resnet32"}}, foreign)
+    line = fails(capsys, "train", str(config), "--out", str(tmp_path / "b.pt"), "--checkpoint", str(foreign))
+    assert "model: 'resnet32' in the checkpoint, 'resnet20' now" in line
+    assert not (tmp_path / "b.pt").exists()
+
+
+def test_an_unwritable_out_fails_before_training(tmp_path, capsys):
+    config = tmp_path / "train.yaml"
+    config.write_text(TINY_TRAINING)
+    (tmp_path / "file").write_text("")
+    code = main(["train", str(config), "--out", str(tmp_path / "file" / "w.pt")])
+    captured = capsys.readouterr()
+    assert code == 2 and "epoch" not in captured.out
+    assert captured.err.strip() == \
+        f"pann train: error: --out {tmp_path / 'file' / 'w.pt'}: {tmp_path / 'file'} is a file, not a folder"
