@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,10 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     search = config.load(args.config)
     download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
-    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line())
+    # SIGTERM ends a search as Ctrl-C does: Tune stops, records what finished, and --resume continues it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line(),
+                         force_new=args.force_new)
     print_outcome(outcome, search)
 
 
@@ -170,7 +174,11 @@ def build_full_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="search the lowest precision meeting a target accuracy (see configs/)")
     se.add_argument("config", help="YAML search config, e.g. configs/quickstart.yaml")
     se.add_argument("--address", help="Ray cluster to run on (e.g. auto); default: a local Ray instance")
-    se.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    start = se.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue an interrupted search of the same name, with the config it started with")
+    start.add_argument("--force-new", action="store_true",
+                       help="discard an earlier search of the same name (runs/NAME and its MLflow runs), start anew")
     se.set_defaults(run=cmd_search)
 
     pa = sub.add_parser("pareto", help="export the feasible Pareto front of searches from MLflow")

@@ -55,6 +55,13 @@ _SECTIONS = {
 }
 
 
+def field_path(name: str) -> str:
+    """Where a :class:`search.config.SearchConfig` field is set in the YAML (``trials`` -> ``budget.trials``)."""
+    key = {"tracking_uri": "uri"}.get(name, name)
+    return next((f"{section}.{key}" for section, keys in _SECTIONS.items()
+                 if keys is not None and section != "space" and key in keys), name)
+
+
 def flatten(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Nested YAML sections -> SearchConfig keyword arguments, and unknown-field problems."""
     problems = [f"{key}: unknown field" for key in data if key not in _SECTIONS]
