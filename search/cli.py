@@ -21,6 +21,9 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     search = config.load(args.config)
     download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
+    # A failed trial is one line (the search's log), its traceback in MLflow (tag pann.error) and Tune's error.txt;
+    # Tune would also print every traceback here.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # SIGTERM ends a search as Ctrl-C does: Tune stops, records what finished, and --resume continues it.
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
     outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line(),

@@ -129,11 +129,13 @@ def _ending(search: SearchConfig, results, seconds: float) -> str:
         return "failed"
     if search.time_s is not None and seconds >= search.time_s:
         return "budget"
-    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("final")
-                  and (r.metrics or {}).get("epoch") is None]
-    if (len(results) < search.trials or unfinished) and search.strategy == "optuna":
-        return "interrupted"
-    return "finished"
+    if search.strategy != "optuna":
+        return "finished"
+    # A trial Tune started that Optuna was never told about was cut off (ASHA's stops are told, as PRUNED).
+    study = optuna.load_study(study_name=search.name, storage=_optuna_storage(search))
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    cut_off = [r for r in results if (r.config or {}).get("optuna_trial") in running]
+    return "interrupted" if len(results) < search.trials or cut_off else "finished"
 
 
 def _check_ended(search: SearchConfig, results, ending: str) -> None:
@@ -142,7 +144,7 @@ def _check_ended(search: SearchConfig, results, ending: str) -> None:
     if ending == "failed":
         errors = [r.error for r in results if r.error is not None]
         lines = str(errors[0]).strip().splitlines()
-        raise SearchError(f"every trial failed ({len(errors)}); the first: {lines[-1] if lines else errors[0]!r}")
+        raise SearchError(f"every trial failed ({len(errors)}); the first: {lines[-1] if lines else repr(errors[0])}")
     if ending == "interrupted":
         done = sum(bool((r.metrics or {}).get("final")) for r in results)
         raise SearchInterrupted(f"search {search.name!r} interrupted after {done} of {search.trials} trials; "
