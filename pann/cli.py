@@ -67,7 +67,24 @@ def weights_file(args: argparse.Namespace):
                    model=args.model)
 
 
-def _evaluate_spec(args: argparse.Namespace) -> None:
+def _device(requested: str | None) -> str:
+    """``--device`` checked before any work: a device torch knows, and CUDA only where it is available."""
+    import torch
+
+    if requested is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UsageError(f"--device {requested!r} is not a device (cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {requested}: CUDA is not available on this machine")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"--device {requested}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return requested
+
+
+def _evaluate_spec(args: argparse.Namespace, device: str) -> None:
     """Accuracy of the PANN a spec file describes, on the test images."""
     from pann import spec as pann_spec
     from pann.convert import prepare
@@ -80,7 +97,6 @@ def _evaluate_spec(args: argparse.Namespace) -> None:
     pann = pann_spec.apply(prepare(model), spec)
     test = load_dataset(args.dataset, "test", args.data_dir)
     test = test.subset(slice(args.skip, args.skip + args.limit if args.limit else None))
-    device = args.device or "cpu"
     backbone_accuracy = accuracy(model, test, args.batch_size, device, None if args.json else "backbone")
     pann_accuracy = accuracy(pann, test, args.batch_size, device, None if args.json else "PANN")
     alphas = [layer.approximation.precision for layer in spec.layers]
@@ -98,8 +114,9 @@ def _evaluate_spec(args: argparse.Namespace) -> None:
 def cmd_evaluate(args: argparse.Namespace) -> None:
     import torch
 
+    device = _device(args.device)
     if args.spec:
-        return _evaluate_spec(args)
+        return _evaluate_spec(args, device)
 
     from pann.convert import interval_bounds
     from pann.data import NUM_CLASSES, load_dataset
@@ -107,7 +124,6 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from pann.models import build_model
 
     alphas = parse_alphas(args.alphas)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
     test = load_dataset(args.dataset, "test", args.data_dir)
     train = load_dataset(args.dataset, "train", args.data_dir)
@@ -194,13 +210,17 @@ def cmd_weights(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from pann.files import check_writable
     from pann.models import save_weights
-    from pann.training import TrainConfig, TrainingDiverged, train
+    from pann.training import CheckpointError, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig.from_dict(read_yaml(args.config))
     out = args.out
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
+    check_writable(out, "--out")  # now, not after the last epoch
+    if args.checkpoint:
+        check_writable(args.checkpoint, "--checkpoint")
 
     def report(epoch: int, metrics: dict) -> None:
         print(f"epoch {epoch}/{config.epochs}: train loss {metrics['train_loss']:.4f}, "
@@ -209,6 +229,8 @@ def cmd_train(args: argparse.Namespace) -> None:
 
     try:
         result = train(config, checkpoint=args.checkpoint, callback=report)
+    except CheckpointError as exc:
+        raise UsageError(f"{exc} (config {args.config})") from None
     except TrainingDiverged as exc:
         print(f"pann train: training diverged: {exc}", file=sys.stderr)
         sys.exit(1)

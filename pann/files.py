@@ -65,3 +65,23 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ValueError(f"{path} must hold a mapping of fields, got {type(data).__name__}")
     return data
+
+
+def check_writable(path: str | Path, what: str) -> None:
+    """Raise ``OSError`` naming ``what`` (e.g. ``--out``) unless a file can be written at ``path``: checked by
+    creating and removing an empty file in its nearest existing folder, before any long work."""
+    import tempfile
+
+    path = Path(path).absolute()
+    if path.is_dir():
+        raise IsADirectoryError(f"{what} {path} is a folder, not a file")
+    folder = path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(f"{what} {path}: {folder} is a file, not a folder")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".pann-probe-"):
+            pass
+    except OSError as exc:
+        raise PermissionError(f"{what} {path}: cannot write in {folder} ({exc.strerror or exc})") from None

@@ -13,6 +13,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ from pann.convert import replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
 from pann.distillation import Teacher, distillation_loss
 from pann.evaluate import count_correct
+from pann.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
 from pann.files import atomic_write
 from pann.models import Classifier, build_model
 from pann.optimization import optimizer as _optimizer
@@ -109,17 +111,22 @@ class _Loop:
     teacher: Teacher | None = None
     precision: PrecisionSchedule | None = None
 
-    def save(self, path: Path, epoch: int, history: list[dict[str, float]]) -> None:
-        state = {"epoch": epoch, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+    def save(self, path: Path, epoch: int, history: list[dict[str, float]], config: dict[str, Any]) -> None:
+        state = {"epoch": epoch, "config": config, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "history": history,
                  "torch_rng": torch.get_rng_state(), "generator": self.generator.get_state()}
         with atomic_write(path) as temporary:
             torch.save(state, temporary)
 
-    def resume(self, path: Path) -> tuple[list[dict[str, float]], int]:
-        """Restore the state saved at ``path``; its history and the number of epochs done."""
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        self.model.load_state_dict(state["model"])
+    def resume(self, path: Path, config: dict[str, Any]) -> tuple[list[dict[str, float]], int]:
+        """Restore the state saved at ``path``; its history and the number of epochs done. Raises
+        :class:`CheckpointError` unless ``config`` wrote it."""
+        state = read_checkpoint(path, self.device, config)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise CheckpointError(f"checkpoint {path} holds another model's state: "
+                                  f"{str(exc).strip().splitlines()[-1].strip()}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
@@ -220,8 +227,9 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
     history: list[dict[str, float]] = []
     start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint else None
+    recorded = dataclasses.asdict(config)
     if checkpoint and checkpoint.is_file():
-        history, start_epoch = loop.resume(checkpoint)
+        history, start_epoch = loop.resume(checkpoint, recorded)
 
     for epoch in range(start_epoch, config.epochs):
         trained = _train_epoch(loop, train_set, config, epoch, progress)
@@ -231,7 +239,7 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
                    "lr": optimizer.param_groups[0]["lr"]}
         history.append(metrics)
         if checkpoint:
-            loop.save(checkpoint, epoch + 1, history)
+            loop.save(checkpoint, epoch + 1, history, recorded)
         if callback is not None and callback(epoch + 1, metrics):
             break
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +21,13 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     search = config.load(args.config)
     download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
-    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line())
+    # A failed trial is one line (the search's log), its traceback in MLflow (tag pann.error) and Tune's error.txt;
+    # Tune would also print every traceback here.
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
+    # SIGTERM ends a search as Ctrl-C does: Tune stops, records what finished, and --resume continues it.
+    signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
+    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line(),
+                         force_new=args.force_new)
     print_outcome(outcome, search)
 
 
@@ -68,12 +75,11 @@ def cmd_pareto(args: argparse.Namespace) -> None:
     from mlflow import MlflowClient
 
     from tracking.pareto import export_front
-    from tracking.runs import check_reachable, find_search, trial_points
+    from tracking.runs import find_search, trial_points
 
     if args.out.suffix not in _FORMATS:
         raise ValueError(f"--out must end in one of {', '.join(_FORMATS)} (got {args.out.name!r})")
-    uri = args.tracking_uri or _default_store()
-    check_reachable(uri)
+    uri = _store(args)
     client = MlflowClient(uri)
     parents = list(args.run_id or []) + [find_search(client, name) for name in args.search or []]
     points = [p for parent in parents for p in trial_points(client, parent)]
@@ -93,10 +99,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     import mlflow
     from mlflow import MlflowClient
 
-    from tracking.runs import check_reachable
-
-    uri = args.tracking_uri or _default_store()
-    check_reachable(uri)
+    uri = _store(args)
     client = MlflowClient(uri)
     if args.out.exists() and any(args.out.iterdir()):
         raise ValueError(f"--out {args.out} exists and is not empty")
@@ -121,24 +124,50 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"--weights {args.out / 'backbone.pt'} --spec {args.out / 'answer_spec.json'}")
 
 
-def _default_store() -> str:
-    from tracking.runs import default_tracking_uri
+def _store(args: argparse.Namespace) -> str:
+    """The MLflow store a reading command opens: ``--tracking-uri`` or ./mlflow.db, which must exist (a mistyped
+    path must not create a folder and an empty database) or answer (a server)."""
+    from tracking.stores import check_existing_store, default_tracking_uri
 
+    if args.tracking_uri:
+        check_existing_store(args.tracking_uri)
+        return args.tracking_uri
     uri = default_tracking_uri()
     if not Path(uri.removeprefix("sqlite:///")).is_file():
         raise FileNotFoundError(f"no MLflow store here ({uri}); run a search in this folder or pass --tracking-uri")
     return uri
 
 
-def cmd_ui(args: argparse.Namespace) -> None:
-    from tracking.runs import artifact_location
+def _check_port_free(host: str, port: int) -> None:
+    """The UI's address can be listened on (a port in use fails here, not in a traceback of the server)."""
+    import socket
 
-    uri = args.tracking_uri or _default_store()
+    with socket.socket() as s:
+        try:
+            s.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"--port {port}: cannot listen on {host}:{port} ({exc.strerror or exc})") from None
+
+
+def cmd_ui(args: argparse.Namespace) -> None:
+    from tracking.stores import artifact_location
+
+    uri = _store(args)  # a server must answer; a sqlite file must exist
+    if uri.startswith(("http://", "https://")):
+        raise ValueError(f"--tracking-uri {uri} is a tracking server: it serves its own UI there")
+    _check_port_free(args.host, args.port)
     command = ["mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
     if artifact_location(uri):
         command += ["--default-artifact-root", artifact_location(uri)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
     os.execvp(sys.executable, [sys.executable, "-m", *command])
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 1..65535, got {text}")
+    return value
 
 
 def build_full_parser() -> argparse.ArgumentParser:
@@ -148,7 +177,11 @@ def build_full_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("search", help="search the lowest precision meeting a target accuracy (see configs/)")
     se.add_argument("config", help="YAML search config, e.g. configs/quickstart.yaml")
     se.add_argument("--address", help="Ray cluster to run on (e.g. auto); default: a local Ray instance")
-    se.add_argument("--resume", action="store_true", help="continue an interrupted search of the same name")
+    start = se.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true",
+                       help="continue an interrupted search of the same name, with the config it started with")
+    start.add_argument("--force-new", action="store_true",
+                       help="discard an earlier search of the same name (runs/NAME and its MLflow runs), start anew")
     se.set_defaults(run=cmd_search)
 
     pa = sub.add_parser("pareto", help="export the feasible Pareto front of searches from MLflow")
@@ -171,7 +204,7 @@ def build_full_parser() -> argparse.ArgumentParser:
     ui = sub.add_parser("ui", help="browse the searches in the MLflow UI")
     ui.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(run=cmd_ui)
     return parser
 

@@ -23,7 +23,7 @@ from pann.groups import GRANULARITIES
 from pann.models import model_names
 from pann.training import TrainConfig
 from pann.weights import WEIGHTS, resolve
-from tracking.runs import default_tracking_uri
+from tracking.stores import default_tracking_uri, uri_problem
 
 SCOPES = ("layer", "global")
 # What a search minimises beside keeping the target accuracy: the (mean) alpha, or the network's cost under
@@ -53,6 +53,13 @@ _SECTIONS = {
                "granularity", "cost", "preset", "strategy", "compile"),
     "tracking": ("uri", "experiment"),
 }
+
+
+def field_path(name: str) -> str:
+    """Where a :class:`search.config.SearchConfig` field is set in the YAML (``trials`` -> ``budget.trials``)."""
+    key = {"tracking_uri": "uri"}.get(name, name)
+    return next((f"{section}.{key}" for section, keys in _SECTIONS.items()
+                 if keys is not None and section != "space" and key in keys), name)
 
 
 def flatten(data: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
@@ -174,6 +181,8 @@ def check_identity(data: Mapping[str, Any], merged: dict[str, Any], problems: li
         merged["tracking_uri"] = default_tracking_uri()
     elif not isinstance(merged["tracking_uri"], str):
         problems.append("tracking.uri: must be a string")
+    elif uri_problem(merged["tracking_uri"]):
+        problems.append(f"tracking.uri: {uri_problem(merged['tracking_uri'])}")
     if isinstance(merged["storage"], str):
         merged["storage"] = _resolve(merged["storage"])
 

@@ -11,7 +11,7 @@ epoch; a trial it stops reaches Optuna as PRUNED.
 from __future__ import annotations
 
 import logging
-import os
+import time
 
 import optuna
 import ray
@@ -19,7 +19,6 @@ from optuna.trial import TrialState
 from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from pann.catalog import relu_for_precision
 from pann.convert import prepare
 from pann.data import NUM_CLASSES
 from pann.groups import layer_groups
@@ -27,21 +26,17 @@ from pann.models import build_model
 from search import answer
 from search.callback import ProgressCallback, TrackingCallback
 from search.config import SearchConfig, SearchConfigError
+from search.preflight import (SearchError, check_address, check_inputs, plan, prepare_approximations,
+                              record_config)
 from search.searchers import FeasibleOnlyOptunaSearch, GreedySearch
-from search.space import (alpha_key, alpha_values, constants, max_epochs, measurable_alphas, param_space,
-                          uniform_points)
-from search.splits import Splits
+from search.space import alpha_key, alpha_values, constants, max_epochs, param_space, uniform_points
 from search.trial import run_trial
-from tracking.runs import SearchRecorder, check_reachable
+from tracking.runs import SearchRecorder
 
 logger = logging.getLogger(__name__)
 
 # The metric each cost objective minimises (the trial reports them all).
 COST_METRIC = {"alpha": "precision_bits", "bootstraps": "bootstraps", "levels": "levels", "latency": "latency_s"}
-
-
-class SearchError(ValueError):
-    """A search that cannot start or resume."""
 
 
 def groups_of(search: SearchConfig) -> dict[str, list[str]]:
@@ -110,61 +105,61 @@ def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool, pro
                                   callbacks=[TrackingCallback(search), ProgressCallback(search, progress)]))
 
 
-def _close_unfinished_optuna_trials(search: SearchConfig) -> None:
-    """After the search, a trial still RUNNING in Optuna was asked for but never ran (driver crash)."""
-    if search.strategy != "optuna":
-        return
-    study = optuna.load_study(study_name=search.name, storage=_optuna_storage(search))
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        study.tell(trial.number, state=TrialState.FAIL)
-
-
-def _preflight(search: SearchConfig, resume: bool) -> None:
-    """Everything cheap to check before Ray starts."""
-    check_reachable(search.tracking_uri)
-    restorable = tune.Tuner.can_restore(str(search.run_dir))
-    if resume and not restorable:
-        raise SearchError(f"nothing to resume: no search {search.name!r} in {search.storage}")
-    if not resume and search.run_dir.exists():
-        raise SearchError(f"search {search.name!r} already exists in {search.storage}; pass --resume to continue "
-                          "it, or give the search another name")
-    Splits.for_search(search)  # the sizes fit the data
-    if search.weights:  # the weights load into the model (a corrupt file or another model's fails here)
-        try:
-            build_model(search.model, NUM_CLASSES[search.dataset], search.weights)
-        except (ValueError, RuntimeError, OSError) as exc:
-            raise SearchError(f"backbone.weights: {exc}") from exc
-    alphas = measurable_alphas(dict(search.space), search.neighbours)
-    logger.info("preparing ReLU approximations for alpha %g..%g", alphas[0], alphas[-1])
-    for alpha in alphas:
-        relu_for_precision(alpha, workers=os.cpu_count())
-
-
 class SearchInterrupted(KeyboardInterrupt):
     """The search stopped before its trials did (Ctrl-C, SIGTERM); it can be continued with ``--resume``."""
 
 
-def _check_ended(search: SearchConfig, results) -> None:
-    """Raise unless the search ran to its end: every trial failing is a :class:`SearchError` with the first
-    error's last line; trials left unfinished (Tune returns after an interrupt) are :class:`SearchInterrupted`."""
+def _close_unfinished_optuna_trials(search: SearchConfig, ending: str) -> None:
+    """Optuna trials still RUNNING after the search were cut off: left RUNNING after an interrupt (the resume
+    runs them), PRUNED when the time budget stopped them (Tune tells the searcher nothing then), FAIL
+    otherwise (asked for, never run)."""
+    if search.strategy != "optuna" or ending == "interrupted":
+        return
+    study = optuna.load_study(study_name=search.name, storage=_optuna_storage(search))
+    state = TrialState.PRUNED if ending == "budget" else TrialState.FAIL
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        study.tell(trial.number, state=state)
+
+
+def _ending(search: SearchConfig, results, seconds: float) -> str:
+    """How the trials ended: ``failed`` (every one), ``interrupted`` (Tune returned before they did: Ctrl-C,
+    SIGTERM), ``budget`` (the time budget ran out) or ``finished``."""
     final = [r for r in results if (r.metrics or {}).get("final")]
-    errors = [r.error for r in results if r.error is not None]
-    if not final and errors:
+    if not final and any(r.error is not None for r in results):
+        return "failed"
+    if search.time_s is not None and seconds >= search.time_s:
+        return "budget"
+    if search.strategy != "optuna":
+        return "finished"
+    # A trial Tune started that Optuna was never told about was cut off (ASHA's stops are told, as PRUNED).
+    study = optuna.load_study(study_name=search.name, storage=_optuna_storage(search))
+    running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    cut_off = [r for r in results if (r.config or {}).get("optuna_trial") in running]
+    return "interrupted" if len(results) < search.trials or cut_off else "finished"
+
+
+def _check_ended(search: SearchConfig, results, ending: str) -> None:
+    """Raise unless the search ran to its end: every trial failing is a :class:`SearchError` with the first
+    error's last line; an interrupt is :class:`SearchInterrupted`."""
+    if ending == "failed":
+        errors = [r.error for r in results if r.error is not None]
         lines = str(errors[0]).strip().splitlines()
-        raise SearchError(f"every trial failed ({len(errors)}); the first: {lines[-1] if lines else errors[0]!r}")
-    budget_spent = search.time_s is not None and (results.num_terminated + results.num_errors) < search.trials
-    unfinished = [r for r in results if r.error is None and not (r.metrics or {}).get("final")
-                  and (r.metrics or {}).get("epoch") is None]
-    if not budget_spent and (len(results) < search.trials or unfinished) and search.strategy == "optuna":
-        raise SearchInterrupted(f"search {search.name!r} interrupted after {len(final)} of {search.trials} trials; "
+        raise SearchError(f"every trial failed ({len(errors)}); the first: {lines[-1] if lines else repr(errors[0])}")
+    if ending == "interrupted":
+        done = sum(bool((r.metrics or {}).get("final")) for r in results)
+        raise SearchInterrupted(f"search {search.name!r} interrupted after {done} of {search.trials} trials; "
                                 "continue it with --resume")
 
 
 def run_search(search: SearchConfig, address: str | None = None, resume: bool = False,
-               progress=None) -> answer.SearchOutcome:
+               progress=None, force_new: bool = False) -> answer.SearchOutcome:
     """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``. ``progress``, if given,
-    is called with a one-line summary after every finished trial (see :class:`ProgressCallback`)."""
-    _preflight(search, resume)
+    is called with a one-line summary after every finished trial (see :class:`ProgressCallback`).
+    ``force_new`` discards an earlier run of the search first (see :func:`search.preflight.plan`)."""
+    check_address(address)
+    check_inputs(search)
+    resume = plan(search, resume, force_new)
+    prepare_approximations(search)
     groups = groups_of(search)
     if address is None:
         # "local": always a new instance of our own, never another Ray that happens to run here.
@@ -174,17 +169,17 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
     try:
         check_resources(search, ray.cluster_resources())
         recorder = SearchRecorder(search.tracking_uri, search.experiment)
-        if not resume and recorder.search_exists(search.name):
-            raise SearchError(f"search {search.name!r} is already recorded in MLflow experiment "
-                              f"{search.experiment!r}; pass --resume or give the search another name")
-        search.run_dir.mkdir(parents=True, exist_ok=True)
+        if not resume:
+            record_config(search)
         logger.info("search %s: %d trials, %d at a time, %d alpha group(s) (%s granularity), cost %s; MLflow: %s",
                     search.name, search.trials, search.concurrency, len(groups), search.granularity,
                     search.cost, search.tracking_uri)
         try:
+            started = time.monotonic()
             results = _tuner(search, groups, resume, progress).fit()
-            _close_unfinished_optuna_trials(search)
-            _check_ended(search, results)
+            ending = _ending(search, results, time.monotonic() - started)
+            _close_unfinished_optuna_trials(search, ending)
+            _check_ended(search, results, ending)
             outcome = answer.outcome(search, groups, recorder, results)
         except BaseException as exc:  # the parent run must not stay RUNNING
             if recorder.parent_id is not None or recorder.search_exists(search.name):

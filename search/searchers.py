@@ -19,7 +19,7 @@ class FeasibleOnlyOptunaSearch(OptunaSearch):
     intermediate result; the stock searcher would tell Optuna it is COMPLETE with half-trained values.
     Only a result marked ``final`` counts; anything else is PRUNED (or FAIL on error).
     Relies on ``OptunaSearch``'s private ``_ot_trials``, ``_ot_study`` and ``_completed_trials``
-    (tests/test_dependency_contracts.py checks them for the pinned Ray).
+    (tests/test_dependency_contracts.py checks them for the pinned Ray), and on Optuna's ``Study._storage``.
     """
 
     def __init__(self, *args, target_accuracy: float, **kwargs):
@@ -43,6 +43,13 @@ class FeasibleOnlyOptunaSearch(OptunaSearch):
         return None if point is None else {**point, "optuna_trial": self._ot_trials[trial_id].number}
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and self._ot_study is not None and \
+                self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # A resume ran again a trial that had finished after Tune's last checkpoint: Optuna has its
+            # result already (telling it again would raise), and MLflow keeps its first record.
+            self._completed_trials.add(trial_id)
+            return
         if not (result and result.get("final")) or error:
             result = None
         elif trial_id in self._ot_trials and trial_id not in self._completed_trials:

@@ -29,6 +29,7 @@ from pann.files import write_bytes_atomic
 from pann.models import build_model
 from pann.network_cost import network_cost
 from pann.spec import spec_of
+from pann.training import TrainingDiverged
 from search.backbones import Backbone, backbone_key, file_digest, locked, stored_backbone
 from search.config import SearchConfig
 from search.space import group_alphas, neighbourhood
@@ -157,8 +158,29 @@ def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base
     return report
 
 
+# Failures that a retry of the same trial meets again (a diverging seeded training, bad weights or data).
+REPEATING_FAILURES = (TrainingDiverged, ValueError)
+
+
+class TrialCannotSucceed(RuntimeError):
+    """A retried trial whose earlier attempt failed in a way that repeats: it stops at once."""
+
+
 def run_trial(point: dict[str, Any], search: SearchConfig, groups: dict[str, list[str]]) -> None:
-    """Ray Tune trainable: get the backbone, convert it with the point's alphas, report accuracy and cost."""
+    """Ray Tune trainable: :func:`measure_point`, except that a failure a retry would meet again is noted,
+    and the retry Tune starts for it (``budget.max_failures``) stops at once instead of running again."""
+    note = search.run_dir / "failures" / f"{tune.get_context().get_trial_id()}.txt"
+    if note.is_file():
+        raise TrialCannotSucceed(f"not run again: its first attempt failed with {note.read_text()}")
+    try:
+        measure_point(point, search, groups)
+    except REPEATING_FAILURES as exc:
+        write_bytes_atomic(note, f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}".encode())
+        raise
+
+
+def measure_point(point: dict[str, Any], search: SearchConfig, groups: dict[str, list[str]]) -> None:
+    """Get the backbone, convert it with the point's alphas, report accuracy and cost."""
     sampled = group_alphas(point, groups)
     layer_alphas = expand(groups, sampled)
     base = {"precision_bits": sum(layer_alphas.values()) / len(layer_alphas),

@@ -138,3 +138,9 @@ def test_split_sizes_that_do_not_fit_the_data_name_their_field():
     # Disjoint slices of the test set: no image is in two of them.
     seen = [{bytes(x.numpy()) for x in s.images} for s in (splits.validation, splits.confirmation, splits.test)]
     assert not (seen[0] & seen[1] or seen[0] & seen[2] or seen[1] & seen[2])
+
+
+def test_a_tracking_uri_mlflow_cannot_record_to_is_refused():
+    found = problems(minimal(tracking={"uri": "other.db"}))
+    assert any(p.startswith("tracking.uri: 'other.db' is not an MLflow tracking URI") for p in found), found
+    assert config.from_dict(minimal(tracking={"uri": "sqlite:///other.db"})).tracking_uri == "sqlite:///other.db"

@@ -1,6 +1,8 @@
 """Searches on a local Ray instance with the embedded MLflow store: bad input, a trial killed
-mid-training, a killed driver resumed with ``--resume``."""
+mid-training, a killed driver resumed with ``--resume``, an interrupted search and its resume, a search whose
+every trial fails. The fault tests compare the three records (Tune, Optuna, MLflow) trial by trial."""
 
+import json
 import os
 import signal
 import subprocess
@@ -21,6 +23,41 @@ ROOT = Path(__file__).resolve().parents[1]
 def pann(*args, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, **kwargs)
+
+
+def tune_records(folder: Path) -> dict[int, str]:
+    """Tune's record of each trial, by Optuna trial number: ``final`` (its last report), ``error`` or
+    ``unfinished``."""
+    records = {}
+    for trial in (t for t in folder.iterdir() if (t / "params.json").is_file()):
+        results = trial / "result.json"
+        lines = results.read_text().splitlines() if results.is_file() else []
+        number = json.loads((trial / "params.json").read_text())["optuna_trial"]
+        records[number] = "final" if any(json.loads(line).get("final") for line in lines) else \
+            "error" if (trial / "error.txt").is_file() else "unfinished"
+    return records
+
+
+def three_records(folder: Path, name: str) -> dict[int, tuple[str, str, str]]:
+    """(Optuna state, MLflow run status, Tune record) of every Optuna trial of search ``name``."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'runs' / name / 'optuna.db'}")
+    _, children = child_runs(MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), name)
+    mlflow = {int(c.data.tags["pann.trial_id"].removeprefix("optuna-")): c.info.status for c in children}
+    assert len(mlflow) == len(children), "one MLflow run per trial"
+    tune = tune_records(folder / "runs" / name)
+    return {t.number: (t.state.name, mlflow.get(t.number), tune.get(t.number)) for t in study.trials}
+
+
+def duplicate_steps(folder: Path, name: str) -> list[tuple[str, str]]:
+    """(trial, metric) pairs whose MLflow history holds a step twice."""
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    found = []
+    for run in child_runs(client, name)[1]:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            if len(steps) != len(set(steps)):
+                found.append((run.data.tags["pann.trial_id"], key))
+    return found
 
 
 def test_invalid_config_lists_every_problem_and_creates_nothing(tmp_path):
@@ -128,6 +165,9 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
     assert {c.info.status for c in children} == {"FINISHED"}
     assert parent.info.status == "FINISHED"
     assert max(c.data.metrics.get("resumed_from_epoch", 0) for c in children) >= 1
+    # Case 9: the trials that finished before the kill are not logged again (no step twice in any history).
+    assert list(three_records(tmp_path, "crash").values()) == [("COMPLETE", "FINISHED", "final")] * 4
+    assert not duplicate_steps(tmp_path, "crash")
 
     # Running the same search again without --resume is refused; so is resuming an unknown one.
     again = pann("search", str(cfg), cwd=tmp_path)
@@ -200,16 +240,48 @@ def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
     assert "interrupted after" in err and "--resume" in err and "cheapest" not in out
     parent, _ = child_runs(MlflowClient(uri), "ctrl-c")
     assert parent.info.status == "KILLED"
+    cut = three_records(tmp_path, "ctrl-c")
+    print("after the interrupt:", cut)
+    # What finished agrees in all three records; a trial cut off is RUNNING in Optuna (the resume runs it), and
+    # KILLED in MLflow and unfinished in Tune if it had started.
+    assert ("COMPLETE", "FINISHED", "final") in cut.values()
+    assert set(cut.values()) <= {("COMPLETE", "FINISHED", "final"), ("RUNNING", "KILLED", "unfinished"),
+                                 ("RUNNING", None, None)}
+
+    # Case 4: a resume with an edited config is refused before Ray starts, naming the field with both values.
+    edited = tmp_path / "edited.yaml"
+    edited.write_text(yaml.safe_dump({**data, "target_accuracy": 0.5}))
+    refused = pann("search", str(edited), "--resume", cwd=tmp_path)
+    assert refused.returncode == 2, refused.stderr[-2000:]
+    assert "target_accuracy: 0.3 when it started, 0.5 now" in refused.stderr.strip().splitlines()[-1]
 
     resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
-    parent, children = child_runs(MlflowClient(uri), "ctrl-c")
-    study = optuna.load_study(study_name="ctrl-c", storage=f"sqlite:///{tmp_path / 'runs' / 'ctrl-c' / 'optuna.db'}")
-    states = [t.state for t in study.trials]
-    statuses = [c.info.status for c in children]
-    print("optuna:", states, "mlflow:", statuses)
+    parent, _ = child_runs(MlflowClient(uri), "ctrl-c")
     assert parent.info.status == "FINISHED"
-    assert optuna.trial.TrialState.RUNNING not in states and "RUNNING" not in statuses
-    # What finished agrees: as many COMPLETE Optuna trials as FINISHED MLflow runs. Known gap (issue 10): the
-    # trial running at the interrupt is closed as failed in both and not run again by --resume.
-    assert states.count(optuna.trial.TrialState.COMPLETE) == statuses.count("FINISHED") >= 3
+    # The resume completed exactly the trials that had not finished: four trials, each once, in all three records.
+    assert list(three_records(tmp_path, "ctrl-c").values()) == [("COMPLETE", "FINISHED", "final")] * 4
+    assert not duplicate_steps(tmp_path, "ctrl-c")
+
+
+def test_every_trial_failing_fails_the_search_in_one_line_without_rerunning_a_trial(tmp_path):
+    # A learning rate of 1e9 diverges in the first epoch, on a retry too (the training is seeded).
+    cfg = write_config(tmp_path, "diverge", "", lr=[1.0e9], epochs=[1])
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].update(trials=1, concurrency=1, max_failures=1)
+    cfg.write_text(yaml.safe_dump(data))
+    result = pann("search", str(cfg), cwd=tmp_path)
+    assert result.returncode == 2, result.stdout[-3000:] + result.stderr[-3000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("pann search: error: every trial failed (1); the first: ") and "loss became" in last
+    assert "Traceback" not in result.stderr and "cheapest" not in result.stdout
+    records = three_records(tmp_path, "diverge")
+    assert list(records.values()) == [("FAIL", "FAILED", "error")], records
+    parent, _ = child_runs(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "diverge")
+    assert parent.info.status == "FAILED"
+    # The retry Tune starts (max_failures 1) stops at once, naming the first attempt's failure.
+    errors = [e.read_text() for e in (tmp_path / "runs" / "diverge").glob("*/error.txt")]
+    assert len(errors) == 1
+    for error in errors:
+        assert "TrialCannotSucceed: not run again: its first attempt failed with TrainingDiverged" in error
+    assert "the first: '" not in last  # the line itself, not its repr

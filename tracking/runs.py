@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -23,6 +21,8 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 
 from tracking.pareto import Point
+from tracking.stores import (TrackingUnavailable, artifact_location, check_reachable,  # noqa: F401 (re-exported)
+                            default_tracking_uri)
 
 SEARCH_TAG = "pann.search"
 TRIAL_TAG = "pann.trial_id"
@@ -31,38 +31,6 @@ ERROR_TAG = "pann.error"
 CURVE_PREFIX = "curve_"  # metric histories with step = alpha: the accuracy-vs-alpha curve and its costs
 CURVE_ACCURACY = "curve_accuracy"
 COST_METRICS = ("bootstraps", "levels", "polynomial_levels", "multiplications", "latency_s")
-
-
-class TrackingUnavailable(ConnectionError):
-    """The tracking server does not answer."""
-
-
-def default_tracking_uri(folder: str | Path = ".") -> str:
-    """The embedded store: a sqlite database in ``folder``, as an absolute URI."""
-    return f"sqlite:///{(Path(folder) / 'mlflow.db').resolve()}"
-
-
-def artifact_location(tracking_uri: str) -> str | None:
-    """For a sqlite store, an absolute ``mlartifacts`` folder beside the database (MLflow's default is
-    ``./mlruns`` of whatever directory the process runs in); a server decides for itself."""
-    if not tracking_uri.startswith("sqlite:///"):
-        return None
-    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
-
-
-def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail fast, with the URI in the message, when an HTTP tracking server does not answer."""
-    if not uri.startswith(("http://", "https://")):
-        return
-    try:
-        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError) as exc:
-        problem = str(getattr(exc, "reason", exc))
-    raise TrackingUnavailable(f"MLflow tracking server {uri} is not reachable ({problem}); start it "
-                              "(mlflow server --host 127.0.0.1 ...) or fix tracking.uri")
 
 
 def _params(values: Mapping[str, Any]) -> dict[str, str]:
@@ -88,6 +56,8 @@ class SearchRecorder:
                                                                artifact_location=artifact_location(tracking_uri))
         self.parent_id: str | None = None
         self._trial_runs: dict[str, str] = {}
+        self._logged: dict[str, set[tuple[str, int]]] = {}  # run id -> (metric, step) pairs it holds
+        self._done: set[str] = set()  # trials whose run had FINISHED: a resumed search may run them again
 
     def _find(self, tags: Mapping[str, str]) -> list:
         query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
@@ -116,9 +86,17 @@ class SearchRecorder:
         return dict(self._trial_runs)
 
     def start_trial(self, trial_id: str, params: Mapping[str, Any], name: str | None = None) -> str:
-        """The child run of a trial: reused when it exists (a retried or resumed trial)."""
+        """The child run of a trial: reused when it exists (a retried or resumed trial). A step already in one of
+        its metric histories is not logged again, and a run that FINISHED before is left as it is: every
+        later record of its trial is ignored, so a resume never logs a finished trial twice."""
         if trial_id in self._trial_runs:
             run_id = self._trial_runs[trial_id]
+            run = self.client.get_run(run_id)
+            if run.info.status == RunStatus.to_string(RunStatus.FINISHED):
+                self._done.add(trial_id)
+                return run_id
+            self._logged[run_id] = {(key, m.step) for key in run.data.metrics
+                                    for m in self.client.get_metric_history(run_id, key)}
             self.client.update_run(run_id, status="RUNNING")
             return run_id
         run = self.client.create_run(self.experiment_id, run_name=name or trial_id, tags={
@@ -128,9 +106,14 @@ class SearchRecorder:
         return run.info.run_id
 
     def log_metrics(self, trial_id: str, metrics: Mapping[str, Any], step: int) -> None:
-        now = int(time.time() * 1000)
-        self.client.log_batch(self._trial_runs[trial_id],
-                              metrics=[Metric(k, v, now, step) for k, v in _metrics(metrics).items()])
+        if trial_id in self._done:
+            return
+        now, run_id = int(time.time() * 1000), self._trial_runs[trial_id]
+        logged = self._logged.setdefault(run_id, set())
+        new = [Metric(k, v, now, step) for k, v in _metrics(metrics).items() if (k, step) not in logged]
+        logged.update((m.key, step) for m in new)
+        if new:
+            self.client.log_batch(run_id, metrics=new)
 
     def log_curve(self, trial_id: str, curve: list[Mapping[str, Any]]) -> None:
         """The accuracy-vs-alpha curve as metric histories (step = alpha) and as a JSON artifact."""
@@ -139,10 +122,13 @@ class SearchRecorder:
                 raise ValueError(f"curve alpha {point['alpha']} is not a whole number: MLflow steps are integers")
             self.log_metrics(trial_id, {CURVE_PREFIX + k: v for k, v in point.items() if k != "alpha"},
                              int(point["alpha"]))
-        self.client.log_dict(self._trial_runs[trial_id], list(curve), "curve.json")
+        if trial_id not in self._done:
+            self.client.log_dict(self._trial_runs[trial_id], list(curve), "curve.json")
 
     def log_dict(self, trial_id: str | None, data: Any, name: str) -> None:
         """A JSON artifact of a trial's run (or of the search's, ``trial_id=None``)."""
+        if trial_id in self._done:
+            return
         self.client.log_dict(self.parent_id if trial_id is None else self._trial_runs[trial_id], data, name)
 
     def log_artifact_text(self, trial_id: str | None, text: str, name: str) -> None:
@@ -150,12 +136,14 @@ class SearchRecorder:
         self.client.log_text(run_id, text, name)
 
     def set_tag(self, trial_id: str | None, key: str, value: str) -> None:
+        if trial_id in self._done:
+            return
         self.client.set_tag(self.parent_id if trial_id is None else self._trial_runs[trial_id], key, value)
 
     def finish_trial(self, trial_id: str, status: str, error: str | None = None) -> None:
         """End a trial's run: FINISHED, KILLED (pruned or stopped) or FAILED (with its error)."""
         run_id = self._trial_runs.get(trial_id)
-        if run_id is None:
+        if run_id is None or trial_id in self._done:
             return
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error[-5000:])
@@ -184,6 +172,11 @@ def find_search(client: MlflowClient, name: str) -> str:
     runs = client.search_runs(experiments, f"tags.`{SEARCH_TAG}` = '{name}'") if experiments else []
     if not runs:
         raise ValueError(f"no search named {name!r} in {client.tracking_uri}")
+    if len(runs) > 1:  # the same name in several experiments: which one is meant is the user's to say
+        names = {e.experiment_id: e.name for e in client.search_experiments()}
+        found = ", ".join(f"experiment {names.get(r.info.experiment_id, r.info.experiment_id)!r}: run "
+                          f"{r.info.run_id}" for r in runs)
+        raise ValueError(f"search {name!r} is recorded {len(runs)} times ({found}); choose one with --run-id")
     return runs[0].info.run_id
 
 
@@ -226,3 +219,31 @@ def trial_points(client: MlflowClient, parent_id: str) -> list[Point]:
                             params=dict(run.data.params),
                             costs={k: metrics[k] for k in COST_METRICS if k in metrics}))
     return points
+
+
+def _store_exists(uri: str) -> bool:
+    return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
+
+
+def recorded_search(uri: str, experiment: str, name: str) -> tuple[list[str], int] | None:
+    """Read only (a sqlite store that is not there is not created): the run ids of search ``name`` in
+    ``experiment`` (its parent first, then its trials' runs) and how many trial runs FINISHED; None if none."""
+    if not _store_exists(uri):
+        return None
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([found.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}'") if found else []
+    if not parents:
+        return None
+    children = [r for p in parents for r in client.search_runs(
+        [found.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{p.info.run_id}'")]
+    finished = sum(r.info.status == RunStatus.to_string(RunStatus.FINISHED) for r in children)
+    return [r.info.run_id for r in parents + children], finished
+
+
+def discard_runs(uri: str, run_ids: list[str]) -> None:
+    """Delete runs (MLflow's soft delete: they leave every search and listing, the store's garbage
+    collection removes them for good)."""
+    client = MlflowClient(uri)
+    for run_id in run_ids:
+        client.delete_run(run_id)

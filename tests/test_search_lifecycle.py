@@ -1,0 +1,107 @@
+"""What a search does with an earlier run of itself, decided before Ray starts (:mod:`search.preflight`), and how
+it closes the Optuna trials a time budget cut off. Real Optuna, MLflow and Tune's own test for a resumable
+experiment; no Ray instance (issue 10, cases 4, 7, 8 and the time budget of case 10)."""
+
+import json
+import socket
+import time
+
+import optuna
+import pytest
+import yaml
+
+from search import config, preflight
+from search.preflight import SearchError, plan
+from tests.test_search_cluster import write_config
+from tracking.runs import SearchRecorder, recorded_search
+
+
+@pytest.fixture
+def search(tmp_path):
+    path = write_config(tmp_path, "s", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return config.load(path)
+
+
+def leave_mlflow_runs(search, finished: int) -> list[str]:
+    recorder = SearchRecorder(search.tracking_uri, search.experiment)
+    recorder.start_search(search.name, {"target_accuracy": search.target_accuracy})
+    for n in range(finished):
+        recorder.start_trial(f"optuna-{n}", {"alpha": 6})
+        recorder.finish_trial(f"optuna-{n}", "FINISHED")
+    recorder.finish_search("KILLED")
+    return recorded_search(search.tracking_uri, search.experiment, search.name)[0]
+
+
+def leave_a_study(search) -> None:
+    """What a driver killed within a second leaves: the Optuna database, no Tune experiment."""
+    search.run_dir.mkdir(parents=True)
+    optuna.create_study(study_name=search.name, storage=f"sqlite:///{search.run_dir / 'optuna.db'}")
+
+
+def test_a_search_that_never_finished_a_trial_is_started_again_by_resume(search):
+    leave_a_study(search)
+    leave_mlflow_runs(search, finished=0)
+    with pytest.raises(SearchError, match=r"already exists \(.*runs/s and MLflow experiment 'cluster-test'\); "
+                                          r"pass --resume to continue it, --force-new"):
+        plan(search, resume=False, force_new=False)
+    assert plan(search, resume=True, force_new=False) is False  # starts anew...
+    assert not search.run_dir.exists()  # ...after discarding what the dead start left
+    assert recorded_search(search.tracking_uri, search.experiment, search.name) is None
+    with pytest.raises(SearchError, match="nothing to resume: no search 's'"):
+        plan(search, resume=True, force_new=False)
+
+
+def test_runs_gone_while_mlflow_has_finished_trials_needs_force_new(search):
+    runs = leave_mlflow_runs(search, finished=2)
+    with pytest.raises(SearchError, match=r"nothing to resume: .* hold\(s\) 2 finished trial\(s\); pass --force-new"):
+        plan(search, resume=True, force_new=False)
+    assert recorded_search(search.tracking_uri, search.experiment, search.name)[0] == runs  # nothing discarded
+    assert plan(search, resume=False, force_new=True) is False
+    assert recorded_search(search.tracking_uri, search.experiment, search.name) is None
+    assert not SearchRecorder(search.tracking_uri, search.experiment).search_exists(search.name)
+
+
+def test_resume_refuses_any_changed_field_naming_both_values(search, tmp_path):
+    search.run_dir.mkdir(parents=True)
+    (search.run_dir / "tuner.pkl").write_bytes(b"")  # what Tune.can_restore looks for
+    preflight.record_config(search)
+    assert plan(search, resume=True, force_new=False) is True
+    data = yaml.safe_load((tmp_path / "s.yaml").read_text())
+    data["target_accuracy"] = 0.5
+    data["budget"]["trials"] = 6
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
+    edited = config.load(tmp_path / "s.yaml")
+    with pytest.raises(SearchError) as refused:
+        plan(edited, resume=True, force_new=False)
+    for changed in ("budget.trials: 4 when it started, 6 now", "target_accuracy: 0.3 when it started, 0.5 now"):
+        assert changed in str(refused.value)
+    assert json.loads((search.run_dir / "search.json").read_text())["target_accuracy"] == 0.3
+
+
+def test_an_address_where_nothing_listens_fails_within_seconds():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: connections are refused
+        started = time.monotonic()
+        with pytest.raises(SearchError, match=f"--address 127.0.0.1:{port}: nothing answers at 127.0.0.1:{port}"):
+            preflight.check_address(f"127.0.0.1:{port}")
+    assert time.monotonic() - started < 30
+    with pytest.raises(SearchError, match="expected auto, HOST:PORT"):
+        preflight.check_address("nowhere")
+
+
+def test_trials_a_time_budget_stopped_are_pruned_in_optuna(search, tmp_path):
+    from search.runner import _close_unfinished_optuna_trials, _ending
+
+    search.run_dir.mkdir(parents=True)
+    study = optuna.create_study(study_name=search.name, storage=f"sqlite:///{search.run_dir / 'optuna.db'}",
+                                directions=["minimize", "maximize"])
+    running = study.ask()
+    budget = config.from_dict({**yaml.safe_load((tmp_path / "s.yaml").read_text()),
+                               "budget": {"trials": 4, "time_s": 5}})
+    assert _ending(budget, [], seconds=6) == "budget"
+    _close_unfinished_optuna_trials(budget, "budget")
+    assert study.trials[running.number].state == optuna.trial.TrialState.PRUNED
+    interrupted = study.ask()
+    _close_unfinished_optuna_trials(search, "interrupted")  # left for --resume to run
+    assert study.trials[interrupted.number].state == optuna.trial.TrialState.RUNNING
