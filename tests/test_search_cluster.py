@@ -116,14 +116,16 @@ def alive_nodes(address: str, env: dict) -> int:
     return active.count("node_")
 
 
-def write_config(folder: Path, name: str, tracking_uri: str, **space) -> Path:
+def write_config(folder: Path, name: str, tracking_uri: str, compile: bool = False, **space) -> Path:
+    """A tiny search on synthetic data. Eager PANNs unless ``compile``: each training trial starts a new worker,
+    where compiling the kernels costs more than the trial (the cluster test runs the compiled default)."""
     data = {"name": name, "target_accuracy": 0.3,
             "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100,
                          "calibration_size": 100},
             "training": {"batch_size": 16, "train_limit": 256, "lr": 0.05, "amp": False},
             "space": {"alpha": [6, 8], "epochs": [2], "correction": ["none", "compensate"], **space},
             "budget": {"trials": 4, "concurrency": 2, "max_failures": 0},
-            "search": {"seed": 0, "early_stopping": False, "neighbours": 1},
+            "search": {"seed": 0, "early_stopping": False, "neighbours": 1, "compile": compile},
             "storage": str(folder / "runs"), "tracking": {"uri": tracking_uri, "experiment": "cluster-test"}}
     path = folder / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -143,7 +145,7 @@ def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflo
     env = two_node_cluster["env"]
     assert alive_nodes(two_node_cluster["address"], env) == 2
     # lr 1e9 makes some trials diverge: each is recorded FAILED and the search goes on.
-    cfg = write_config(tmp_path, "job", mlflow_server, lr=[0.05, 1.0e9])
+    cfg = write_config(tmp_path, "job", mlflow_server, compile=True, lr=[0.05, 1.0e9])
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster["dashboard"], "--",
          sys.executable, "-m", "search.cli", "search", str(cfg), "--address", "auto"],
