@@ -7,12 +7,24 @@ import torch
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
 
+def pytest_configure(config):
+    # With pytest-xdist (the default: two workers, see pyproject.toml) each worker uses one of the two cores.
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        torch.set_num_threads(1)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def approximation_cache(tmp_path_factory):
-    """A fresh on-disk approximation cache per test session, so tests solve from scratch."""
+    """A fresh on-disk approximation cache per test session, so tests solve from scratch; shared by the
+    session's xdist workers (the catalog writes each file atomically, so a set two workers solve at once is
+    written twice with the same content)."""
     from pann import catalog
 
-    path = tmp_path_factory.mktemp("pann-cache")
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        path = tmp_path_factory.mktemp("pann-cache")
+    else:
+        path = tmp_path_factory.getbasetemp().parent / "pann-cache"
+        path.mkdir(exist_ok=True)
     old = os.environ.get("PANN_CACHE_DIR")
     os.environ["PANN_CACHE_DIR"] = str(path)
     catalog._cached.cache_clear()

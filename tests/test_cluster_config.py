@@ -16,6 +16,10 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+# pytest-xdist (pyproject.toml): its module fixtures are computed once, in one worker.
+pytestmark = pytest.mark.xdist_group("cluster-config")
+
+
 CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"
 ONPREM_BEGIN = "# --- on-prem variant begins ---"
 ONPREM_END = "# --- on-prem variant ends ---"

@@ -18,6 +18,10 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
+# pytest-xdist (pyproject.toml): searches that start Ray and time their signals: one after the other.
+pytestmark = pytest.mark.xdist_group("ray-searches")
+
+
 BIN = Path(sys.executable).parent
 
 

@@ -17,6 +17,10 @@ from mlflow import MlflowClient
 
 from tests.test_search_cluster import child_runs, wait_for, write_config
 
+# pytest-xdist (pyproject.toml): searches that start Ray and time their signals: one after the other.
+pytestmark = pytest.mark.xdist_group("ray-searches")
+
+
 ROOT = Path(__file__).resolve().parents[1]
 
 

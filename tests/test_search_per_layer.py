@@ -17,6 +17,10 @@ from search.runner import run_search
 from tests.test_search_cluster import child_runs, mlflow_server  # noqa: F401 - a fixture
 
 
+# pytest-xdist (pyproject.toml): searches that start Ray and time their signals: one after the other.
+pytestmark = pytest.mark.xdist_group("ray-searches")
+
+
 STAGES = ["stem", "layer1", "layer2", "layer3"]
 
 
