@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pann.cli import build_parser
+from pann.cli import build_parser, progress_line
 
 _FORMATS = (".csv", ".json", ".png", ".html")
 
@@ -20,18 +20,8 @@ def cmd_search(args: argparse.Namespace) -> None:
 
     search = config.load(args.config)
     download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
-    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line())
+    outcome = run_search(search, address=args.address, resume=args.resume, progress=progress_line())
     print_outcome(outcome, search)
-
-
-def _progress_line():
-    """One status line on stderr: rewritten in place on a terminal, a line per update otherwise."""
-    def show(line: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-    return show
 
 
 def _costs(point) -> str:
@@ -121,6 +111,38 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"--weights {args.out / 'backbone.pt'} --spec {args.out / 'answer_spec.json'}")
 
 
+def cmd_fhe_check(args: argparse.Namespace) -> None:
+    """``pann fhe-check``; with ``--run-id``, the answer of that search, its results recorded under its run."""
+    import tempfile
+
+    from pann.fhe_cli import fhe_check
+    from pann.weights import WEIGHTS
+
+    if not args.run_id:
+        return fhe_check(args)
+    from mlflow import MlflowClient
+
+    from tracking.checks import answer_source, log_check
+    from tracking.runs import check_reachable
+
+    uri = args.tracking_uri or _default_store()
+    check_reachable(uri)
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory(prefix="pann-fhe-spec-") as folder:
+        source = answer_source(client, args.run_id, folder)
+        if args.model and args.model != source.model:
+            raise ValueError(f"--model {args.model}, but search run {args.run_id} is of {source.model}")
+        args.spec, args.model, args.dataset = source.spec, source.model, source.dataset
+        args.weights = args.weights or source.weights or None
+        if args.weights and not Path(args.weights).is_file() and args.weights not in WEIGHTS:
+            raise ValueError(f"the answer's backbone weights {args.weights} (recorded by run {args.run_id}) are "
+                             "not on this machine; pass --weights")
+        recorded = []
+        fhe_check(args, record=lambda report: recorded.append(log_check(client, args.run_id, report)))
+    if recorded:
+        print(f"recorded under MLflow run {args.run_id} ({uri}): metrics fhe_check/..., artifact {recorded[0]}")
+
+
 def _default_store() -> str:
     from tracking.runs import default_tracking_uri
 
@@ -173,6 +195,7 @@ def build_full_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=int, default=5000)
     ui.set_defaults(run=cmd_ui)
+    sub.choices["fhe-check"].set_defaults(run=cmd_fhe_check)  # --run-id reads and records MLflow runs
     return parser
 
 
