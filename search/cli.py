@@ -140,7 +140,8 @@ def cmd_fhe_check(args: argparse.Namespace) -> None:
         recorded = []
         fhe_check(args, record=lambda report: recorded.append(log_check(client, args.run_id, report)))
     if recorded:
-        print(f"recorded under MLflow run {args.run_id} ({uri}): metrics fhe_check/..., artifact {recorded[0]}")
+        print(f"recorded under MLflow run {args.run_id} ({uri}): metrics fhe_check/..., artifact {recorded[0]}",
+              file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds the report alone
 
 
 def _default_store() -> str:

@@ -96,12 +96,13 @@ def test_run_id_checks_the_answer_encrypted_and_records_it_under_the_run(store, 
     monkeypatch.setattr(fhe_cli, "_predicted_bootstraps", lambda _: 0)
     monkeypatch.setenv("GOGC", "20")
     code = main(["fhe-check", "--run-id", ids["found"], "--tracking-uri", uri, "--params", "insecure-test", "--json"])
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out, err = capsys.readouterr()
+    assert code == 0, err
     spec = json.loads(open(MlflowClient(uri).download_artifacts(ids["found"], "answer_spec.json",
                                                                  str(tmp_path))).read())
     assert seen == [(spec, "resnet20", "synthetic")]
-    report = json.loads(out[:out.rindex("}") + 1])
+    report = json.loads(out)  # stdout holds the report alone; where it was recorded goes to stderr
+    assert f"recorded under MLflow run {ids['found']}" in err
     results = report["results"]
     assert [r["bootstraps"] for r in results] == [0, 0] and report["depth"] == 10 and not report["secure"]
     assert all(r["agrees"] and r["max_logit_error"] < TOLERANCE for r in results)
