@@ -35,8 +35,9 @@ class Progress:
         if self.stage == "compile":
             return f"compiling {self.step}/{self.steps}: {self.detail} [{_duration(self.elapsed_s)}]"
         left = "" if self.left_s is None else f", about {_duration(self.left_s)} left"
+        plural = "" if self.bootstraps == 1 else "s"
         return (f"image {self.image}/{self.images}: layer {self.step}/{self.steps} {self.detail}, "
-                f"{self.bootstraps} bootstraps [{_duration(self.elapsed_s)}{left}]")
+                f"{self.bootstraps} bootstrap{plural} [{_duration(self.elapsed_s)}{left}]")
 
 
 def _duration(seconds: float) -> str:
