@@ -85,7 +85,8 @@ def main() -> None:
           f"{100 * pann_accuracy:.1f}% on 1000 test images")
     images = next(test_set.subset(slice(0, args.images)).batches(args.images))[0]
     fit_images = next(calibration.batches(64))[0]
-    results = fhe.check(pann, images, args.params, calibration=fit_images)
+    report = fhe.check(pann, images, args.params, calibration=fit_images)
+    results = report.results
     for r in results:
         print(r.to_dict())
     agree = sum(r.agrees for r in results)
@@ -95,7 +96,7 @@ def main() -> None:
         args.out.write_text(json.dumps({
             "model": model.name, "alpha": args.alpha, "degrees": list(approximation.degrees),
             "params": args.params, "backbone_accuracy": backbone, "pann_accuracy": pann_accuracy,
-            "results": [r.to_dict() for r in results]}, indent=2) + "\n")
+            **report.to_dict()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

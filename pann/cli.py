@@ -9,6 +9,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 import time
@@ -55,6 +56,28 @@ def cmd_approx(args: argparse.Namespace) -> None:
         label = f"{target:g}" if target is not None else "-"
         print(f"{label:>5}  {approx.family:<13} {_approx_row(approx)}")
     print("precision: -log2 max|r(t) - ReLU(t)| on [-1, 1]; depth and non-scalar multiplications of one ReLU")
+
+
+def progress_line(every_s: float = 0.0, stream=None):
+    """A status line for slow work: ``show(text)`` rewrites it in place on a terminal; elsewhere (a log file)
+    it prints a line at most every ``every_s`` seconds, and always when ``final``. ``show(None)`` ends it."""
+    stream = stream or sys.stderr
+    tty = stream.isatty()
+    shown = {"at": -math.inf, "open": False}
+
+    def show(text: str | None, final: bool = False) -> None:
+        if text is None:
+            if shown["open"]:
+                print(file=stream, flush=True)
+            shown["open"] = False
+            return
+        if tty:
+            print(f"\r\033[K{text}", end="", file=stream, flush=True)
+            shown["open"] = True
+        elif final or time.monotonic() - shown["at"] >= every_s:
+            print(text, file=stream, flush=True)
+            shown["at"] = time.monotonic()
+    return show
 
 
 def weights_file(args: argparse.Namespace):
@@ -241,12 +264,15 @@ def cmd_train(args: argparse.Namespace) -> None:
 def cmd_fhe_check(args: argparse.Namespace) -> None:
     from pann.fhe_cli import fhe_check
 
+    if args.run_id:
+        raise UsageError("--run-id reads the search's MLflow records: run it with the `pann` command "
+                         "(python -m search.cli), not python -m pann.cli")
     fhe_check(args)
 
 
-def _model_source(command: argparse.ArgumentParser) -> None:
+def _model_source(command: argparse.ArgumentParser, model_required: bool = True) -> None:
     """The options that name a model, its weights and its data, shared by the commands that build one."""
-    command.add_argument("--model", required=True,
+    command.add_argument("--model", required=model_required,
                          help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
     command.add_argument("--weights", help="state dict, pann checkpoint or a name from `pann weights` "
                          "(default: untrained)")
@@ -311,11 +337,14 @@ def _add_numerical_commands(sub) -> None:
 
 def _add_fhe_check(sub) -> None:
     fc = sub.add_parser("fhe-check", help="run a PANN under CKKS encryption (Orion) and compare with plaintext")
-    _model_source(fc)
+    _model_source(fc, model_required=False)
     source = fc.add_mutually_exclusive_group(required=True)
     source.add_argument("--alpha", type=float, help="one precision for every ReLU, in bits (per-layer B calibrated)")
     source.add_argument("--spec", type=Path, help="a PANN spec file (per-layer B and polynomials, e.g. a search's "
                         "answer_spec.json)")
+    source.add_argument("--run-id", help="a search's MLflow parent run: check its answer (answer_spec.json, model, "
+                        "backbone weights from the run) and record the results under that run")
+    fc.add_argument("--tracking-uri", help="with --run-id: the MLflow store (default: ./mlflow.db)")
     fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
     fc.add_argument("--params", default="leveled-128",
                     help="preset (bootstrap-128, leveled-128, insecure-test) or a YAML file (default leveled-128)")

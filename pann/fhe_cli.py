@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
+import resource
 import sys
+from collections.abc import Callable
 
 from pann.catalog import check_alpha, relu_for_precision
 from pann.fhe_params import load_params
@@ -38,11 +39,14 @@ def _fhe_pann(args: argparse.Namespace):
     return pann, images, next(calibration.batches(args.fit_images))[0]
 
 
-def fhe_check(args: argparse.Namespace) -> None:
-    """``pann fhe-check``: build the PANN, check it encrypted, print one row per image."""
+def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = None) -> None:
+    """``pann fhe-check``: build the PANN, check it encrypted, print one row per image. ``record``, if given,
+    receives the report (JSON-able: parameters, cost model, compile seconds, peak memory, per-image results)."""
     from pann import fhe
-    from pann.cli import UsageError
+    from pann.cli import UsageError, progress_line
 
+    if not args.model:
+        raise UsageError("--model is required with --alpha or --spec")
     params = load_params(args.params)
     os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
     try:
@@ -54,20 +58,39 @@ def fhe_check(args: argparse.Namespace) -> None:
     if args.dry_run:
         print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
         return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir)
+    show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
+    check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
+                      progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps))
+    show(None)
+    report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
+              "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
+              "peak_memory_gib": _peak_memory_gib(), **check.to_dict()}
+    if record is not None:
+        record(report)
     if args.json:
-        json.dump({"params": params.name, "secure": params.secure, "cost_model_bootstraps": predicted,
-                   "results": [r.to_dict() for r in results]}, sys.stdout, indent=2)
+        json.dump(report, sys.stdout, indent=2)
         print()
         return
+    _print_results(check, predicted)
+
+
+def _print_results(check, predicted: int) -> None:
     print(f"{'image':>5} {'encrypted':>9} {'plaintext':>9} {'max error':>10} {'levels':>6} {'boots':>5} {'seconds':>8}")
-    for r in results:
+    for r in check.results:
         print(f"{r.index:>5} {r.encrypted_class:>9} {r.plaintext_class:>9} {r.max_logit_error:>10.3g} "
               f"{r.levels:>6} {r.bootstraps:>5} {r.seconds:>8.1f}")
-    print(f"{sum(r.agrees for r in results)}/{len(results)} agree with the plaintext PANN under {params.name}"
-          + ("" if params.secure else " (INSECURE test parameters)"))
-    print(f"cost model (preset orion-resnet) predicts {predicted} bootstraps per image for this PANN")
+    print(f"{sum(r.agrees for r in check.results)}/{len(check.results)} agree with the plaintext PANN under "
+          f"{check.params}" + ("" if check.secure else " (INSECURE test parameters)")
+          + f"; compiled in {check.compile_seconds:.1f} s, peak memory {_peak_memory_gib():.1f} GiB")
+    print(f"cost model (preset {COST_PRESET}) predicts {predicted} bootstraps per image for this PANN")
+
+
+def _peak_memory_gib() -> float:
+    """This process's peak resident memory (Lattigo's Go heap included: it runs in-process)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+COST_PRESET = "orion-resnet"
 
 
 def _predicted_bootstraps(pann) -> int:
@@ -75,4 +98,4 @@ def _predicted_bootstraps(pann) -> int:
     from pann.cost_presets import load_preset
     from pann.network_cost import network_cost
 
-    return network_cost(pann, load_preset("orion-resnet")).bootstraps
+    return network_cost(pann, load_preset(COST_PRESET)).bootstraps

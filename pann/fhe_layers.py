@@ -63,18 +63,22 @@ def _classes(on):
             return self.mult2(t, self.sign(t)) if self.composite else self.sign(t)
 
     class Network(on.Module):
-        """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it."""
+        """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it; ``on_step``, if
+        set, is called with ``(layers done, layers, name)`` after each (the progress of an encrypted run)."""
 
         def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, tuple[str, ...]]], output: str):
             super().__init__()
             self.layers = nn.ModuleDict(layers)
             self.steps = steps
             self.output = output
+            self.on_step = None
 
         def forward(self, x):
             env = {"input": x}
-            for layer, inputs in self.steps:
+            for done, (layer, inputs) in enumerate(self.steps, 1):
                 env[layer] = self.layers[layer](*(env[i] for i in inputs))
+                if self.on_step is not None:
+                    self.on_step(done, len(self.steps), layer)
             return env[self.output]
 
     return Stage, EncryptedReLU, Network

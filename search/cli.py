@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pann.cli import build_parser
+from pann.cli import build_parser, progress_line
 
 _FORMATS = (".csv", ".json", ".png", ".html")
 
@@ -26,19 +26,9 @@ def cmd_search(args: argparse.Namespace) -> None:
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # SIGTERM ends a search as Ctrl-C does: Tune stops, records what finished, and --resume continues it.
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    outcome = run_search(search, address=args.address, resume=args.resume, progress=_progress_line(),
+    outcome = run_search(search, address=args.address, resume=args.resume, progress=progress_line(),
                          force_new=args.force_new)
     print_outcome(outcome, search)
-
-
-def _progress_line():
-    """One status line on stderr: rewritten in place on a terminal, a line per update otherwise."""
-    def show(line: str) -> None:
-        if sys.stderr.isatty():
-            print(f"\r\033[K{line}", end="", file=sys.stderr, flush=True)
-        else:
-            print(line, file=sys.stderr, flush=True)
-    return show
 
 
 def _costs(point) -> str:
@@ -124,6 +114,37 @@ def cmd_export(args: argparse.Namespace) -> None:
           f"--weights {args.out / 'backbone.pt'} --spec {args.out / 'answer_spec.json'}")
 
 
+def cmd_fhe_check(args: argparse.Namespace) -> None:
+    """``pann fhe-check``; with ``--run-id``, the answer of that search, its results recorded under its run."""
+    import tempfile
+
+    from pann.fhe_cli import fhe_check
+    from pann.weights import WEIGHTS
+
+    if not args.run_id:
+        return fhe_check(args)
+    from mlflow import MlflowClient
+
+    from tracking.checks import answer_source, log_check
+
+    uri = _store(args)  # a server must answer; a sqlite file must exist
+    client = MlflowClient(uri)
+    with tempfile.TemporaryDirectory(prefix="pann-fhe-spec-") as folder:
+        source = answer_source(client, args.run_id, folder)
+        if args.model and args.model != source.model:
+            raise ValueError(f"--model {args.model}, but search run {args.run_id} is of {source.model}")
+        args.spec, args.model, args.dataset = source.spec, source.model, source.dataset
+        args.weights = args.weights or source.weights or None
+        if args.weights and not Path(args.weights).is_file() and args.weights not in WEIGHTS:
+            raise ValueError(f"the answer's backbone weights {args.weights} (recorded by run {args.run_id}) are "
+                             "not on this machine; pass --weights")
+        recorded = []
+        fhe_check(args, record=lambda report: recorded.append(log_check(client, args.run_id, report)))
+    if recorded:
+        print(f"recorded under MLflow run {args.run_id} ({uri}): metrics fhe_check/..., artifact {recorded[0]}",
+              file=sys.stderr if args.json else sys.stdout)  # --json: stdout holds the report alone
+
+
 def _store(args: argparse.Namespace) -> str:
     """The MLflow store a reading command opens: ``--tracking-uri`` or ./mlflow.db, which must exist (a mistyped
     path must not create a folder and an empty database) or answer (a server)."""
@@ -206,6 +227,7 @@ def build_full_parser() -> argparse.ArgumentParser:
     ui.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
     ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(run=cmd_ui)
+    sub.choices["fhe-check"].set_defaults(run=cmd_fhe_check)  # --run-id reads and records MLflow runs
     return parser
 
 

@@ -114,3 +114,17 @@ def test_resumed_training_is_logged_on_stderr(tmp_path):
     assert "epoch 1/1" not in again.stdout  # the finished epoch is not trained again
     assert torch.load(tmp_path / "b.pt", weights_only=True)["history"] == torch.load(
         tmp_path / "a.pt", weights_only=True)["history"]
+
+
+def test_progress_line_in_a_log_prints_at_most_every_interval_and_always_the_final_lines():
+    import io
+
+    from pann.cli import progress_line
+
+    stream = io.StringIO()  # not a terminal
+    show = progress_line(every_s=3600, stream=stream)
+    show("compiling 1/5")
+    show("compiling 2/5")  # within the hour: left out
+    show("image 1/2: layer 71/71", final=True)
+    show(None)
+    assert stream.getvalue() == "compiling 1/5\nimage 1/2: layer 71/71\n"

@@ -167,21 +167,36 @@ def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
     from pann import fhe
 
     pann, data = cnn_pann
-    results = fhe.check(pann, data[:1], "insecure-test", calibration=data)
-    (result,) = results
-    assert result.levels == 16 and result.bootstraps >= 1
+    seen = []
+    report = fhe.check(pann, data[:1], "insecure-test", calibration=data, progress=seen.append)
+    (result,) = report.results
+    assert result.levels == report.depth == 16 and result.bootstraps >= 1 and report.bootstrapping
     assert result.agrees and result.max_logit_error < TOLERANCE
+    # Progress: Orion's five compile phases in order, then every layer of the image, the last with its bootstraps.
+    phases = [p.step for p in seen if p.stage == "compile"]
+    assert sorted(set(phases)) == [1, 2, 3, 4, 5] and phases == sorted(phases)
+    steps = [p for p in seen if p.stage == "image"]
+    assert [p.step for p in steps] == list(range(1, 12)) and steps[-1].steps == 11
+    assert steps[-1].bootstraps == result.bootstraps and steps[-1].elapsed_s >= report.compile_seconds
 
 
-@needs_orion
-def test_mlp_agrees_under_encryption_without_bootstrapping():
-    from pann import fhe
+def test_progress_reads_orion_compile_lines_and_estimates_the_time_left():
+    from pann.fhe_progress import CompileLines, Progress, images_left
 
-    data = torch.randn(32, 1, 4, 4)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 4)).eval()
-    results = fhe.check(_pann(model, data, degrees=(7, 7)), data[:2], "insecure-test")
-    assert [r.bootstraps for r in results] == [0, 0] and results[0].levels == 10
-    assert all(r.agrees and r.max_logit_error < TOLERANCE for r in results)
+    seen = []
+    lines = CompileLines(seen.append, clock=lambda: 75.0)
+    for line in ["Processing input data", "{1} Finding per-layer input/output ranges and shapes...",
+                 "{3} Generating matrix diagonals...", "Packing layers.conv1:", "{5} Compiling network layers...",
+                 "├── layers.relu1.mult1 @ level=9", "done! [0.1 secs.]"]:
+        lines(line)
+    assert [(p.step, p.detail) for p in seen] == [
+        (1, "Finding per-layer input/output ranges and shapes"), (3, "Generating matrix diagonals"),
+        (3, "Generating matrix diagonals: layers.conv1"), (5, "Compiling network layers"),
+        (5, "Compiling network layers: layers.relu1.mult1")]
+    assert seen[0].line() == "compiling 1/5: Finding per-layer input/output ranges and shapes [1m15s]"
+    assert images_left([], 3, 0.5) is None and images_left([10.0, 20.0], 3, 0.5) == pytest.approx(7.5)
+    image = Progress("image", 35, 71, "layer2_0_relu", 912.0, 2, 3, 9, 600.0)
+    assert image.line() == "image 2/3: layer 35/71 layer2_0_relu, 9 bootstraps [15m12s, about 10m00s left]"
 
 
 def test_importing_pann_never_imports_the_fhe_library():
@@ -190,14 +205,17 @@ def test_importing_pann_never_imports_the_fhe_library():
     assert run.stdout.strip() == "False", run.stderr
 
 
-@pytest.mark.parametrize("params,needs,expected", [
-    ("no-such-preset", None, "neither a file nor a preset"),
-    ("leveled-128", False, "pip install 'pann[fhe]'"),
+# The back end made unimportable (as where it is not installed), so the hint is tested with Orion installed too.
+_WITHOUT_ORION = "import sys; sys.modules['orion'] = None; from pann.cli import main; sys.exit(main())"
+
+
+@pytest.mark.parametrize("params,blocked,expected", [
+    ("no-such-preset", False, "neither a file nor a preset"),
+    ("leveled-128", True, "the FHE back end is not installed: pip install 'pann[fhe]'"),
 ])
-def test_cli_explains_bad_input_in_one_line(params, needs, expected):
-    if needs is not None and needs != HAVE_ORION:
-        pytest.skip("orion-fhe is " + ("not " if needs else "") + "installed")
-    args = [sys.executable, "-m", "pann.cli", "fhe-check", "--model", "resnet20", "--alpha", "6", "--dataset",
+def test_cli_explains_bad_input_in_one_line(params, blocked, expected):
+    start = ["-c", _WITHOUT_ORION] if blocked else ["-m", "pann.cli"]
+    args = [sys.executable, *start, "fhe-check", "--model", "resnet20", "--alpha", "6", "--dataset",
             "synthetic", "--calibration-size", "16", "--fit-images", "2", "--params", params]
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
