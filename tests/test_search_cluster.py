@@ -18,8 +18,8 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-# pytest-xdist (pyproject.toml): searches that start Ray and time their signals: one after the other.
-pytestmark = pytest.mark.xdist_group("ray-searches")
+# pytest-xdist (pyproject.toml): its module fixtures (a Ray cluster, an MLflow server) start once, in one worker.
+pytestmark = pytest.mark.xdist_group("search-cluster")
 
 
 BIN = Path(sys.executable).parent

@@ -17,8 +17,9 @@ from mlflow import MlflowClient
 
 from tests.test_search_cluster import child_runs, wait_for, write_config
 
-# pytest-xdist (pyproject.toml): searches that start Ray and time their signals: one after the other.
-pytestmark = pytest.mark.xdist_group("ray-searches")
+# pytest-xdist (pyproject.toml): these searches time their signals to the trials' progress: one after the
+# other, in one worker.
+pytestmark = pytest.mark.xdist_group("ray-signals")
 
 
 ROOT = Path(__file__).resolve().parents[1]

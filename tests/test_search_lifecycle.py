@@ -15,10 +15,6 @@ from tests.test_search_cluster import write_config
 from tracking.runs import SearchRecorder, recorded_search
 
 
-# pytest-xdist (pyproject.toml): searches that start Ray and time their signals: one after the other.
-pytestmark = pytest.mark.xdist_group("ray-searches")
-
-
 @pytest.fixture
 def search(tmp_path):
     path = write_config(tmp_path, "s", f"sqlite:///{tmp_path / 'mlflow.db'}")
