@@ -15,9 +15,8 @@ from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Metric
-from mlflow.exceptions import MlflowException
 
-from tracking.runs import SEARCH_TAG, _metrics
+from tracking.runs import _metrics, search_parent_run
 
 ANSWER_SPEC = "answer_spec.json"
 CHECK_TAG = "pann.fhe_check"
@@ -40,14 +39,7 @@ def answer_source(client: MlflowClient, run_id: str, folder: str | Path) -> Answ
 
     Raises ``ValueError`` (one line) when the run does not exist, is not a search's parent run, or has no answer.
     """
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        raise ValueError(f"no run {run_id!r} in {client.tracking_uri}") from None
-    if SEARCH_TAG not in run.data.tags:
-        raise ValueError(f"run {run_id!r} is not the parent run of a search (no {SEARCH_TAG} tag)")
+    run = search_parent_run(client, run_id)
     if ANSWER_SPEC not in {a.path for a in client.list_artifacts(run_id)}:
         raise ValueError(f"search run {run_id} has no answer ({ANSWER_SPEC}): it found no PANN meeting its "
                          "target, or has not finished")

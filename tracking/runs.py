@@ -191,20 +191,26 @@ def _curve_points(client: MlflowClient, run) -> list[Point]:
             for step, value in sorted(accuracy.items())]
 
 
+def search_parent_run(client: MlflowClient, run_id: str):
+    """The run ``run_id``, which must be the parent run of a search (else ``ValueError``, one line)."""
+    try:
+        run = client.get_run(run_id)
+    except MlflowException as exc:
+        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            raise
+        raise ValueError(f"no run {run_id!r} in {client.tracking_uri}") from None
+    if SEARCH_TAG not in run.data.tags:
+        raise ValueError(f"run {run_id!r} is not the parent run of a search (no {SEARCH_TAG} tag)")
+    return run
+
+
 def trial_points(client: MlflowClient, parent_id: str) -> list[Point]:
     """Every measured point of a search's FINISHED child runs: the (trial, alpha) points of their curve
     histories, or, for a per-layer trial, its one point (mean alpha) from its final metrics.
 
     Raises ``ValueError`` when ``parent_id`` is not the parent run of a search in this store.
     """
-    try:
-        parent = client.get_run(parent_id)
-    except MlflowException as exc:
-        if exc.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-            raise
-        raise ValueError(f"no run {parent_id!r} in {client.tracking_uri}") from None
-    if SEARCH_TAG not in parent.data.tags:
-        raise ValueError(f"run {parent_id!r} is not the parent run of a search (no {SEARCH_TAG} tag)")
+    parent = search_parent_run(client, parent_id)
     points = []
     for run in client.search_runs([parent.info.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent_id}'"
                                   " and attributes.status = 'FINISHED'"):
