@@ -44,10 +44,15 @@ def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor]) -> No
         raise ValueError("batch-norm re-estimation saw no data")
 
     def reestimate(norm: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        dims = [d for d in range(args[0].ndim) if d != 1]
+        if torch.isfinite(args[0]).all():  # the usual case, in one pass (the masked one below is ~10x slower)
+            var, mean = torch.var_mean(args[0], dim=dims, correction=0)
+            norm.running_mean.copy_(mean)
+            norm.running_var.copy_(var)
+            return
         x = args[0].double()
         finite = torch.isfinite(x)
         x = torch.where(finite, x, 0.0)
-        dims = [d for d in range(x.ndim) if d != 1]
         shape = [-1 if d == 1 else 1 for d in range(x.ndim)]
         count = finite.sum(dim=dims).clamp(min=1)
         mean = x.sum(dim=dims) / count
