@@ -10,6 +10,8 @@ trial per alpha it can sample). Validation, confirmation and test images are con
 of the test set (the backbone saw the whole training set). Writes OUT/table.json and OUT/table.md: per
 search its answer's validation / confirmation / test accuracy, bootstraps, levels, polynomial levels,
 mean alpha, estimated latency (preset ``--preset``), trials and wall time, and the uniform baseline.
+``--correction batchnorm`` re-estimates every PANN's batch-norm statistics on ``--batchnorm-images``
+augmented training images (in every trial, and for the answer's confirmation, test and export).
 """
 
 from __future__ import annotations
@@ -36,8 +38,9 @@ def search_config(args: argparse.Namespace, variant: str, folder: Path) -> confi
         "name": f"{args.model}-{variant}", "target_accuracy": args.target,
         "backbone": {"model": args.model, "dataset": "cifar10", "weights": args.weights, "validation_from": "test",
                      "validation_size": args.validation, "confirmation_size": args.confirmation,
-                     "calibration_size": args.calibration},
-        "space": {"alpha": alphas, "epochs": [0], "scope": ["layer"], "margin": [args.margin]},
+                     "calibration_size": args.calibration, "batchnorm_size": args.batchnorm_images},
+        "space": {"alpha": alphas, "epochs": [0], "scope": ["layer"], "margin": [args.margin],
+                  "correction": [args.correction]},
         "budget": {"trials": trials, "concurrency": args.concurrency, "cpus_per_trial": 1},
         "search": {"seed": 0, "early_stopping": False, "granularity": granularity, "strategy": strategy,
                    "cost": args.cost, "preset": args.preset, "neighbours": 1 if granularity == "network" else 0},
@@ -48,7 +51,9 @@ def search_config(args: argparse.Namespace, variant: str, folder: Path) -> confi
 def row(variant: str, outcome, seconds: float) -> dict:
     answer = outcome.answer
     base = {"search": variant, "trials": outcome.trials, "wall_s": round(seconds, 1),
-            "front_points": len(outcome.front), "candidates_checked": len(outcome.checked)}
+            "front_points": len(outcome.front), "candidates_checked": len(outcome.checked),
+            "checked": [{"mean_alpha": p.alpha, "validation": p.accuracy, "confirmation": score, **dict(p.costs)}
+                        for p, score in outcome.checked]}
     if answer is None:
         return {**base, "answer": None}
     return {**base, "answer": answer.trial, "mean_alpha": answer.alpha, "validation": answer.accuracy,
@@ -70,7 +75,8 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
                      f"{pct(r['validation'])} | {pct(r['confirmation'])} | {pct(r['test'])} | "
                      f"{r.get('bootstraps', '-'):g} | {r.get('levels', '-'):g} | {r.get('polynomial_levels', '-'):g} | "
                      f"{r.get('latency_s', '-'):.0f} |")
-    return (f"{args.model}, target {100 * args.target:.2f}%, preset {args.preset}, cost objective {args.cost}; "
+    return (f"{args.model}, target {100 * args.target:.2f}%, preset {args.preset}, cost objective {args.cost}, "
+            f"correction {args.correction}; "
             f"validation {args.validation} / confirmation {args.confirmation} / test the other test images\n\n"
             + head + "\n".join(lines) + "\n")
 
@@ -87,6 +93,9 @@ def main() -> None:
     parser.add_argument("--confirmation", type=int, default=2000)
     parser.add_argument("--calibration", type=int, default=5000)
     parser.add_argument("--margin", type=float, default=1.0)
+    parser.add_argument("--correction", default="none", choices=("none", "compensate", "batchnorm"))
+    parser.add_argument("--batchnorm-images", type=int, default=2000,
+                        help="augmented training images for --correction batchnorm")
     parser.add_argument("--cost", default="levels", choices=("alpha", "bootstraps", "levels", "latency"))
     parser.add_argument("--preset", default="mpcnn")
     parser.add_argument("--concurrency", type=int, default=2)

@@ -17,11 +17,18 @@ stages applied in turn, stage ``i`` being ``sum_k c_k T_k(u / width_i)`` (Chebys
 kind); for the direct families ``r`` is the single stage. A max-pool is a tournament of pairwise
 ``max(a, b) = b + B r((a - b) / B)``. Layers are listed in execution order, named as in
 :func:`pann.convert.observers`.
+
+Version 2 adds ``"batchnorm": {"layer1.0.bn1": {"running_mean": [...], "running_var": [...]}, ...}``: every
+batch norm's running statistics, which replace those of the backbone's weights (a search's answer with the
+correction ``batchnorm`` re-estimated them under the PANN; ``"correction"`` says which correction the answer
+had). A spec without them is written as version 1, which version-1 readers still read; a version-1 reader
+refuses version 2 rather than evaluate the network with the wrong statistics.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +36,7 @@ from typing import Any
 
 from torch import nn
 
+from pann import corrections
 from pann.approximation import FAMILIES, ReluApproximation, validate_degrees
 from pann.convert import convert, observers, poly_modules
 from pann.groups import check_names
@@ -37,7 +45,8 @@ from pann.modules import PolyMaxPool2d
 from pann.user_input import ProblemsError
 
 FORMAT = "pann-spec"
-VERSION = 1
+VERSION = 2  # the newest this pann reads and writes; it writes 1 when there are no batch-norm statistics
+_STATISTICS = ("running_mean", "running_var")
 _LAYER_FIELDS = ("name", "kind", "B", "family", "degrees", "precision", "depth", "multiplications", "stages")
 
 
@@ -69,6 +78,7 @@ class PannSpec:
 
     layers: tuple[LayerSpec, ...]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    batchnorm: Mapping[str, Mapping[str, list[float]]] = field(default_factory=dict)  # by norm: running stats
 
     @property
     def approximations(self) -> dict[str, ReluApproximation]:
@@ -79,15 +89,17 @@ class PannSpec:
         return {layer.name: layer.bound for layer in self.layers}
 
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "version": VERSION, **dict(self.meta),
-                "layers": [layer.to_dict() for layer in self.layers]}
+        statistics = {"batchnorm": {k: dict(v) for k, v in self.batchnorm.items()}} if self.batchnorm else {}
+        return {"format": FORMAT, "version": 2 if self.batchnorm else 1, **dict(self.meta),
+                "layers": [layer.to_dict() for layer in self.layers], **statistics}
 
     def save(self, path: str | Path) -> None:
         write_bytes_atomic(path, json.dumps(self.to_dict(), indent=1).encode())
 
 
-def spec_of(pann: nn.Module, **meta: Any) -> PannSpec:
-    """The spec of a converted PANN (``meta``: e.g. ``model``, ``weights``, ``input_normalization``)."""
+def spec_of(pann: nn.Module, batchnorm_statistics: bool = False, **meta: Any) -> PannSpec:
+    """The spec of a converted PANN (``meta``: e.g. ``model``, ``weights``, ``input_normalization``, ``correction``),
+    with its norms' running statistics when ``batchnorm_statistics`` (they differ from the weights')."""
     normalization = getattr(pann, "normalization", None)
     if callable(normalization) and "input_normalization" not in meta:
         meta["input_normalization"] = normalization()
@@ -101,7 +113,7 @@ def spec_of(pann: nn.Module, **meta: Any) -> PannSpec:
                                 module.approximation, pool))
     if not layers:
         raise ValueError("the model has no polynomial layers: convert it to a PANN first")
-    return PannSpec(tuple(layers), meta)
+    return PannSpec(tuple(layers), meta, corrections.batchnorm_statistics(pann) if batchnorm_statistics else {})
 
 
 def _layer(data: Any, where: str, problems: list[str]) -> LayerSpec | None:
@@ -143,10 +155,11 @@ def from_dict(data: Any, source: str = "spec") -> PannSpec:
         raise SpecError(["must be a JSON object"], source)
     if data.get("format") != FORMAT:
         raise SpecError([f"format: expected {FORMAT!r}, got {data.get('format')!r}"], source)
-    if data.get("version") != VERSION:
-        raise SpecError([f"version: {data.get('version')!r} is not a known version (this pann reads {VERSION})"],
-                        source)
+    if data.get("version") not in (1, VERSION):
+        raise SpecError([f"version: {data.get('version')!r} is not a known version (this pann reads 1 and "
+                         f"{VERSION})"], source)
     problems: list[str] = []
+    statistics = _statistics(data, problems)
     raw = data.get("layers")
     if not isinstance(raw, list) or not raw:
         raise SpecError(["layers: must be a non-empty list"], source)
@@ -155,8 +168,32 @@ def from_dict(data: Any, source: str = "spec") -> PannSpec:
     problems += [f"layers: {n!r} appears twice" for n in sorted({n for n in names if names.count(n) > 1})]
     if problems:
         raise SpecError(problems, source)
-    meta = {k: v for k, v in data.items() if k not in ("format", "version", "layers")}
-    return PannSpec(tuple(layers), meta)
+    meta = {k: v for k, v in data.items() if k not in ("format", "version", "layers", "batchnorm")}
+    return PannSpec(tuple(layers), meta, statistics)
+
+
+def _statistics(data: Mapping[str, Any], problems: list[str]) -> dict[str, dict[str, list[float]]]:
+    """The batch-norm statistics of a version-2 spec (a version-1 spec has none)."""
+    if data.get("version") == 1:
+        if "batchnorm" in data:
+            problems.append("batchnorm: batch-norm statistics need version 2")
+        return {}
+    raw = data.get("batchnorm")
+    if not isinstance(raw, Mapping) or not raw:
+        problems.append("batchnorm: version 2 needs a non-empty object of each norm's running statistics")
+        return {}
+    statistics = {}
+    for name, entry in raw.items():
+        values = {k: entry.get(k) for k in _STATISTICS} if isinstance(entry, Mapping) else {}
+        numbers = all(isinstance(v, list) and v and all(isinstance(x, (int, float)) and math.isfinite(x) for x in v)
+                      for v in values.values())
+        if not values or not numbers or len(values["running_mean"]) != len(values["running_var"]) \
+                or min(values["running_var"]) < 0:
+            problems.append(f"batchnorm.{name}: needs running_mean and running_var, lists of finite numbers of one "
+                            "length, the variances >= 0")
+            continue
+        statistics[str(name)] = {k: [float(x) for x in v] for k, v in values.items()}
+    return statistics
 
 
 def load(path: str | Path) -> PannSpec:
@@ -176,6 +213,7 @@ def apply(observed: nn.Module, spec: PannSpec, **options: Any) -> nn.Module:
 
     Raises ``ValueError`` naming the layers of the spec that the model lacks and those it has that the spec
     lacks, or a layer whose kind differs. ``options`` go to :func:`pann.convert.convert` (``dtype``, ``compiled``).
+    The spec's batch-norm statistics, if any, replace the model's (``ValueError`` when they do not fit).
     """
     found = observers(observed)
     check_names(spec.approximations, found, "the spec's layers")
@@ -184,4 +222,7 @@ def apply(observed: nn.Module, spec: PannSpec, **options: Any) -> nn.Module:
              if layer.kind != kinds[layer.name]]
     if wrong:
         raise ValueError("the spec's layers do not fit the model: " + "; ".join(wrong))
-    return convert(observed, spec.approximations, bounds=spec.bounds, **options)
+    pann = convert(observed, spec.approximations, bounds=spec.bounds, **options)
+    if spec.batchnorm:
+        corrections.set_batchnorm_statistics(pann, spec.batchnorm)
+    return pann

@@ -50,6 +50,7 @@ class SearchConfig:
     validation_size: int = 5000
     confirmation_size: int = 0
     calibration_size: int = 5000
+    batchnorm_size: int = 2000  # augmented training images for the correction 'batchnorm'
     trials: int = 20
     time_s: float | None = None
     concurrency: int = 1
@@ -71,6 +72,12 @@ class SearchConfig:
     tracking_uri: str = ""
     experiment: str = "pann-search"
     weights_url: str | None = None  # a mirror of the named weights' source folder
+
+    @property
+    def corrections(self) -> tuple[str, ...]:
+        """The post-training corrections the space can sample."""
+        value = self.space.get("correction", "none")
+        return tuple(value) if isinstance(value, list) else (value,)
 
     @property
     def run_dir(self) -> Path:

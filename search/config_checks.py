@@ -30,7 +30,10 @@ SCOPES = ("layer", "global")
 # a CKKS preset (pann.cost_presets). Strategies: Optuna's sampler, or the greedy per-layer baseline.
 COSTS = ("alpha", "bootstraps", "levels", "latency")
 STRATEGIES = ("optuna", "greedy")
-CORRECTIONS = ("none", "compensate")
+# Post-training corrections applied to every PANN of a trial after conversion (search/trial.py): leakage
+# compensation measured on the calibration images, or batch-norm statistics re-estimated under the PANN on
+# ``batchnorm_size`` augmented training images (pann.corrections).
+CORRECTIONS = ("none", "compensate", "batchnorm")
 # Search dimensions and what they control. Training dimensions change the backbone (and so its key in
 # the backbone store); approximation dimensions only change how a trained backbone is converted.
 TRAINING_DIMENSIONS = ("epochs", "lr", "weight_decay", "mixup_alpha", "leakage", "leakage_alpha",
@@ -45,7 +48,7 @@ _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", 
 _SECTIONS = {
     "name": None, "target_accuracy": None, "storage": None,
     "backbone": ("model", "dataset", "data_dir", "weights", "validation_from", "validation_size",
-                 "confirmation_size", "calibration_size", "weights_url"),
+                 "confirmation_size", "calibration_size", "batchnorm_size", "weights_url"),
     "training": None,
     "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
@@ -194,7 +197,7 @@ def check_backbone(merged: dict[str, Any], problems: list[str]) -> None:
     need(merged["model"] in model_names(), "backbone.model", "unknown model")
     need(merged["dataset"] in DATASETS, "backbone.dataset", f"expected one of {', '.join(DATASETS)}")
     need(merged["validation_from"] in ("train", "test"), "backbone.validation_from", "expected 'train' or 'test'")
-    for key in ("validation_size", "calibration_size"):
+    for key in ("validation_size", "calibration_size", "batchnorm_size"):
         need(_is_int(merged[key]) and merged[key] >= 1, f"backbone.{key}", "must be an integer >= 1")
     need(_is_int(merged["confirmation_size"]) and merged["confirmation_size"] >= 0, "backbone.confirmation_size",
          "must be an integer >= 0 (0: the answer is picked on the validation images)")

@@ -1,6 +1,9 @@
-"""The images a search uses, four disjoint sets sized in its config.
+"""The images a search uses, sized in its config: training images for calibration and corrections, and three
+disjoint sets for validation, confirmation and test.
 
 * calibration: training images that set each layer's interval ``B``;
+* batchnorm: training images (the first ``batchnorm_size`` of those calibration starts from) on which the
+  correction ``batchnorm`` re-estimates the norms' statistics, augmented as in training;
 * validation: what trials are scored on (what Optuna sees);
 * confirmation: what picks the answer among the front's candidates (never seen by a trial);
 * test: what the answer's accuracy is reported on (chose nothing).
@@ -25,6 +28,7 @@ class Splits:
     validation: ImageSet
     confirmation: ImageSet | None
     test: ImageSet
+    batchnorm: ImageSet
 
     @classmethod
     def for_search(cls, search) -> Splits:
@@ -49,10 +53,12 @@ class Splits:
             train_part, validation = train, test.subset(slice(0, v))
         else:
             train_part, validation = split_train(train, v, seed)
-        if search.calibration_size > len(train_part):
-            raise ValueError(f"backbone.calibration_size: {search.calibration_size} is more than the "
-                             f"{len(train_part)} training images")
+        sized = ("calibration_size",) + (("batchnorm_size",) if "batchnorm" in search.corrections else ())
+        problems = [f"backbone.{key}: {getattr(search, key)} is more than the {len(train_part)} training images"
+                    for key in sized if getattr(search, key) > len(train_part)]
+        if problems:
+            raise ValueError("; ".join(problems))
         start = v if search.validation_from == "test" else 0
         confirmation = test.subset(slice(start, start + c)) if c else None
         return cls(train_part.subset(slice(0, search.calibration_size)), validation, confirmation,
-                   test.subset(slice(start + c, None)))
+                   test.subset(slice(start + c, None)), train_part.subset(slice(0, search.batchnorm_size)))

@@ -2,8 +2,10 @@
 
 A trial gets its backbone (pretrained, or trained once into the backbone store), the backbone's
 calibrated activation ranges (computed once per backbone and calibration set, kept beside the store),
-converts it with the sampled alpha of every layer group, and reports the PANN's validation accuracy and
-its network cost under the search's CKKS preset. Training trials report after every epoch too (what ASHA
+converts it with the sampled alpha of every layer group, applies the point's post-training correction, and
+reports the PANN's validation accuracy and its network cost under the search's CKKS preset. The correction
+is applied the same way when the answer is confirmed, tested and registered; batch-norm statistics
+re-estimated under the PANN travel in its spec. Training trials report after every epoch too (what ASHA
 compares); the last report carries ``final``. Post-training trials are cheap: they run the fused compiled
 kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
 """
@@ -19,14 +21,16 @@ import torch
 from ray import tune
 
 from pann.catalog import relu_for_precision
-from pann.convert import calibrate, convert, observers, out_of_range_rate, prepare
-from pann.corrections import compensate_leakage
+from pann.convert import (calibrate, convert, observers, out_of_range_rate, poly_modules, prepare,
+                          reset_out_of_range)
+from pann.corrections import compensate_leakage, reestimate_batchnorm
 from pann.cost_presets import load_preset
 from pann.data import NUM_CLASSES
 from pann.evaluate import accuracies, accuracy
 from pann.groups import expand
 from pann.files import write_bytes_atomic
 from pann.models import build_model
+from pann.modules import PolyReLU
 from pann.network_cost import network_cost
 from pann.spec import spec_of
 from pann.training import TrainingDiverged
@@ -46,8 +50,20 @@ def _memoized(key: Any, make):
 
 def splits_for(search: SearchConfig) -> Splits:
     key = ("splits", search.dataset, search.data_dir, search.validation_from, search.validation_size,
-           search.confirmation_size, search.calibration_size, json.dumps(dict(search.training), sort_keys=True))
+           search.confirmation_size, search.calibration_size, search.batchnorm_size,
+           json.dumps(dict(search.training), sort_keys=True))
     return _memoized(key, lambda: Splits.for_search(search))
+
+
+def batchnorm_batches(search: SearchConfig) -> list[torch.Tensor]:
+    """The split's batch-norm images with the training augmentation (crop+flip), drawn once with the search's
+    seed: every trial, the confirmation, the test and the exported answer re-estimate on the same images."""
+    def make() -> list[torch.Tensor]:
+        generator = torch.Generator().manual_seed(search.seed)
+        return [x for x, _ in splits_for(search).batchnorm.batches(500, augment=True, generator=generator)]
+
+    return _memoized(("batchnorm", search.dataset, search.data_dir, search.validation_from, search.validation_size,
+                      search.batchnorm_size, search.seed, json.dumps(dict(search.training), sort_keys=True)), make)
 
 
 def backbone_for(search: SearchConfig, point: Mapping[str, Any], report=None) -> Backbone:
@@ -95,13 +111,19 @@ def observed_model(backbone: Backbone, splits: Splits, search: SearchConfig) -> 
 
 
 def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], point: Mapping[str, Any],
-               splits: Splits, compiled: bool) -> torch.nn.Module:
-    """The PANN of a point: each layer at its alpha, the point's interval scope, margin and correction."""
+               search: SearchConfig, compiled: bool) -> torch.nn.Module:
+    """The PANN of a point: each layer at its alpha, the point's interval scope, margin and correction
+    (``compensate``: leakage measured on the calibration images; ``batchnorm``: the norms' statistics
+    re-estimated under the PANN on :func:`batchnorm_batches`)."""
     approximations = {name: relu_for_precision(alpha) for name, alpha in layer_alphas.items()}
     pann = convert(observed, approximations, point.get("scope", "layer"), point.get("margin", 1.0),
                    compiled=compiled).eval()
-    if point.get("correction", "none") == "compensate":
-        compensate_leakage(pann, (x for x, _ in splits.calibration.batches(500)))
+    correction = point.get("correction", "none")
+    if correction == "compensate":
+        compensate_leakage(pann, (x for x, _ in splits_for(search).calibration.batches(500)))
+    elif correction == "batchnorm":
+        reestimate_batchnorm(pann, batchnorm_batches(search))
+    reset_out_of_range(pann)  # count only the scored images
     return pann
 
 
@@ -130,23 +152,35 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
     records, panns = [], []
     for alphas in _variants(search, groups, point, neighbours):
         layer_alphas = expand(groups, alphas)
-        pann = build_pann(observed, layer_alphas, point, splits, search.compile)
+        pann = build_pann(observed, layer_alphas, point, search, search.compile)
         panns.append(pann)
         records.append({"alpha": sum(layer_alphas.values()) / len(layer_alphas), "group_alphas": alphas,
                         "depth": max(relu_for_precision(a).depth for a in layer_alphas.values()),
                         **cost_metrics(pann, preset)})
+    correction = point.get("correction", "none")
     for record, pann, score in zip(records, panns, accuracies(panns, getattr(splits, data))):
         record.update(accuracy=score, out_of_range=out_of_range_rate(pann),
-                      spec=spec_of(pann, model=search.model, weights=str(backbone.path or ""),
+                      spec=spec_of(pann, batchnorm_statistics=correction == "batchnorm", model=search.model,
+                                   weights=str(backbone.path or ""), correction=correction,
                                    input_normalization=backbone.model.normalization).to_dict())
     return records
 
 
 def answer_pann(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any]) -> torch.nn.Module:
-    """The PANN of a point, eager (``compiled=False``: portable, it is pickled into an MLflow model)."""
-    splits = splits_for(search)
-    observed = observed_model(backbone_for(search, point), splits, search)
-    return build_pann(observed, expand(groups, group_alphas(point, groups)), point, splits, compiled=False)
+    """The PANN of a point, eager (``compiled=False``: portable, it is pickled into an MLflow model), with its
+    correction measured as the trials measured it (on the compiled PANN when the search compiles): the same
+    batch-norm statistics as its spec, the same leakage offsets."""
+    observed = observed_model(backbone_for(search, point), splits_for(search), search)
+    layer_alphas = expand(groups, group_alphas(point, groups))
+    measured = build_pann(observed, layer_alphas, point, search, search.compile)
+    if not search.compile:
+        return measured
+    eager = build_pann(observed, layer_alphas, {**point, "correction": "none"}, search, compiled=False)
+    eager.load_state_dict(measured.state_dict())  # the norms' statistics
+    for source, target in zip(poly_modules(measured).values(), poly_modules(eager).values()):
+        if isinstance(source, PolyReLU):
+            target.offset = source.offset
+    return eager
 
 
 def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):

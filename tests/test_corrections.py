@@ -53,3 +53,16 @@ def test_batchnorm_reestimation_matches_statistics_under_the_pann():
     torch.testing.assert_close(first.running_var, captured["input"].var(dim=(0, 2, 3), unbiased=False),
                                atol=1e-5, rtol=1e-4)
     assert not torch.allclose(second.running_mean, before)
+
+
+def test_batchnorm_reestimation_skips_entries_a_polynomial_blew_up():
+    x = torch.randn(4, 2, 3, 3, generator=torch.Generator().manual_seed(0))
+    x[1, 0, 2, 2] = float("inf")
+    x[3, 1, 0, 1] = float("nan")
+    norm = nn.BatchNorm2d(2).eval()
+    reestimate_batchnorm(nn.Sequential(norm), [x])
+    for c in range(2):
+        finite = x[:, c][torch.isfinite(x[:, c])]
+        assert finite.numel() == 35
+        torch.testing.assert_close(norm.running_mean[c], finite.mean(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(norm.running_var[c], finite.var(unbiased=False), atol=1e-6, rtol=1e-6)

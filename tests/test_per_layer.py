@@ -95,7 +95,12 @@ def _spec_data(resnet20) -> dict:
 
 
 @pytest.mark.parametrize("edit, message", [
-    (lambda d: d.update(version=2), "version: 2 is not a known version"),
+    (lambda d: d.update(version=3), "version: 3 is not a known version"),
+    (lambda d: d.update(version=2), "batchnorm: version 2 needs a non-empty object"),
+    (lambda d: d.update(batchnorm={"net.bn1": {"running_mean": [0.0]}}), "batchnorm: batch-norm statistics need "
+                                                                         "version 2"),
+    (lambda d: d.update(version=2, batchnorm={"net.bn1": {"running_mean": [0.0], "running_var": [-1.0]}}),
+     "batchnorm.net.bn1: needs running_mean and running_var"),
     (lambda d: d.update(format="onnx"), "format: expected 'pann-spec'"),
     (lambda d: d["layers"][0].update(degrees=[8, 15]), "degree 8 is even"),
     (lambda d: d["layers"][0].update(B=-1), "B: must be a positive number"),
@@ -115,3 +120,25 @@ def test_a_spec_of_another_model_names_the_layers_that_do_not_fit(resnet20):
     spec = pann_spec.from_dict(data)
     with pytest.raises(ValueError, match="missing net_relu; unknown features_0"):
         pann_spec.apply(resnet20, spec)
+
+
+def test_a_spec_carries_batchnorm_statistics_that_replace_the_weights(resnet20, tmp_path):
+    pann = convert(resnet20, relu_for_precision(7), compiled=False)
+    norms = {n: m for n, m in pann.named_modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    for i, norm in enumerate(norms.values()):  # statistics the weights do not have
+        norm.running_mean.fill_(0.01 * i)
+        norm.running_var.fill_(1 + 0.1 * i)
+    path = tmp_path / "spec.json"
+    pann_spec.spec_of(pann, batchnorm_statistics=True, correction="batchnorm").save(path)
+    data = json.loads(path.read_text())
+    assert (data["version"], data["correction"], len(data["batchnorm"])) == (2, "batchnorm", 19)
+    rebuilt = pann_spec.apply(resnet20, pann_spec.load(path), compiled=False)
+    torch.testing.assert_close(rebuilt(INPUTS), pann(INPUTS), rtol=0, atol=0)
+    plain = pann_spec.apply(resnet20, pann_spec.from_dict(_spec_data(resnet20)), compiled=False)
+    assert plain.net.bn1.running_var.eq(1).all()  # a version-1 spec keeps the weights' statistics
+    data["batchnorm"]["net.bn1"] = {"running_mean": [0.0] * 3, "running_var": [1.0] * 3}
+    data["batchnorm"]["features.0"] = data["batchnorm"].pop("net.layer3.2.bn2")
+    with pytest.raises(ValueError, match="features.0: the model has no such batch norm; net.layer3.2.bn2: no "
+                                         "statistics given; net.bn1.running_mean: expected 16 values; "
+                                         "net.bn1.running_var: expected 16 values"):
+        pann_spec.apply(resnet20, pann_spec.from_dict(data))

@@ -1,5 +1,6 @@
 """A per-layer search end to end on a local Ray instance with the embedded MLflow store: one alpha per
-ResNet stage, the cost objective, uniform warm start, confirmation, and what MLflow records of it."""
+ResNet stage, the cost objective, uniform warm start, the correction ``batchnorm`` in every trial, confirmation,
+and what MLflow records of it."""
 
 import json
 
@@ -32,8 +33,9 @@ def outcome(tmp_path_factory, mlflow_server):  # noqa: F811 - a real tracking se
     search = config.from_dict({
         "name": "stages", "target_accuracy": 0.05,
         "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(weights), "validation_from": "test",
-                     "validation_size": 100, "confirmation_size": 100, "calibration_size": 100},
-        "space": {"alpha": {"low": 6, "high": 8}, "epochs": [0]},
+                     "validation_size": 100, "confirmation_size": 100, "calibration_size": 100,
+                     "batchnorm_size": 100},
+        "space": {"alpha": {"low": 6, "high": 8}, "epochs": [0], "correction": ["batchnorm"]},
         "budget": {"trials": 5, "concurrency": 2, "cpus_per_trial": 1, "max_failures": 0},
         "search": {"granularity": "stage", "cost": "bootstraps", "preset": "mpcnn", "compile": False, "seed": 0,
                    "early_stopping": False},
@@ -113,6 +115,14 @@ def test_export_writes_what_running_the_answer_elsewhere_needs(outcome, tmp_path
     assert {"answer.json", "answer_spec.json", "backbone.pt", "mlflow_model"} <= {p.name for p in out.iterdir()}
     spec = pann_spec.load(out / "answer_spec.json")
     assert len(spec.layers) == 19
+    # The answer's re-estimated batch-norm statistics travel in its spec: the exported weights and spec alone
+    # rebuild the PANN that scored the test accuracy.
+    assert spec.meta["correction"] == "batchnorm" and len(spec.batchnorm) == 19
+    from pann.evaluate import accuracy
+    from search.trial import splits_for
+
+    rebuilt = pann_spec.apply(prepare(build_model("resnet20", 10, out / "backbone.pt")), spec, compiled=False)
+    assert accuracy(rebuilt, splits_for(search).test) == result.test_accuracy
     bad = subprocess.run([sys.executable, "-m", "search.cli", "export", "--run-id", "nosuchrun", "--out",
                           str(tmp_path / "x"), "--tracking-uri", search.tracking_uri], capture_output=True, text=True)
     assert bad.returncode == 2 and "has no answer" in bad.stderr and "Traceback" not in bad.stderr

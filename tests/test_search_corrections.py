@@ -1,0 +1,99 @@
+"""The search's correction ``batchnorm``: the statistics a trial's PANN gets, and that the answer, its registered
+model and its spec (all a deployer has) carry the same ones. No Ray: the trial's functions are called directly."""
+
+import pytest
+import torch
+from torch import nn
+
+from pann import spec as pann_spec
+from pann.convert import prepare
+from pann.evaluate import accuracy
+from pann.groups import expand, layer_groups
+from pann.models import build_model, save_weights
+from search import config
+from search.splits import Splits
+from search.trial import answer_pann, backbone_for, build_pann, measure, observed_model, splits_for
+
+POINT = {"alpha.stem": 7, "alpha.layer1": 6, "alpha.layer2": 7, "alpha.layer3": 6, "correction": "batchnorm"}
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("batchnorm")
+    weights = folder / "resnet20.pt"
+    save_weights(build_model("resnet20"), weights)
+    return config.from_dict({
+        "name": "bn", "target_accuracy": 0.05,
+        "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(weights), "validation_from": "test",
+                     "validation_size": 420, "confirmation_size": 40, "calibration_size": 100,
+                     "batchnorm_size": 120},  # test: the last 40 of the 500 test images
+        "space": {"alpha": {"low": 6, "high": 8}, "epochs": [0], "correction": ["none", "batchnorm"]},
+        "search": {"granularity": "stage", "compile": False, "seed": 3}, "storage": str(folder / "runs")})
+
+
+@pytest.fixture(scope="module")
+def groups():
+    return layer_groups(prepare(build_model("resnet20")), "stage")
+
+
+def norms(model: nn.Module) -> dict[str, nn.BatchNorm2d]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, nn.BatchNorm2d)}
+
+
+@torch.no_grad()
+def norm_inputs(model: nn.Module, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    captured = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args[0]))
+             for name, m in norms(model).items()]
+    model.eval()(images)
+    for hook in hooks:
+        hook.remove()
+    return captured
+
+
+def test_a_trial_pann_gets_the_statistics_of_its_norm_inputs_on_augmented_training_images(search, groups):
+    splits = Splits.for_search(search)
+    # The correction's images: the first batchnorm_size training images, cropped and flipped with the search's seed.
+    generator = torch.Generator().manual_seed(search.seed)
+    images = torch.cat([x for x, _ in splits.batchnorm.batches(500, augment=True, generator=generator)])
+    assert len(images) == 120
+    observed = observed_model(backbone_for(search, POINT), splits_for(search), search)
+    layer_alphas = expand(groups, {g: POINT[f"alpha.{g}"] for g in groups})
+    plain = build_pann(observed, layer_alphas, {**POINT, "correction": "none"}, search, compiled=False)
+    corrected = build_pann(observed, layer_alphas, POINT, search, compiled=False)
+    backbone_norms = norms(backbone_for(search, POINT).model)
+    assert len(norms(corrected)) == 19
+    changed = 0
+    # Under the corrected PANN, every norm's input has exactly the mean and variance the norm now holds.
+    for name, x in norm_inputs(corrected, images).items():
+        norm = norms(corrected)[name]
+        torch.testing.assert_close(norm.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(norm.running_var, x.var(dim=(0, 2, 3), unbiased=False), atol=1e-5, rtol=1e-4)
+        assert torch.equal(norms(plain)[name].running_mean, backbone_norms[name].running_mean)
+        changed += not torch.allclose(norm.running_mean, backbone_norms[name].running_mean, atol=1e-3)
+    assert changed == 19
+    # The images the statistics came from are training images: none is validated, confirmed or tested on.
+    seen = {bytes(x.numpy()) for x in splits.batchnorm.images}
+    for held in (splits.validation, splits.confirmation, splits.test):
+        assert not seen & {bytes(x.numpy()) for x in held.images}
+
+
+def test_the_answer_its_spec_and_a_rebuild_from_spec_and_weights_carry_the_same_correction(search, groups):
+    test = splits_for(search).test
+    record = measure(search, groups, POINT, backbone_for(search, POINT), "test", neighbours=False)[0]
+    assert (record["spec"]["version"], record["spec"]["correction"]) == (2, "batchnorm")
+    spec = pann_spec.from_dict(record["spec"])
+    answer = answer_pann(search, groups, POINT)  # what is registered in MLflow
+    assert accuracy(answer, test) == record["accuracy"]
+    for name, norm in norms(answer).items():
+        assert norm.running_mean.tolist() == spec.batchnorm[name]["running_mean"]
+        assert norm.running_var.tolist() == spec.batchnorm[name]["running_var"]
+    # A deployer with the spec and the backbone's weights only.
+    rebuilt = pann_spec.apply(prepare(build_model("resnet20", 10, search.weights)), spec, compiled=False)
+    x = next(test.batches(50))[0]
+    torch.testing.assert_close(rebuilt(x), answer(x), rtol=0, atol=0)
+    plain = measure(search, groups, {**POINT, "correction": "none"}, backbone_for(search, POINT), "test",
+                    neighbours=False)[0]
+    assert (plain["spec"]["version"], plain["spec"]["correction"]) == (1, "none") and "batchnorm" not in plain["spec"]
+    assert not torch.equal(pann_spec.apply(prepare(build_model("resnet20", 10, search.weights)),
+                                           pann_spec.from_dict(plain["spec"]), compiled=False)(x), answer(x))
