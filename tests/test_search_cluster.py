@@ -6,10 +6,12 @@ Ray and MLflow processes are started by the fixtures (``.ci/run`` additionally s
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -77,9 +79,11 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def two_node_cluster(tmp_path_factory):
-    """``ray start --head`` plus a second ``ray start --address``: two raylets, one CPU each."""
-    tmp = tmp_path_factory.mktemp("ray")
+def two_node_cluster():
+    """``ray start --head`` plus a second ``ray start --address``: two raylets, one CPU each. Its temp dir is a
+    short one of its own under /tmp: Ray's socket paths inside a pytest-xdist worker's basetemp would pass the
+    107-byte limit of a Unix socket path."""
+    tmp = Path(tempfile.mkdtemp(prefix="pann-ray-"))
     env = ray_env(tmp)
     port, dashboard = free_port(), free_port()
     ray = str(BIN / "ray")
@@ -98,6 +102,7 @@ def two_node_cluster(tmp_path_factory):
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
         stop_ray_under(tmp)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def stop_ray_under(tmp: Path) -> None:
