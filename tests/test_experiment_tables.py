@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 
 
@@ -33,3 +35,36 @@ def test_sturdiness_rows_read_a_recipe_table_as_json_writes_it():
         "| resnet56 | post-training | 93.40 / 93.38 | 9, 93.01, yes, 4.123 | 8, 92.62, no, - |",
         "| resnet56 | aa 8 + KD | 90.00 / 90.00 | none within 1 point | not measured |",
     ]
+
+
+def test_insight1_keeps_the_polynomial_on_one_side_and_measures_its_error_per_side():
+    import torch
+    import torch.nn.functional as F
+
+    from pann.catalog import relu_for_precision
+    from pann.modules import PolyReLU
+
+    insight1 = _load("insight1_negative_noise")
+    bound = 4.0
+    x = torch.linspace(-6, 4, 101).view(1, 1, -1)  # 20 of the negatives lie outside [-B, B]
+    poly = PolyReLU(relu_for_precision(5), bound, dtype=torch.float64, compiled=False)
+    full = poly(x.double()).float()
+    assert (full - F.relu(x)).abs().max() > 1e-3  # at alpha 5 the error is visible
+
+    handle = poly.register_forward_hook(insight1.keep_side("negative"))
+    negative = poly(x.double()).float()
+    handle.remove()
+    assert torch.equal(negative, torch.where(x < 0, full, F.relu(x)))
+    handle = poly.register_forward_hook(insight1.keep_side("positive"))
+    assert torch.equal(poly(x.double()).float(), torch.where(x >= 0, full, F.relu(x)))
+    handle.remove()
+
+    meter = insight1.ErrorMeter()
+    poly.register_forward_hook(meter)
+    poly(x.double())
+    error = (full.double() - F.relu(x).double()) / bound
+    means = meter.means()
+    for side, mask in (("negative", (x < 0) & (x >= -bound)), ("positive", x > 0)):
+        assert means[side]["mean"] == pytest.approx(float(error[mask].mean()))
+        assert means[side]["mean_abs"] == pytest.approx(float(error[mask].abs().mean()))
+    assert means["negative"]["mean"] != pytest.approx(means["positive"]["mean"])
