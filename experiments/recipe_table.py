@@ -2,16 +2,17 @@
 validation images and confirmed on test images that chose nothing.
 
     python experiments/recipe_table.py [--model resnet20] [--variants "aa 7,aa 7 + KD"] [--alphas 5-10]
-        [--bn-alphas 6-8] [--save-weights DIR] [--data-dir ../shared/data] [--json docs/measurements/recipe_table.json]
+        [--bn-alphas 6-8] [--margin 1.0] [--save-weights DIR] [--data-dir ../shared/data]
+        [--json docs/measurements/recipe_table.json]
 
 Every variant fine-tunes the shared pretrained weights of --model on the full training set (50,000 images, crop+flip,
 Nesterov SGD, lr --lr cosine, weight decay 0, batch 128) with approximation-aware training at alpha 7 and the
 variant's recipe ("post-training" trains nothing). Each backbone is converted with per-layer B calibrated on 10,000
-training images. The first 2,000 test images are the validation images: the PANN's accuracy at every alpha of
---alphas on them gives the variant's sturdiness and its lowest alpha within 1 point of the pretrained backbone
-there. That alpha and alpha 7 (the issue's target; --target-alpha, 8 for ResNet-56) are then confirmed on the other
-8,000 test images, both as converted and with batch norm re-estimated under the PANN (on 2,000 augmented training
-images; --bn-alphas). The JSON is rewritten after every variant, so what finished is kept.
+training images (times --margin). The first 2,000 test images are the validation images: the PANN's accuracy at
+every alpha of --alphas on them gives the variant's sturdiness and its lowest alpha within 1 point of the pretrained
+backbone there. That alpha and alpha 7 (the issue's target; --target-alpha, 8 for ResNet-56) are then confirmed on
+the other 8,000 test images, both as converted and with batch norm re-estimated under the PANN (on 2,000 augmented
+training images; --bn-alphas). The JSON is rewritten after every variant, so what finished is kept.
 """
 
 from __future__ import annotations
@@ -57,16 +58,16 @@ def _file_name(variant: str) -> str:
 
 
 def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], reference: dict[str, float],
-            backbone: dict[str, float], target_alpha: float, device: str, bn: list | None) -> dict:
+            backbone: dict[str, float], target_alpha: float, device: str, bn: list | None, margin: float) -> dict:
     """Curve on the validation images, sturdiness, chosen alpha, and its confirmation on the held-out images."""
     span = (min(alphas), max(alphas))
-    points = accuracy_curve(observed, data["validation"], alphas, device=device, progress=False,
+    points = accuracy_curve(observed, data["validation"], alphas, margin=margin, device=device, progress=False,
                             batchnorm_batches=bn)
     curve = {p.alpha: p.accuracy for p in points}
     chosen = sturdiness(curve, reference["validation"], span=span).lowest_alpha
     confirm = sorted({a for a in (chosen, target_alpha) if a is not None})
-    held = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["held_out"], confirm, device=device,
-                                                        progress=False, batchnorm_batches=bn)}
+    held = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["held_out"], confirm, margin=margin,
+                                                        device=device, progress=False, batchnorm_batches=bn)}
     return {"validation_curve": curve, "validation_out_of_range": {p.alpha: p.out_of_range for p in points},
             "sturdiness": dataclasses.asdict(sturdiness(curve, backbone["validation"],
                                                                                    span=span)),
@@ -75,16 +76,16 @@ def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], referenc
 
 
 def _row(name: str, model: torch.nn.Module, seconds: float, data: dict, alphas: list[float], bn_alphas: list[float],
-         reference: dict[str, float], target_alpha: float, device: str) -> dict:
+         reference: dict[str, float], target_alpha: float, device: str, margin: float) -> dict:
     """One fine-tuned backbone: as converted (curve over ``alphas``) and with batch norm re-estimated under the
     PANN on augmented calibration images (curve over ``bn_alphas``)."""
     backbone = {part: accuracy(model, data[part], device=device) for part in ("validation", "held_out")}
     observed = calibrated(model, data["calibration"], device=device)
     row = {"variant": name, "overrides": VARIANTS[name], "train_seconds": seconds, "backbone": backbone,
-           **_choose(observed, data, alphas, reference, backbone, target_alpha, device, None)}
+           **_choose(observed, data, alphas, reference, backbone, target_alpha, device, None, margin)}
     if bn_alphas:
         row["batchnorm"] = _choose(observed, data, bn_alphas, reference, backbone, target_alpha, device,
-                                   data["batchnorm"])
+                                   data["batchnorm"], margin)
     return row
 
 
@@ -110,6 +111,7 @@ def main() -> None:
     parser.add_argument("--save-weights", type=Path, help="folder for the fine-tuned weights (one file a variant)")
     parser.add_argument("--from-weights", type=Path, help="evaluate the weights --save-weights wrote there instead "
                         "of training again")
+    parser.add_argument("--margin", type=float, default=1.0, help="per-layer B = margin x calibrated range")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--target-alpha", type=float, default=7.0, help="also confirmed on held-out images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -134,7 +136,8 @@ def main() -> None:
     reference = {part: accuracy(pretrained, data[part], device=args.device) for part in ("validation", "held_out")}
     print(f"pretrained {args.model}: validation {100 * reference['validation']:.2f}%, "
           f"held-out {100 * reference['held_out']:.2f}%", flush=True)
-    out = {"model": args.model, "lr": args.lr, "alphas": alphas, "pretrained": reference, "rows": []}
+    out = {"model": args.model, "lr": args.lr, "margin": args.margin, "alphas": alphas, "pretrained": reference,
+           "rows": []}
     for name in names:
         start = time.perf_counter()
         overrides = VARIANTS[name]
@@ -150,7 +153,7 @@ def main() -> None:
             if args.save_weights:
                 save_weights(model, args.save_weights / _file_name(name), config=dataclasses.asdict(config))
         row = _row(name, model, time.perf_counter() - start, data, alphas, bn_alphas, reference,
-                   args.target_alpha, args.device)
+                   args.target_alpha, args.device, args.margin)
         row["seconds"] = time.perf_counter() - start
         out["rows"].append(row)
         write_bytes_atomic(args.json, json.dumps(out, indent=2).encode())  # what finished is kept
