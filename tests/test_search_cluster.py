@@ -131,7 +131,7 @@ def alive_nodes(address: str, env: dict) -> int:
 
 def write_config(folder: Path, name: str, tracking_uri: str, compile: bool = False, **space) -> Path:
     """A tiny search on synthetic data. Eager PANNs unless ``compile``: each training trial starts a new worker,
-    where compiling the kernels costs more than the trial (the cluster test runs the compiled default)."""
+    where compiling the kernels costs more than the trial (tests/test_compile.py tests the compiled kernels)."""
     data = {"name": name, "target_accuracy": 0.3,
             "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100,
                          "calibration_size": 100},
@@ -158,7 +158,7 @@ def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflo
     env = two_node_cluster["env"]
     assert alive_nodes(two_node_cluster["address"], env) == 2
     # lr 1e9 makes some trials diverge: each is recorded FAILED and the search goes on.
-    cfg = write_config(tmp_path, "job", mlflow_server, compile=True, lr=[0.05, 1.0e9])
+    cfg = write_config(tmp_path, "job", mlflow_server, lr=[0.05, 1.0e9])
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster["dashboard"], "--",
          sys.executable, "-m", "search.cli", "search", str(cfg), "--address", "auto"],
