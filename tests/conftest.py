@@ -46,3 +46,17 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cifar10" / "test.npz").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA} (CIFAR-10 npz and pretrained ResNets)")
     return SHARED_DATA
+
+
+# The longest xdist groups go first, so that the other worker takes the rest of the suite beside them (xdist hands
+# out work in collection order; a worker whose group still has more than two tests to run takes no more).
+_FIRST_GROUPS = ("ray-signals", "search-cluster", "search-per-layer")
+
+
+def pytest_collection_modifyitems(config, items):
+    def rank(item) -> int:
+        marker = item.get_closest_marker("xdist_group")
+        group = marker.args[0] if marker and marker.args else marker.kwargs.get("name") if marker else None
+        return _FIRST_GROUPS.index(group) if group in _FIRST_GROUPS else len(_FIRST_GROUPS)
+
+    items.sort(key=rank)  # stable: the order within each rank is pytest's own
