@@ -56,7 +56,7 @@ _FIRST_GROUPS = ("ray-signals", "search-cluster", "search-per-layer")
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
         marker = item.get_closest_marker("xdist_group")
-        group = marker.args[0] if marker and marker.args else marker.kwargs.get("name") if marker else None
+        group = marker.args[0] if marker else None
         return _FIRST_GROUPS.index(group) if group in _FIRST_GROUPS else len(_FIRST_GROUPS)
 
     items.sort(key=rank)  # stable: the order within each rank is pytest's own

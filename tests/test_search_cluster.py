@@ -106,20 +106,29 @@ def two_node_cluster():
 
 
 def stop_ray_under(tmp: Path) -> None:
-    """Stop the Ray instance this test started, and nothing else: `ray stop` would kill every Ray process of
-    the machine. Ours are the processes whose command line names our own temp dir (their session folder)."""
+    """Stop the Ray instance this test started, and nothing else (never `ray stop`, which stops every Ray
+    instance of the machine): its processes, by PID, are those that name our own fresh temp dir on their
+    command line (the session folder) or hold a file open in it (their logs: Ray rewrites its agents' and
+    workers' titles, command line and environment included)."""
     ours = []
     for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and str(tmp) in (proc / "cmdline").read_bytes().decode(errors="replace"):
-                ours.append(int(proc.name))
-        except OSError:
-            continue
+        if proc.name.isdigit() and _uses(proc, f"{tmp}/"):
+            ours.append(int(proc.name))
     for pid in ours:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
+
+
+def _uses(proc: Path, folder: str) -> bool:
+    """Whether process ``proc`` names ``folder`` (ending with a slash) on its command line or holds a file in it."""
+    try:
+        if folder in (proc / "cmdline").read_bytes().decode(errors="replace"):
+            return True
+        return any(os.readlink(fd).startswith(folder) for fd in (proc / "fd").iterdir())
+    except OSError:  # gone, or not ours to read
+        return False
 
 
 def alive_nodes(address: str, env: dict) -> int:

@@ -220,7 +220,6 @@ def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
     cfg = write_config(tmp_path, "ctrl-c", "")
     data = yaml.safe_load(cfg.read_text())
     data["budget"].update(trials=4, concurrency=1)
-    data["search"]["compile"] = False  # every training trial starts a new worker: compiling there costs most
     cfg.write_text(yaml.safe_dump(data))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
