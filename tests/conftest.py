@@ -48,15 +48,14 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-# The longest xdist groups go first, so that the other worker takes the rest of the suite beside them (xdist hands
-# out work in collection order; a worker whose group still has more than two tests to run takes no more).
-_FIRST_GROUPS = ("ray-signals", "search-cluster", "search-per-layer")
+# The longest modules go first, so that the other worker runs the rest of the suite beside them (pyproject.toml:
+# xdist hands out whole modules in collection order).
+_FIRST_MODULES = ("test_search_faults.py", "test_search_cluster.py", "test_search_per_layer.py", "test_per_layer.py")
 
 
 def pytest_collection_modifyitems(config, items):
     def rank(item) -> int:
-        marker = item.get_closest_marker("xdist_group")
-        group = marker.args[0] if marker else None
-        return _FIRST_GROUPS.index(group) if group in _FIRST_GROUPS else len(_FIRST_GROUPS)
+        name = item.path.name
+        return _FIRST_MODULES.index(name) if name in _FIRST_MODULES else len(_FIRST_MODULES)
 
     items.sort(key=rank)  # stable: the order within each rank is pytest's own

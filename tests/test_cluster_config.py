@@ -16,8 +16,6 @@ import pytest
 import yaml
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-# pytest-xdist (pyproject.toml): its module fixtures are computed once, in one worker.
-pytestmark = pytest.mark.xdist_group("cluster-config")
 
 
 CLUSTER_YAML = Path(__file__).resolve().parent.parent / "cluster.yaml"

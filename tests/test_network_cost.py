@@ -18,8 +18,6 @@ from pann.models import build_model
 from pann.network_cost import network_cost
 
 
-# pytest-xdist (pyproject.toml): its module fixture is computed once, in one worker.
-pytestmark = pytest.mark.xdist_group("network-cost")
 
 
 def preset(bootstrap=8, fresh_input=8, conv=1, prescale_folded=True, name="test"):

@@ -12,8 +12,6 @@ from pann.groups import expand, layer_groups
 from pann.models import build_model
 
 
-# pytest-xdist (pyproject.toml): its module fixtures are computed once, in one worker.
-pytestmark = pytest.mark.xdist_group("per-layer")
 
 
 INPUTS = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -20,8 +20,6 @@ import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-# pytest-xdist (pyproject.toml): its module fixtures (a Ray cluster, an MLflow server) start once, in one worker.
-pytestmark = pytest.mark.xdist_group("search-cluster")
 
 
 BIN = Path(sys.executable).parent

@@ -16,9 +16,6 @@ from mlflow import MlflowClient
 
 from tests.test_search_cluster import child_runs, wait_for, write_config
 
-# pytest-xdist (pyproject.toml): these searches time their signals to the trials' progress: one after the
-# other, in one worker.
-pytestmark = pytest.mark.xdist_group("ray-signals")
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,8 +110,10 @@ def trial_processes(driver: int) -> list[int]:
 
 
 def checkpointed_and_running(folder: Path) -> bool:
-    """A trial has written a checkpoint and not yet its final result (so killing it now makes it resume)."""
-    for trial in folder.glob("*/checkpoint_000000"):
+    """A trial has a checkpoint Tune knows of and has not yet reported its final result (so killing it now
+    makes it resume). Its second checkpoint is on disk: Tune registers a checkpoint before it lets the trial
+    train on, so the first is registered (the first alone on disk may not be yet)."""
+    for trial in folder.glob("*/checkpoint_000001"):
         results = trial.parent / "result.json"
         if not results.is_file() or '"final": 1' not in results.read_text():
             return True
@@ -124,7 +123,9 @@ def checkpointed_and_running(folder: Path) -> bool:
 def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
     cfg = write_config(tmp_path, "crash", "", epochs=[3, 4])
     data = yaml.safe_load(cfg.read_text())
-    data["budget"].update(trials=4, concurrency=2, max_failures=2)
+    # One trial at a time: with two, the other one may wait for the same backbone, and after the kill
+    # whichever takes the backbone's lock first trains it (from scratch when it is not the checkpointed one).
+    data["budget"].update(trials=4, concurrency=1, max_failures=2)
     data["training"]["train_limit"] = 512  # epochs long enough to kill a trial between two of them
     data["storage"] = "runs"  # relative: must land under the search's working directory
     cfg.write_text(yaml.safe_dump(data))
@@ -133,16 +134,14 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
     driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg)], cwd=tmp_path, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        # Kill the trial processes once one trial has its first epoch checkpoint: Tune retries each
-        # (the checkpointed one from its checkpoint). Every process is killed because which actor runs
-        # the checkpointed trial is not visible from outside; the other may still wait for a backbone.
+        # Kill the trial process once its trial has an epoch checkpoint: Tune retries it from its checkpoint.
         wait_for(lambda: checkpointed_and_running(tmp_path / "runs" / "crash"), 300, "a running trial's checkpoint")
         victims = trial_processes(driver.pid)
         assert victims, "no trial process found"
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
 
-        # Then kill the whole driver once a trial has finished.
+        # Then kill the whole driver once a trial has finished (the retried one: one trial at a time).
         def finished() -> bool:
             if not (tmp_path / "mlflow.db").exists():
                 return False

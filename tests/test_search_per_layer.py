@@ -18,8 +18,6 @@ from search.runner import run_search
 from tests.test_search_cluster import child_runs, mlflow_server  # noqa: F401 - a fixture
 
 
-# pytest-xdist (pyproject.toml): its module fixtures (an MLflow server, a search) start once, in one worker.
-pytestmark = pytest.mark.xdist_group("search-per-layer")
 
 
 STAGES = ["stem", "layer1", "layer2", "layer3"]
