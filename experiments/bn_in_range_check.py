@@ -26,27 +26,9 @@ from pann.data import load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
 from pann.models import build_model
-from pann.modules import PolyReLU
 from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
-
-
-@torch.no_grad()
-def in_range_images(pann: torch.nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Mask of the images none of whose polynomial ReLU inputs leaves that layer's [-B, B] under ``pann``."""
-    outside = torch.zeros(len(images), dtype=torch.bool)
-
-    def hook(module, inputs, output):
-        outside.logical_or_((inputs[0].abs() > module.bound).flatten(1).any(1).cpu())
-
-    handles = [m.register_forward_hook(hook) for m in pann.modules() if isinstance(m, PolyReLU)]
-    try:
-        pann.eval()(images)
-    finally:
-        for h in handles:
-            h.remove()
-    return ~outside
 
 
 def main() -> None:
@@ -67,9 +49,8 @@ def main() -> None:
     out = {"model": args.model, "rows": []}
     for alpha in parse_alphas(args.alphas):
         pann = convert(observed, relu_for_precision(alpha), "layer")
-        kept = in_range_images(pann, augmented)
-        reestimate_batchnorm(pann, [augmented[kept]])
-        row = {"alpha": alpha, "augmented_images_kept": int(kept.sum()), "augmented_images": len(augmented)}
+        kept = reestimate_batchnorm(pann, [augmented], in_range=True)
+        row = {"alpha": alpha, "augmented_images_kept": kept, "augmented_images": len(augmented)}
         for part, data in parts.items():
             row[part] = accuracies([pann], data)[0]
         out["rows"].append(row)

@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from search import config
+from search.config_checks import CORRECTIONS
 from search.runner import run_search
 
 VARIANTS = {  # name: (granularity, strategy)
@@ -93,7 +94,7 @@ def main() -> None:
     parser.add_argument("--confirmation", type=int, default=2000)
     parser.add_argument("--calibration", type=int, default=5000)
     parser.add_argument("--margin", type=float, default=1.0)
-    parser.add_argument("--correction", default="none", choices=("none", "compensate", "batchnorm"))
+    parser.add_argument("--correction", default="none", choices=CORRECTIONS)
     parser.add_argument("--batchnorm-images", type=int, default=2000,
                         help="augmented training images for --correction batchnorm")
     parser.add_argument("--cost", default="levels", choices=("alpha", "bootstraps", "levels", "latency"))

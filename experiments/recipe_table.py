@@ -2,7 +2,7 @@
 validation images and confirmed on test images that chose nothing.
 
     python experiments/recipe_table.py [--model resnet20] [--variants "aa 7,aa 7 + KD"] [--alphas 5-10]
-        [--bn-alphas 6-8] [--margin 1.0] [--save-weights DIR] [--data-dir ../shared/data]
+        [--bn-alphas 6-8] [--bn-in-range] [--margin 1.0] [--save-weights DIR] [--data-dir ../shared/data]
         [--json docs/measurements/recipe_table.json]
 
 Every variant fine-tunes the shared pretrained weights of --model on the full training set (50,000 images, crop+flip,
@@ -12,7 +12,8 @@ training images (times --margin). The first 2,000 test images are the validation
 every alpha of --alphas on them gives the variant's sturdiness and its lowest alpha within 1 point of the pretrained
 backbone there. That alpha and alpha 7 (the issue's target; --target-alpha, 8 for ResNet-56) are then confirmed on
 the other 8,000 test images, both as converted and with batch norm re-estimated under the PANN (on 2,000 augmented
-training images; --bn-alphas). The JSON is rewritten after every variant, so what finished is kept.
+training images; --bn-alphas; with --bn-in-range on those whose inputs stay inside every layer's [-B, B] only).
+The JSON is rewritten after every variant, so what finished is kept.
 """
 
 from __future__ import annotations
@@ -58,16 +59,18 @@ def _file_name(variant: str) -> str:
 
 
 def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], reference: dict[str, float],
-            backbone: dict[str, float], target_alpha: float, device: str, bn: list | None, margin: float) -> dict:
+            backbone: dict[str, float], target_alpha: float, device: str, bn: list | None, margin: float,
+            bn_in_range: bool = False) -> dict:
     """Curve on the validation images, sturdiness, chosen alpha, and its confirmation on the held-out images."""
     span = (min(alphas), max(alphas))
     points = accuracy_curve(observed, data["validation"], alphas, margin=margin, device=device, progress=False,
-                            batchnorm_batches=bn)
+                            batchnorm_batches=bn, batchnorm_in_range=bn_in_range)
     curve = {p.alpha: p.accuracy for p in points}
     chosen = sturdiness(curve, reference["validation"], span=span).lowest_alpha
     confirm = sorted({a for a in (chosen, target_alpha) if a is not None})
     held = {p.alpha: p.accuracy for p in accuracy_curve(observed, data["held_out"], confirm, margin=margin,
-                                                        device=device, progress=False, batchnorm_batches=bn)}
+                                                        device=device, progress=False, batchnorm_batches=bn,
+                                                        batchnorm_in_range=bn_in_range)}
     return {"validation_curve": curve, "validation_out_of_range": {p.alpha: p.out_of_range for p in points},
             "sturdiness": dataclasses.asdict(sturdiness(curve, backbone["validation"],
                                                                                    span=span)),
@@ -76,7 +79,8 @@ def _choose(observed: torch.nn.Module, data: dict, alphas: list[float], referenc
 
 
 def _row(name: str, model: torch.nn.Module, seconds: float, data: dict, alphas: list[float], bn_alphas: list[float],
-         reference: dict[str, float], target_alpha: float, device: str, margin: float) -> dict:
+         reference: dict[str, float], target_alpha: float, device: str, margin: float,
+         bn_in_range: bool = False) -> dict:
     """One fine-tuned backbone: as converted (curve over ``alphas``) and with batch norm re-estimated under the
     PANN on augmented calibration images (curve over ``bn_alphas``)."""
     backbone = {part: accuracy(model, data[part], device=device) for part in ("validation", "held_out")}
@@ -85,7 +89,7 @@ def _row(name: str, model: torch.nn.Module, seconds: float, data: dict, alphas: 
            **_choose(observed, data, alphas, reference, backbone, target_alpha, device, None, margin)}
     if bn_alphas:
         row["batchnorm"] = _choose(observed, data, bn_alphas, reference, backbone, target_alpha, device,
-                                   data["batchnorm"], margin)
+                                   data["batchnorm"], margin, bn_in_range)
     return row
 
 
@@ -112,6 +116,8 @@ def main() -> None:
     parser.add_argument("--from-weights", type=Path, help="evaluate the weights --save-weights wrote there instead "
                         "of training again")
     parser.add_argument("--margin", type=float, default=1.0, help="per-layer B = margin x calibrated range")
+    parser.add_argument("--bn-in-range", action="store_true", help="re-estimate batch norm on the augmented images "
+                        "whose inputs stay inside every layer's [-B, B] only (what ResNet-56 needs)")
     parser.add_argument("--lr", type=float, default=0.002)
     parser.add_argument("--target-alpha", type=float, default=7.0, help="also confirmed on held-out images")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -136,7 +142,8 @@ def main() -> None:
     reference = {part: accuracy(pretrained, data[part], device=args.device) for part in ("validation", "held_out")}
     print(f"pretrained {args.model}: validation {100 * reference['validation']:.2f}%, "
           f"held-out {100 * reference['held_out']:.2f}%", flush=True)
-    out = {"model": args.model, "lr": args.lr, "margin": args.margin, "alphas": alphas, "pretrained": reference,
+    out = {"model": args.model, "lr": args.lr, "margin": args.margin, "bn_in_range": args.bn_in_range,
+           "alphas": alphas, "pretrained": reference,
            "rows": []}
     for name in names:
         start = time.perf_counter()
@@ -153,7 +160,7 @@ def main() -> None:
             if args.save_weights:
                 save_weights(model, args.save_weights / _file_name(name), config=dataclasses.asdict(config))
         row = _row(name, model, time.perf_counter() - start, data, alphas, bn_alphas, reference,
-                   args.target_alpha, args.device, args.margin)
+                   args.target_alpha, args.device, args.margin, args.bn_in_range)
         row["seconds"] = time.perf_counter() - start
         out["rows"].append(row)
         write_bytes_atomic(args.json, json.dumps(out, indent=2).encode())  # what finished is kept

@@ -1,7 +1,8 @@
 """Post-training corrections of a PANN that need no retraining.
 
 * :func:`reestimate_batchnorm`: BatchNorm running statistics re-estimated on (augmented) data
-  flowing through the polynomial activations, so that normalisation matches what the PANN sees;
+  flowing through the polynomial activations, so that normalisation matches what the PANN sees,
+  optionally on the :func:`in_range_images` only;
   :func:`batchnorm_statistics` / :func:`set_batchnorm_statistics` read and write them by norm name
   (what a PANN spec carries).
 * :func:`compensate_leakage`: the per-channel mean of the polynomial's error
@@ -21,8 +22,28 @@ from pann.modules import PolyReLU
 
 
 @torch.no_grad()
-def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor]) -> None:
-    r"""Set every BatchNorm's running mean and variance to those of its inputs under ``pann``.
+def in_range_images(pann: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """Mask of the ``images`` none of whose polynomial ReLU inputs leaves that layer's ``[-B, B]`` under
+    ``pann`` as it is (one forward pass, eval mode). Outside its interval a polynomial diverges: one such
+    image can put an activation of 1e10 B into a norm's variance and flatten that channel for every image."""
+    outside = torch.zeros(len(images), dtype=torch.bool)
+
+    def hook(module, inputs, output):
+        outside.logical_or_((inputs[0].abs() > module.bound).flatten(1).any(1).cpu())
+
+    handles = [m.register_forward_hook(hook) for m in pann.modules() if isinstance(m, PolyReLU)]
+    try:
+        pann.eval()(images)
+    finally:
+        for h in handles:
+            h.remove()
+    return ~outside
+
+
+@torch.no_grad()
+def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor], in_range: bool = False) -> int:
+    r"""Set every BatchNorm's running mean and variance to those of its inputs under ``pann``; returns
+    the number of images they were estimated on.
 
     All ``batches`` are run as one batch, in eval mode, and each norm takes its statistics from
     its own input just before it normalises it:
@@ -38,10 +59,19 @@ def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor]) -> No
     The batches must look like the training batches (the same augmentation): the stored statistics
     were accumulated on augmented images, and re-estimating them on clean ones moves them by more
     than the polynomials do (``experiments/corrections_check.py``, docs/results.md).
+
+    With ``in_range`` the images that :func:`in_range_images` rejects under ``pann`` as given (its
+    statistics before the re-estimation) are left out first: on deep networks (ResNet-56) the few
+    augmented images that leave an interval decide the statistics otherwise (docs/results.md, section 6).
     """
     inputs = list(batches)
     if not inputs:
         raise ValueError("batch-norm re-estimation saw no data")
+    images = torch.cat(inputs)
+    if in_range:
+        images = images[in_range_images(pann, images)]
+        if not len(images):
+            raise ValueError("batch-norm re-estimation: no image stays inside every layer's [-B, B]")
 
     def reestimate(norm: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         dims = [d for d in range(args[0].ndim) if d != 1]
@@ -62,10 +92,11 @@ def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor]) -> No
 
     handles = [m.register_forward_pre_hook(reestimate) for m in _norms(pann).values()]
     try:
-        pann.eval()(torch.cat(inputs))
+        pann.eval()(images)
     finally:
         for h in handles:
             h.remove()
+    return len(images)
 
 
 def _norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

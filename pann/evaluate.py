@@ -68,11 +68,13 @@ def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float],
                    margin: float = 1.0, batch_size: int = 500, device: str | torch.device = "cpu",
                    dtype: torch.dtype = torch.float32, compiled: bool = True,
                    progress: bool = True, leakage_batches: Sequence[torch.Tensor] | None = None,
-                   batchnorm_batches: Sequence[torch.Tensor] | None = None) -> list[CurvePoint]:
+                   batchnorm_batches: Sequence[torch.Tensor] | None = None,
+                   batchnorm_in_range: bool = False) -> list[CurvePoint]:
     """PANN accuracy at each ``alpha``, with the cheapest composite reaching it.
 
     With ``batchnorm_batches`` each PANN first gets :func:`~pann.corrections.reestimate_batchnorm` on them
-    (augmented training images); with ``leakage_batches`` it then gets
+    (augmented training images; with ``batchnorm_in_range`` on those whose inputs stay inside every layer's
+    [-B, B] only); with ``leakage_batches`` it then gets
     :func:`~pann.corrections.compensate_leakage` measured on them.
     Every batch of ``data`` is loaded once and run through the PANNs of all alphas.
     """
@@ -81,7 +83,7 @@ def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float],
              for a in approximations]
     for pann in panns:
         if batchnorm_batches is not None:
-            reestimate_batchnorm(pann, [x.to(device) for x in batchnorm_batches])
+            reestimate_batchnorm(pann, [x.to(device) for x in batchnorm_batches], in_range=batchnorm_in_range)
         if leakage_batches is not None:
             compensate_leakage(pann, (x.to(device) for x in leakage_batches))
         reset_out_of_range(pann)  # count only the evaluation's inputs

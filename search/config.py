@@ -50,7 +50,7 @@ class SearchConfig:
     validation_size: int = 5000
     confirmation_size: int = 0
     calibration_size: int = 5000
-    batchnorm_size: int = 2000  # augmented training images for the correction 'batchnorm'
+    batchnorm_size: int = 2000  # augmented training images for the corrections 'batchnorm(-in-range)'
     trials: int = 20
     time_s: float | None = None
     concurrency: int = 1

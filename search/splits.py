@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 from pann.data import ImageSet, load_dataset, split_train
 from pann.training import TrainConfig
+from search.config_checks import BATCHNORM_CORRECTIONS
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ class Splits:
             train_part, validation = train, test.subset(slice(0, v))
         else:
             train_part, validation = split_train(train, v, seed)
-        sized = ("calibration_size",) + (("batchnorm_size",) if "batchnorm" in search.corrections else ())
+        corrects_norms = bool(set(search.corrections) & set(BATCHNORM_CORRECTIONS))
+        sized = ("calibration_size",) + (("batchnorm_size",) if corrects_norms else ())
         problems = [f"backbone.{key}: {getattr(search, key)} is more than the {len(train_part)} training images"
                     for key in sized if getattr(search, key) > len(train_part)]
         if problems:

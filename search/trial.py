@@ -36,6 +36,7 @@ from pann.spec import spec_of
 from pann.training import TrainingDiverged
 from search.backbones import Backbone, backbone_key, file_digest, locked, stored_backbone
 from search.config import SearchConfig
+from search.config_checks import BATCHNORM_CORRECTIONS
 from search.space import group_alphas, neighbourhood
 from search.splits import Splits
 
@@ -114,15 +115,16 @@ def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], poi
                search: SearchConfig, compiled: bool) -> torch.nn.Module:
     """The PANN of a point: each layer at its alpha, the point's interval scope, margin and correction
     (``compensate``: leakage measured on the calibration images; ``batchnorm``: the norms' statistics
-    re-estimated under the PANN on :func:`batchnorm_batches`)."""
+    re-estimated under the PANN on :func:`batchnorm_batches`, ``batchnorm-in-range``: on those of them whose
+    inputs stay inside every layer's [-B, B])."""
     approximations = {name: relu_for_precision(alpha) for name, alpha in layer_alphas.items()}
     pann = convert(observed, approximations, point.get("scope", "layer"), point.get("margin", 1.0),
                    compiled=compiled).eval()
     correction = point.get("correction", "none")
     if correction == "compensate":
         compensate_leakage(pann, (x for x, _ in splits_for(search).calibration.batches(500)))
-    elif correction == "batchnorm":
-        reestimate_batchnorm(pann, batchnorm_batches(search))
+    elif correction in BATCHNORM_CORRECTIONS:
+        reestimate_batchnorm(pann, batchnorm_batches(search), in_range=correction == "batchnorm-in-range")
     reset_out_of_range(pann)  # count only the scored images
     return pann
 
@@ -160,7 +162,7 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
     correction = point.get("correction", "none")
     for record, pann, score in zip(records, panns, accuracies(panns, getattr(splits, data))):
         record.update(accuracy=score, out_of_range=out_of_range_rate(pann),
-                      spec=spec_of(pann, batchnorm_statistics=correction == "batchnorm", model=search.model,
+                      spec=spec_of(pann, batchnorm_statistics=correction in BATCHNORM_CORRECTIONS, model=search.model,
                                    weights=str(backbone.path or ""), correction=correction,
                                    input_normalization=backbone.model.normalization).to_dict())
     return records

@@ -1,9 +1,10 @@
+import pytest
 import torch
 from torch import nn
 
 from pann.catalog import relu_for_precision
 from pann.convert import calibrate, convert, prepare
-from pann.corrections import compensate_leakage, reestimate_batchnorm
+from pann.corrections import compensate_leakage, in_range_images, reestimate_batchnorm
 from pann.modules import PolyReLU
 
 
@@ -66,3 +67,42 @@ def test_batchnorm_reestimation_skips_entries_a_polynomial_blew_up():
         assert finite.numel() == 35
         torch.testing.assert_close(norm.running_mean[c], finite.mean(), atol=1e-6, rtol=1e-6)
         torch.testing.assert_close(norm.running_var[c], finite.var(unbiased=False), atol=1e-6, rtol=1e-6)
+
+
+def two_layer_pann() -> nn.Module:
+    """ReLU on [-1, 1], then 3 x its output into a norm, then ReLU on [-2, 2]."""
+    approx = relu_for_precision(5)
+    pann = nn.Sequential(PolyReLU(approx, 1.0, compiled=False), nn.Linear(3, 3, bias=False), nn.BatchNorm1d(3),
+                         PolyReLU(approx, 2.0, compiled=False)).eval()
+    with torch.no_grad():
+        pann[1].weight.copy_(3 * torch.eye(3))  # the second layer sees 3 x the first one's output
+    return pann
+
+
+IMAGES = torch.tensor([[0.5, -0.9, 0.1],    # in range at both layers (second: 1.5 <= 2)
+                       [1.5, 0.0, 0.0],     # outside the first layer's [-1, 1]
+                       [0.0, 0.9, -1.0],    # in the first, but about 2.7 at the second
+                       [-1.0, 1.0, 0.0],    # on the first's bounds, but 3 at the second
+                       [0.2, 0.3, 0.6]])    # in range at both (second: at most 1.8)
+
+
+def test_in_range_images_drops_each_image_with_an_input_outside_its_layers_interval():
+    assert in_range_images(two_layer_pann(), IMAGES).tolist() == [True, False, False, False, True]
+
+
+def test_in_range_reestimation_takes_the_statistics_of_the_images_inside_every_interval_only():
+    everything, in_range = two_layer_pann(), two_layer_pann()
+    assert reestimate_batchnorm(everything, [IMAGES[:2], IMAGES[2:]]) == 5
+    assert reestimate_batchnorm(in_range, [IMAGES[:2], IMAGES[2:]], in_range=True) == 2
+    norm_input = {}
+    in_range[2].register_forward_pre_hook(lambda m, args: norm_input.update(x=args[0]))
+    with torch.no_grad():
+        in_range(IMAGES[[0, 4]])
+    torch.testing.assert_close(in_range[2].running_mean, norm_input["x"].mean(0))
+    torch.testing.assert_close(in_range[2].running_var, norm_input["x"].var(0, unbiased=False))
+    assert not torch.allclose(everything[2].running_mean, in_range[2].running_mean)
+
+
+def test_in_range_reestimation_without_any_image_in_range_is_an_error():
+    with pytest.raises(ValueError, match=r"no image stays inside every layer's \[-B, B\]"):
+        reestimate_batchnorm(two_layer_pann(), [IMAGES[1:2]], in_range=True)

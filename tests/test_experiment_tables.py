@@ -68,23 +68,3 @@ def test_insight1_keeps_the_polynomial_on_one_side_and_measures_its_error_per_si
         assert means[side]["mean"] == pytest.approx(float(error[mask].mean()))
         assert means[side]["mean_abs"] == pytest.approx(float(error[mask].abs().mean()))
     assert means["negative"]["mean"] != pytest.approx(means["positive"]["mean"])
-
-
-def test_in_range_images_drops_each_image_with_an_input_outside_its_layers_interval():
-    import torch
-    from torch import nn
-
-    from pann.catalog import relu_for_precision
-    from pann.modules import PolyReLU
-
-    check = _load("bn_in_range_check")
-    approx = relu_for_precision(5)
-    pann = nn.Sequential(PolyReLU(approx, 1.0, compiled=False), nn.Linear(3, 3, bias=False),
-                         PolyReLU(approx, 2.0, compiled=False))
-    with torch.no_grad():
-        pann[1].weight.copy_(3 * torch.eye(3))  # the second layer sees 3 x the first one's output
-    images = torch.tensor([[0.5, -0.9, 0.1],    # in range at both layers (second: 1.5 <= 2)
-                           [1.5, 0.0, 0.0],     # outside the first layer's [-1, 1]
-                           [0.0, 0.9, -1.0],    # in the first, but about 2.7 at the second
-                           [-1.0, 1.0, 0.0]])   # on the first's bounds, but 3 at the second
-    assert check.in_range_images(pann, images).tolist() == [True, False, False, False]

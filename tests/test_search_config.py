@@ -150,7 +150,7 @@ def test_correction_and_its_image_count_are_checked_at_the_edge():
     found = problems(minimal(backbone={"model": "resnet20", "dataset": "synthetic", "validation_size": 100,
                                        "batchnorm_size": 0},
                              space={"alpha": [6, 7], "epochs": [1], "correction": ["none", "bn"]}))
-    assert "space.correction: 'bn' is not one of none, compensate, batchnorm" in found
+    assert "space.correction: 'bn' is not one of none, compensate, batchnorm, batchnorm-in-range" in found
     assert any(p.startswith("backbone.batchnorm_size: must be an integer >= 1") for p in found), found
 
 
@@ -161,10 +161,11 @@ def test_batchnorm_images_are_training_images_sized_when_the_correction_is_used(
                 "calibration_size": 50, "batchnorm_size": 5000}
     unused = Splits.for_search(config.from_dict(minimal(backbone=backbone)))  # 'none' needs no such images
     assert len(unused.calibration) == 50
-    used = config.from_dict(minimal(backbone=backbone, space={"alpha": [6, 7], "epochs": [1],
-                                                              "correction": ["none", "batchnorm"]}))
-    with pytest.raises(ValueError, match="backbone.batchnorm_size: 5000 is more than the 1000 training images"):
-        Splits.for_search(used)
+    for correction in ("batchnorm", "batchnorm-in-range"):
+        used = config.from_dict(minimal(backbone=backbone, space={"alpha": [6, 7], "epochs": [1],
+                                                                  "correction": ["none", correction]}))
+        with pytest.raises(ValueError, match="backbone.batchnorm_size: 5000 is more than the 1000 training images"):
+            Splits.for_search(used)
     held_out = config.from_dict(minimal(backbone={**backbone, "validation_from": "train", "batchnorm_size": 300},
                                         space={"alpha": [6, 7], "epochs": [1], "correction": ["batchnorm"]}))
     splits = Splits.for_search(held_out)

@@ -1,5 +1,6 @@
-"""The search's correction ``batchnorm``: the statistics a trial's PANN gets, and that the answer, its registered
-model and its spec (all a deployer has) carry the same ones. No Ray: the trial's functions are called directly."""
+"""The search's corrections ``batchnorm`` and ``batchnorm-in-range``: the statistics a trial's PANN gets, and
+that the answer, its registered model and its spec (all a deployer has) carry the same ones. No Ray: the trial's
+functions are called directly."""
 
 import pytest
 import torch
@@ -7,6 +8,7 @@ from torch import nn
 
 from pann import spec as pann_spec
 from pann.convert import prepare
+from pann.corrections import in_range_images, reestimate_batchnorm
 from pann.evaluate import accuracy
 from pann.groups import expand, layer_groups
 from pann.models import build_model, save_weights
@@ -97,3 +99,26 @@ def test_the_answer_its_spec_and_a_rebuild_from_spec_and_weights_carry_the_same_
     assert (plain["spec"]["version"], plain["spec"]["correction"]) == (1, "none") and "batchnorm" not in plain["spec"]
     assert not torch.equal(pann_spec.apply(prepare(build_model("resnet20", 10, search.weights)),
                                            pann_spec.from_dict(plain["spec"]), compiled=False)(x), answer(x))
+
+
+def test_in_range_correction_reestimates_on_the_augmented_images_inside_every_interval(search, groups):
+    splits = Splits.for_search(search)
+    generator = torch.Generator().manual_seed(search.seed)
+    images = torch.cat([x for x, _ in splits.batchnorm.batches(500, augment=True, generator=generator)])
+    observed = observed_model(backbone_for(search, POINT), splits_for(search), search)
+    layer_alphas = expand(groups, {g: POINT[f"alpha.{g}"] for g in groups})
+    point = {**POINT, "correction": "batchnorm-in-range"}
+    corrected = build_pann(observed, layer_alphas, point, search, compiled=False)
+    expected = build_pann(observed, layer_alphas, {**POINT, "correction": "none"}, search, compiled=False)
+    kept = in_range_images(expected, images)
+    assert 0 < kept.sum() < len(images)  # calibrated on other images: some augmented ones leave an interval
+    reestimate_batchnorm(expected, [images[kept]])
+    all_images = build_pann(observed, layer_alphas, POINT, search, compiled=False)
+    for name, norm in norms(corrected).items():
+        assert torch.equal(norm.running_mean, norms(expected)[name].running_mean)
+        assert torch.equal(norm.running_var, norms(expected)[name].running_var)
+    last = "net.layer3.2.bn2"
+    assert not torch.equal(norms(corrected)[last].running_var, norms(all_images)[last].running_var)
+    record = measure(search, groups, point, backbone_for(search, point), "test", neighbours=False)[0]
+    assert (record["spec"]["version"], record["spec"]["correction"]) == (2, "batchnorm-in-range")
+    assert record["spec"]["batchnorm"][last]["running_var"] == norms(corrected)[last].running_var.tolist()
