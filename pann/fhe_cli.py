@@ -10,7 +10,7 @@ import sys
 from collections.abc import Callable
 
 from pann.catalog import check_alpha, relu_for_precision
-from pann.fhe_params import load_params
+from pann.fhe_params import available_memory_gib, go_memory_limit, load_params
 
 
 def _fhe_pann(args: argparse.Namespace):
@@ -49,6 +49,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
         raise UsageError("--model is required with --alpha or --spec")
     params = load_params(args.params)
     os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
+    os.environ.setdefault("GOMEMLIMIT", go_memory_limit(available_memory_gib()))  # and stays under what is free
     try:
         fhe.orion_modules()
     except fhe.FheUnavailable as exc:
@@ -64,7 +65,8 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
-              "peak_memory_gib": _peak_memory_gib(), **check.to_dict()}
+              "peak_memory_gib": _peak_memory_gib(),
+              "go_runtime": {key: os.environ[key] for key in ("GOGC", "GOMEMLIMIT")}, **check.to_dict()}
     if record is not None:
         record(report)
     if args.json:

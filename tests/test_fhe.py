@@ -18,7 +18,7 @@ from torch import nn
 from pann.catalog import get_approximation
 from pann.convert import calibrate, convert, prepare
 from pann.fhe_graph import UnsupportedLayerError, folded_stages, lower, plan_depth
-from pann.fhe_params import InsufficientMemory, check_resources, load_params, preset_names
+from pann.fhe_params import InsufficientMemory, check_resources, go_memory_limit, load_params, preset_names
 from pann.modules import relu_polynomial
 
 HAVE_ORION = importlib.util.find_spec("orion") is not None
@@ -129,6 +129,12 @@ def test_resources_refuse_a_preset_too_large_or_too_shallow():
         check_resources(params, 50, 8.0)
     with pytest.raises(ValueError, match="needs 40 levels .* no bootstrapping"):
         check_resources(load_params("leveled-128"), 40, 100.0)
+
+
+def test_go_heap_limit_leaves_the_python_side_its_room():
+    assert go_memory_limit(22.6) == "18GiB"  # the encrypted ResNet-20 of results section 9
+    assert go_memory_limit(13.9, python_side_gib=2.0) == "11GiB"
+    assert go_memory_limit(3.0) == "1GiB"
 
 
 @needs_orion
