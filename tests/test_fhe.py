@@ -125,7 +125,7 @@ def test_presets_state_their_security_and_bad_parameters_list_every_field(tmp_pa
 def test_resources_refuse_a_preset_too_large_or_too_shallow():
     params = load_params("bootstrap-128")
     assert check_resources(params, params.levels, 100.0) == (False, params.memory_gib["leveled"])
-    with pytest.raises(InsufficientMemory, match=r"need about 21\.0 GiB .* has 8\.0 GiB available"):
+    with pytest.raises(InsufficientMemory, match=r"need about 22\.5 GiB .* has 8\.0 GiB available"):
         check_resources(params, 50, 8.0)
     with pytest.raises(ValueError, match="needs 40 levels .* no bootstrapping"):
         check_resources(load_params("leveled-128"), 40, 100.0)
