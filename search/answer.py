@@ -52,6 +52,8 @@ def _points(results, run_ids: dict[str, str]) -> list[Point]:
 
 
 MAX_CONFIRMATIONS = 20  # candidates scored on the confirmation images at most
+# A point's parameters that say where it was measured, not what it is: left out when candidates are compared.
+_WHERE_MEASURED = ("backbone", "optuna_trial")
 
 
 def _candidates(points: list[Point], target: float, x: str) -> list[Point]:
@@ -60,7 +62,7 @@ def _candidates(points: list[Point], target: float, x: str) -> list[Point]:
     may still hold); a configuration measured twice is scored once; at most :data:`MAX_CONFIRMATIONS`."""
     seen, ordered = set(), []
     for point in sorted((p for p in points if p.accuracy >= target), key=lambda p: (p.cost(x), -p.accuracy)):
-        key = tuple(sorted((k, str(v)) for k, v in point.params.items() if k != "backbone"))
+        key = tuple(sorted((k, str(v)) for k, v in point.params.items() if k not in _WHERE_MEASURED))
         if key not in seen:
             seen.add(key)
             ordered.append(point)

@@ -71,10 +71,11 @@ def test_confirmation_candidates_are_every_feasible_point_cheapest_first_once_ea
     from search.answer import _candidates
     from tracking.pareto import Point
 
-    points = [Point("uniform", 9.0, 0.93, 9, params={"alpha": 9}, costs={"bootstraps": 54}),
+    points = [Point("uniform", 9.0, 0.93, 9, params={"alpha": 9, "optuna_trial": 0}, costs={"bootstraps": 54}),
               Point("mixed", 8.2, 0.925, 9, params={"alpha.a": 8}, costs={"bootstraps": 50}),
               Point("dominated", 8.9, 0.924, 9, params={"alpha.a": 9, "alpha.b": 8}, costs={"bootstraps": 52}),
-              Point("again", 9.0, 0.93, 9, params={"alpha": 9}, costs={"bootstraps": 54}),  # a neighbour, re-measured
+              # a neighbour measured again in another trial
+              Point("again", 9.0, 0.93, 9, params={"alpha": 9, "optuna_trial": 3}, costs={"bootstraps": 54}),
               Point("too-low", 6.0, 0.80, 6, params={"alpha": 6}, costs={"bootstraps": 20})]
     ordered = _candidates(points, 0.92, "bootstraps")
     assert [p.trial for p in ordered] == ["mixed", "dominated", "uniform"]
