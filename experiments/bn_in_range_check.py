@@ -8,7 +8,7 @@ re-estimated on 2,000 augmented training images; validation = first 2,000 test i
 Outside [-B, B] the polynomial diverges: one augmented image with an out-of-range input can put an activation of
 1e10 B into a norm's variance and flatten that channel for every image. Here the PANN first runs on the augmented
 images as converted, the images with any input outside its layer's [-B, B] are dropped, and the statistics are
-re-estimated on the others. Prints and writes the accuracy on both slices.
+re-estimated on the others. Prints and writes the accuracy on both slices, and the backbone's own.
 """
 
 from __future__ import annotations
@@ -44,9 +44,12 @@ def main() -> None:
     parts = {"validation": test.subset(slice(0, 2000)), "held_out": test.subset(slice(2000, None))}
     augmented = torch.cat([x for x, _ in train.subset(order[:2000]).batches(
         500, augment=True, generator=torch.Generator().manual_seed(0))])
-    observed = calibrated(build_model(args.model, 10, weights=args.data_dir / f"{args.model}_cifar10.pt"),
-                          train.subset(order[:10000]))
-    out = {"model": args.model, "rows": []}
+    backbone = build_model(args.model, 10, weights=args.data_dir / f"{args.model}_cifar10.pt")
+    reference = {part: accuracies([backbone], data)[0] for part, data in parts.items()}
+    print(f"{args.model} backbone: validation {100 * reference['validation']:.2f}%, "
+          f"held out {100 * reference['held_out']:.2f}%", flush=True)
+    observed = calibrated(backbone, train.subset(order[:10000]))
+    out = {"model": args.model, "backbone": reference, "rows": []}
     for alpha in parse_alphas(args.alphas):
         pann = convert(observed, relu_for_precision(alpha), "layer")
         kept = reestimate_batchnorm(pann, [augmented], in_range=True)
