@@ -3,7 +3,7 @@ disjoint sets for validation, confirmation and test.
 
 * calibration: training images that set each layer's interval ``B``;
 * batchnorm: training images (the first ``batchnorm_size`` of those calibration starts from) on which the
-  correction ``batchnorm`` re-estimates the norms' statistics, augmented as in training;
+  corrections ``batchnorm`` and ``batchnorm-in-range`` re-estimate the norms' statistics, augmented as in training;
 * validation: what trials are scored on (what Optuna sees);
 * confirmation: what picks the answer among the front's candidates (never seen by a trial);
 * test: what the answer's accuracy is reported on (chose nothing).

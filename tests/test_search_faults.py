@@ -92,32 +92,29 @@ def test_impossible_resources_fail_before_mlflow(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def trial_processes(driver: int) -> list[int]:
-    """PIDs of the Ray actors running Tune function trainables under ``driver`` (its descendants only:
-    other Ray instances on the machine are not ours to kill)."""
-    out = subprocess.run(["ps", "-eo", "pid,ppid,args"], capture_output=True, text=True).stdout
-    rows = [line.split(None, 2) for line in out.splitlines()[1:]]
-    parent = {int(r[0]): int(r[1]) for r in rows}
-
-    def under_driver(pid: int) -> bool:
-        while pid > 1:
-            if pid == driver:
-                return True
-            pid = parent.get(pid, 1)
-        return False
-
-    return [int(r[0]) for r in rows if len(r) == 3 and "ImplicitFunc" in r[2] and under_driver(int(r[0]))]
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is ``ancestor`` or one of its descendants (by the parent PIDs in /proc)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
 
 
-def checkpointed_and_running(folder: Path) -> bool:
-    """A trial has a checkpoint Tune knows of and has not yet reported its final result (so killing it now
-    makes it resume). Its second checkpoint is on disk: Tune registers a checkpoint before it lets the trial
-    train on, so the first is registered (the first alone on disk may not be yet)."""
+def checkpointed_trial_pid(folder: Path) -> int | None:
+    """PID of the process running a trial that has a checkpoint Tune knows of and has not yet reported its
+    final result (so killing it now makes it resume), from the ``pid`` Tune adds to every result. The trial's
+    second checkpoint is on disk: Tune registers a checkpoint before it lets the trial train on, so the first
+    is registered (the first alone on disk may not be yet)."""
     for trial in folder.glob("*/checkpoint_000001"):
         results = trial.parent / "result.json"
-        if not results.is_file() or '"final": 1' not in results.read_text():
-            return True
-    return False
+        lines = results.read_text().splitlines() if results.is_file() else []
+        if lines and not any(json.loads(line).get("final") for line in lines):
+            return int(json.loads(lines[-1])["pid"])
+    return None
 
 
 def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
@@ -135,11 +132,10 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         # Kill the trial process once its trial has an epoch checkpoint: Tune retries it from its checkpoint.
-        wait_for(lambda: checkpointed_and_running(tmp_path / "runs" / "crash"), 300, "a running trial's checkpoint")
-        victims = trial_processes(driver.pid)
-        assert victims, "no trial process found"
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: checkpointed_trial_pid(tmp_path / "runs" / "crash"), 300, "a running trial's checkpoint")
+        victim = checkpointed_trial_pid(tmp_path / "runs" / "crash")
+        assert descends_from(victim, driver.pid), "the trial's process is not one this test started"
+        os.kill(victim, signal.SIGKILL)
 
         # Then kill the whole driver once a trial has finished (the retried one: one trial at a time).
         def finished() -> bool:
