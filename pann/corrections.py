@@ -18,20 +18,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pann.modules import PolyReLU
+from pann.modules import PolyMaxPool2d, PolyReLU
 
 
 @torch.no_grad()
 def in_range_images(pann: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Mask of the ``images`` none of whose polynomial ReLU inputs leaves that layer's ``[-B, B]`` under
-    ``pann`` as it is (one forward pass, eval mode). Outside its interval a polynomial diverges: one such
-    image can put an activation of 1e10 B into a norm's variance and flatten that channel for every image."""
+    """Mask of the ``images`` none of whose polynomial inputs leaves its interval under ``pann`` as it is
+    (one forward pass, eval mode): ``[-B, B]`` for a polynomial ReLU, ``[-B/2, B/2]`` for a polynomial
+    max-pool (whose ``B`` bounds the differences ``a - b`` of its inputs). Outside its interval a polynomial
+    diverges: one such image can put an activation of 1e10 B into a norm's variance and flatten that
+    channel for every image."""
     outside = torch.zeros(len(images), dtype=torch.bool)
 
     def hook(module, inputs, output):
-        outside.logical_or_((inputs[0].abs() > module.bound).flatten(1).any(1).cpu())
+        limit = module.bound / 2 if isinstance(module, PolyMaxPool2d) else module.bound
+        outside.logical_or_((inputs[0].abs() > limit).flatten(1).any(1).cpu())
 
-    handles = [m.register_forward_hook(hook) for m in pann.modules() if isinstance(m, PolyReLU)]
+    handles = [m.register_forward_hook(hook) for m in pann.modules() if isinstance(m, (PolyReLU, PolyMaxPool2d))]
     try:
         pann.eval()(images)
     finally:

@@ -49,11 +49,14 @@ def _memoized(key: Any, make):
     return _memo[key]
 
 
+def _splits_key(search: SearchConfig) -> tuple:
+    return (search.dataset, search.data_dir, search.validation_from, search.validation_size,
+            search.confirmation_size, search.calibration_size, search.batchnorm_size,
+            json.dumps(dict(search.training), sort_keys=True))
+
+
 def splits_for(search: SearchConfig) -> Splits:
-    key = ("splits", search.dataset, search.data_dir, search.validation_from, search.validation_size,
-           search.confirmation_size, search.calibration_size, search.batchnorm_size,
-           json.dumps(dict(search.training), sort_keys=True))
-    return _memoized(key, lambda: Splits.for_search(search))
+    return _memoized(("splits", *_splits_key(search)), lambda: Splits.for_search(search))
 
 
 def batchnorm_batches(search: SearchConfig) -> list[torch.Tensor]:
@@ -63,8 +66,7 @@ def batchnorm_batches(search: SearchConfig) -> list[torch.Tensor]:
         generator = torch.Generator().manual_seed(search.seed)
         return [x for x, _ in splits_for(search).batchnorm.batches(500, augment=True, generator=generator)]
 
-    return _memoized(("batchnorm", search.dataset, search.data_dir, search.validation_from, search.validation_size,
-                      search.batchnorm_size, search.seed, json.dumps(dict(search.training), sort_keys=True)), make)
+    return _memoized(("batchnorm", *_splits_key(search), search.seed), make)
 
 
 def backbone_for(search: SearchConfig, point: Mapping[str, Any], report=None) -> Backbone:

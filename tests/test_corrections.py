@@ -5,7 +5,7 @@ from torch import nn
 from pann.catalog import relu_for_precision
 from pann.convert import calibrate, convert, prepare
 from pann.corrections import compensate_leakage, in_range_images, reestimate_batchnorm
-from pann.modules import PolyReLU
+from pann.modules import PolyMaxPool2d, PolyReLU
 
 
 def conv_net() -> nn.Module:
@@ -88,6 +88,15 @@ IMAGES = torch.tensor([[0.5, -0.9, 0.1],    # in range at both layers (second: 1
 
 def test_in_range_images_drops_each_image_with_an_input_outside_its_layers_interval():
     assert in_range_images(two_layer_pann(), IMAGES).tolist() == [True, False, False, False, True]
+
+
+def test_in_range_images_holds_a_polynomial_max_pool_to_half_its_bound():
+    # B = 2 bounds the differences a - b, so the inputs must stay inside [-1, 1].
+    pool = PolyMaxPool2d(relu_for_precision(5), 2.0, kernel_size=2, compiled=False).eval()
+    images = torch.tensor([[[[0.9, -0.9], [0.5, 0.0]]],    # every input inside [-1, 1]
+                           [[[1.2, 0.0], [0.0, 0.0]]],     # one input past 1: a - b can reach past B
+                           [[[-1.0, 1.0], [0.0, 0.0]]]])   # on the bounds: |a - b| = 2 = B at most
+    assert in_range_images(pool, images).tolist() == [True, False, True]
 
 
 def test_in_range_reestimation_takes_the_statistics_of_the_images_inside_every_interval_only():
