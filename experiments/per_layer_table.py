@@ -44,7 +44,8 @@ def search_config(args: argparse.Namespace, variant: str, folder: Path) -> confi
                   "correction": [args.correction]},
         "budget": {"trials": trials, "concurrency": args.concurrency, "cpus_per_trial": 1},
         "search": {"seed": 0, "early_stopping": False, "granularity": granularity, "strategy": strategy,
-                   "cost": args.cost, "preset": args.preset, "neighbours": 1 if granularity == "network" else 0},
+                   "cost": args.cost, "preset": args.preset, "neighbours": 1 if granularity == "network" else 0,
+                   "confirmations": args.confirmations},
         "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
     })
 
@@ -100,6 +101,8 @@ def main() -> None:
     parser.add_argument("--cost", default="levels", choices=("alpha", "bootstraps", "levels", "latency"))
     parser.add_argument("--preset", default="mpcnn")
     parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--confirmations", type=int, default=20,
+                        help="validation-feasible candidates scored on the confirmation images at most")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, required=True, help="folder for table.json and table.md")
     parser.add_argument("--work", type=Path, help="folder for the searches' runs and MLflow stores "

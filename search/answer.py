@@ -51,29 +51,28 @@ def _points(results, run_ids: dict[str, str]) -> list[Point]:
     return points
 
 
-MAX_CONFIRMATIONS = 20  # candidates scored on the confirmation images at most
 # A point's parameters that say where it was measured, not what it is: left out when candidates are compared.
 _WHERE_MEASURED = ("backbone", "optuna_trial")
 
 
-def _candidates(points: list[Point], target: float, x: str) -> list[Point]:
+def _candidates(points: list[Point], target: float, x: str, limit: int) -> list[Point]:
     """Every validation-feasible point, cheapest first (the front's and the dominated ones: when the front's
     points fail confirmation, a dearer feasible point, such as the uniform one a per-layer search started from,
-    may still hold); a configuration measured twice is scored once; at most :data:`MAX_CONFIRMATIONS`."""
+    may still hold); a configuration measured twice is scored once; at most ``limit`` (``search.confirmations``)."""
     seen, ordered = set(), []
     for point in sorted((p for p in points if p.accuracy >= target), key=lambda p: (p.cost(x), -p.accuracy)):
         key = tuple(sorted((k, str(v)) for k, v in point.params.items() if k not in _WHERE_MEASURED))
         if key not in seen:
             seen.add(key)
             ordered.append(point)
-    return ordered[:MAX_CONFIRMATIONS]
+    return ordered[:limit]
 
 
 def _confirm(search: SearchConfig, groups, points: list[Point]) -> tuple[Point | None, float | None, list]:
     """The first candidate (:func:`_candidates`) that also meets the target on the confirmation images (the
     cheapest feasible point when the search has no confirmation images), and the candidates checked."""
     x = "alpha" if search.cost == "alpha" else search.cost
-    candidates = _candidates(points, search.target_accuracy, x)
+    candidates = _candidates(points, search.target_accuracy, x, search.confirmations)
     if search.confirmation_size == 0:
         return (candidates[0] if candidates else None), None, []
     checked = []

@@ -28,7 +28,7 @@ def search_params(search: SearchConfig) -> dict[str, Any]:
             "weights": search.weights, "trials": search.trials, "concurrency": search.concurrency,
             "granularity": search.granularity, "cost": search.cost, "preset": search.preset,
             "strategy": search.strategy, "validation_size": search.validation_size,
-            "confirmation_size": search.confirmation_size,
+            "confirmation_size": search.confirmation_size, "confirmations": search.confirmations,
             "space": dict(search.space), "training": dict(search.training), "storage": search.storage}
 
 

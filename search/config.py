@@ -67,6 +67,7 @@ class SearchConfig:
     cost: str = "alpha"
     preset: str = "mpcnn"
     strategy: str = "optuna"
+    confirmations: int = 20  # validation-feasible candidates scored on the confirmation images at most
     compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""

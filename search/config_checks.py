@@ -55,7 +55,7 @@ _SECTIONS = {
     "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
     "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones",
-               "granularity", "cost", "preset", "strategy", "compile"),
+               "granularity", "cost", "preset", "strategy", "confirmations", "compile"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -246,6 +246,8 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     need(merged["granularity"] in GRANULARITIES, "search.granularity", f"expected one of {', '.join(GRANULARITIES)}")
     need(merged["cost"] in COSTS, "search.cost", f"expected one of {', '.join(COSTS)}")
     need(merged["strategy"] in STRATEGIES, "search.strategy", f"expected one of {', '.join(STRATEGIES)}")
+    need(_is_int(merged["confirmations"]) and merged["confirmations"] >= 1, "search.confirmations",
+         "must be an integer >= 1")
     if merged["neighbours"] is None:
         merged["neighbours"] = 1 if merged["granularity"] == "network" else 0
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",

@@ -39,11 +39,13 @@ def test_every_problem_is_listed_with_its_field():
     found = problems(minimal(
         colour="red", target_accuracy=1.5,
         budget={"trials": 0, "cpus_per_trial": -1, "gpus_per_trial": 1.5, "bogus": 1},
+        search={"confirmations": 0},
         training={"optimizer": "rmsprop", "model": "vgg11_bn"},
         space={"alpha": [1, 7], "weight_decay": [-1e-4], "mixup_alpha": [0], "leakage": ["magic"],
                "scope": ["local"], "dropout": [0.1]}))
     expected = ["colour: unknown field", "target_accuracy:", "budget.trials:", "budget.cpus_per_trial:",
-                "budget.gpus_per_trial:", "budget.bogus: unknown field", "training.optimizer:",
+                "budget.gpus_per_trial:", "budget.bogus: unknown field", "search.confirmations: must be an integer",
+                "training.optimizer:",
                 "training.model: set in the backbone", "space.alpha: 1 is not a precision", "space.weight_decay:",
                 "space.mixup_alpha:", "space.leakage:", "space.scope:", "space.dropout: unknown dimension"]
     for start in expected:
@@ -106,8 +108,14 @@ def test_train_config_of_a_point_and_its_key(tmp_path):
     assert backbone_key(a) == backbone_key(b) != backbone_key(c)
 
 
-@pytest.mark.parametrize("name", ["quickstart.yaml", "resnet20_cifar10_cpu.yaml", "resnet20_cifar10_gpu.yaml",
-                                  "resnet20_per_layer.yaml"])
+SEARCH_CONFIGS = sorted(p.name for p in (ROOT / "configs").glob("*.yaml") if not p.name.startswith("finetune_"))
+
+
+def test_every_shipped_search_config_is_checked():
+    assert {"quickstart.yaml", "quickstart_recipes.yaml", "resnet20_per_layer.yaml"} <= set(SEARCH_CONFIGS)
+
+
+@pytest.mark.parametrize("name", SEARCH_CONFIGS)
 def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
     monkeypatch.setenv("PANN_DATA_DIR", str(shared_data))
     search = config.load(ROOT / "configs" / name)

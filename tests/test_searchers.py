@@ -77,5 +77,6 @@ def test_confirmation_candidates_are_every_feasible_point_cheapest_first_once_ea
               # a neighbour measured again in another trial
               Point("again", 9.0, 0.93, 9, params={"alpha": 9, "optuna_trial": 3}, costs={"bootstraps": 54}),
               Point("too-low", 6.0, 0.80, 6, params={"alpha": 6}, costs={"bootstraps": 20})]
-    ordered = _candidates(points, 0.92, "bootstraps")
+    ordered = _candidates(points, 0.92, "bootstraps", limit=20)
     assert [p.trial for p in ordered] == ["mixed", "dominated", "uniform"]
+    assert [p.trial for p in _candidates(points, 0.92, "bootstraps", limit=2)] == ["mixed", "dominated"]
