@@ -76,6 +76,29 @@ def check_names(given: Iterable[str], expected: Iterable[str], what: str) -> Non
                          + f" (expected: {', '.join(expected)})")
 
 
+def alphas_by_layer(model: nn.Module, alphas: Mapping[str, float], default: float) -> dict[str, float]:
+    """Every activation layer's alpha from ``alphas`` keyed by the groups of one granularity: stage names
+    (``{"stem": 6, "layer3": 5}``) or layer names; layers whose group is not named get ``default``.
+
+    Raises ``ValueError`` naming the keys that are neither stages nor activation layers of ``model``
+    (or, when every key is one of them, saying that stages and layers are mixed).
+    """
+    layers = list(_activation_layers(model))
+    try:
+        stages = layer_groups(model, "stage")
+    except ValueError:
+        stages = {}
+    for groups in (stages, {name: [name] for name in layers}):
+        if groups and set(alphas) <= set(groups):
+            return {layer: float(alphas.get(group, default)) for group, members in groups.items()
+                    for layer in members}
+    unknown = [k for k in alphas if k not in stages and k not in layers]
+    what = f"{', '.join(unknown)}: neither stages nor activation layers" if unknown else \
+        f"{', '.join(alphas)}: stages and layers mixed (name groups of one granularity)"
+    raise ValueError(f"{what} of {type(model).__name__} (stages: {', '.join(stages) or 'none'}; "
+                     f"layers: {', '.join(layers)})")
+
+
 def expand(groups: Mapping[str, list[str]], values: Mapping[str, float]) -> dict[str, float]:
     """Per-layer values from per-group ``values`` (every group needs one; unknown groups are refused)."""
     check_names(values, groups, "per-group values")

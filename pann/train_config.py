@@ -41,7 +41,10 @@ class TrainConfig:
     * ``distill_weight`` > 0: knowledge distillation from the ``pretrained`` backbone's logits,
       ``w T^2 KL(teacher || student) + (1 - w) CE`` at temperature ``distill_temperature``;
     * ``alpha_start``: with approximation-aware training, a precision schedule from ``alpha_start``
-      down to ``alpha``, one bit at a time, moved every epoch or every step (``alpha_granularity``).
+      down to ``alpha``, one bit at a time, moved every epoch or every step (``alpha_granularity``);
+    * ``layer_alphas``: approximation-aware training with a per-layer PANN in the loop: an alpha per
+      stage (``{"stem": 6, "layer3": 5}``) or per activation layer (names as :func:`pann.convert.observers`
+      gives them), the layers not named at ``alpha`` (:func:`pann.groups.alphas_by_layer`).
 
     ``validation_size=0`` trains on the whole training set (no validation metrics).
     """
@@ -72,6 +75,7 @@ class TrainConfig:
     distill_temperature: float = 4.0
     alpha_start: float | None = None
     alpha_granularity: str = "epoch"
+    layer_alphas: dict[str, float] | None = None
     validation_size: int = 5000
     train_limit: int | None = None
     seed: int = 0
@@ -128,6 +132,7 @@ class TrainConfig:
              "a precision schedule needs leakage 'approximation-aware'")
         need(self.alpha_granularity in GRANULARITIES, "alpha_granularity",
              f"expected one of {', '.join(GRANULARITIES)}")
+        p += self._layer_alpha_problems()
         need(isinstance(self.validation_size, int) and self.validation_size >= 0, "validation_size",
              "must be an integer >= 0")
         need(self.train_limit is None or isinstance(self.train_limit, int) and self.train_limit >= 1,
@@ -135,6 +140,31 @@ class TrainConfig:
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             p.append(f"pretrained: weights file not found ({self.pretrained!r})")
         return p
+
+
+    def _layer_alpha_problems(self) -> list[str]:
+        if self.layer_alphas is None:
+            return []
+        where = f"layer_alphas: {self.layer_alphas!r}"
+        if not isinstance(self.layer_alphas, Mapping) or not self.layer_alphas:
+            return [f"{where} must map stage or layer names to alphas (or be null)"]
+        bad = [str(k) for k, v in self.layer_alphas.items() if not (_number(v) and 2 <= v <= 16)]
+        if bad:
+            return [f"layer_alphas: the alphas of {', '.join(bad)} must lie in 2..16"]
+        if self.leakage != "approximation-aware":
+            return ["layer_alphas: per-layer alphas need leakage 'approximation-aware'"]
+        if self.alpha_start is not None:
+            return ["layer_alphas: a precision schedule (alpha_start) with per-layer alphas is not supported"]
+        if self.model not in model_names():
+            return []
+        from pann.convert import prepare  # building the model to name its layers (milliseconds)
+        from pann.groups import alphas_by_layer
+        from pann.models import build_model
+        try:
+            alphas_by_layer(prepare(build_model(self.model)), self.layer_alphas, self.alpha)
+        except ValueError as exc:
+            return [f"layer_alphas: {exc}"]
+        return []
 
 
 def _number(value: Any) -> bool:

@@ -25,12 +25,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from pann.catalog import relu_for_precision
-from pann.convert import replace_activations
+from pann.convert import prepare, replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
 from pann.distillation import Teacher, distillation_loss
 from pann.evaluate import count_correct
 from pann.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
 from pann.files import atomic_write
+from pann.groups import alphas_by_layer
 from pann.models import Classifier, build_model
 from pann.optimization import optimizer as _optimizer
 from pann.optimization import scheduler as _scheduler
@@ -64,6 +65,15 @@ def leakage_module(config: TrainConfig) -> Callable[[], nn.Module] | None:
         approximation = relu_for_precision(config.alpha)
         return lambda: ApproximationAwareReLU(approximation, config.margin)
     return None
+
+
+def _set_layer_alphas(model: nn.Module, backbone: nn.Module, config: TrainConfig) -> None:
+    """Give every approximation-aware ReLU of ``model`` its alpha of ``config.layer_alphas``."""
+    alphas = alphas_by_layer(prepare(backbone), config.layer_alphas, config.alpha)
+    for name, module in model.named_modules():
+        if isinstance(module, ApproximationAwareReLU):
+            module.set_approximation(relu_for_precision(alphas[name]))
+    logger.info("approximation-aware training per layer: %s", alphas)
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -217,6 +227,8 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
     backbone, train_set, validation = _backbone_and_data(config)
     factory = leakage_module(config)
     model = replace_activations(backbone, factory, require_polynomial=False) if factory else backbone
+    if config.layer_alphas:
+        _set_layer_alphas(model, backbone, config)
     model = model.to(device)
     optimizer = _optimizer(model, config)
     steps_per_epoch = -(-len(train_set) // config.batch_size)

@@ -192,3 +192,39 @@ def test_shipped_recipe_config_is_valid(shared_data):
     recipe = TrainConfig.from_dict(data)
     assert (recipe.leakage, recipe.alpha, recipe.distill_weight, recipe.validation_size) == (
         "approximation-aware", 7, 0.9, 0)
+
+
+def test_layer_alphas_give_each_aware_relu_the_alpha_of_its_stage_or_layer():
+    from pann.training import _set_layer_alphas
+
+    backbone = resnet20()
+    model = replace_activations(backbone, lambda: ApproximationAwareReLU(relu_for_precision(5)),
+                                require_polynomial=False)
+    _set_layer_alphas(model, backbone, tiny(leakage="approximation-aware", alpha=5, layer_alphas={"layer3": 3}))
+    alphas = {name: 3 if m.polynomial.approximation == relu_for_precision(3) else 5
+              for name, m in model.named_modules() if isinstance(m, ApproximationAwareReLU)}
+    assert sorted(n for n, a in alphas.items() if a == 3) == [f"net_layer3_{b}_relu_{13 + i}"
+                                                              for i, b in enumerate((0, 0, 1, 1, 2, 2))]
+    assert sum(a == 5 for a in alphas.values()) == 13
+    _set_layer_alphas(model, backbone, tiny(leakage="approximation-aware", alpha=5, layer_alphas={"net_relu": 3}))
+    assert [n for n, m in model.named_modules() if isinstance(m, ApproximationAwareReLU)
+            and m.polynomial.approximation == relu_for_precision(3)] == ["net_relu"]
+
+
+def test_layer_alphas_reach_training_and_bad_ones_are_listed():
+    aware = dict(leakage="approximation-aware", alpha=5, train_limit=128)
+    uniform = train(tiny(**aware), progress=False).model.state_dict()
+    per_layer = train(tiny(**aware, layer_alphas={"stem": 5, "layer3": 3}), progress=False).model.state_dict()
+    assert any(not torch.equal(v, per_layer[k]) for k, v in uniform.items() if v.is_floating_point())
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(dict(leakage="approximation-aware", layer_alphas={"layer9": 5, "stem": 1}))
+    assert "layer_alphas: the alphas of stem must lie in 2..16" in str(info.value)
+    for bad, message in (({"layer9": 5}, "layer9: neither stages nor activation layers of Classifier"),
+                         ({"stem": 6, "net_relu": 5}, "stem, net_relu: stages and layers mixed"),
+                         ({}, "must map stage or layer names to alphas")):
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig.from_dict(dict(leakage="approximation-aware", layer_alphas=bad))
+    with pytest.raises(ConfigError, match="per-layer alphas need leakage 'approximation-aware'"):
+        TrainConfig.from_dict(dict(layer_alphas={"stem": 6}))
+    with pytest.raises(ConfigError, match="precision schedule .* not supported"):
+        TrainConfig.from_dict(dict(leakage="approximation-aware", alpha=6, alpha_start=8, layer_alphas={"stem": 6}))
