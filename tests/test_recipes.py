@@ -185,13 +185,16 @@ def test_batchnorm_reestimation_equals_the_statistics_of_every_norms_input_under
         reestimate_batchnorm(pann, [])
 
 
-def test_shipped_recipe_config_is_valid(shared_data):
-    path = Path(__file__).resolve().parents[1] / "configs" / "finetune_resnet20_kd.yaml"
+@pytest.mark.parametrize("name, alpha, layer_alphas", [("finetune_resnet20_kd.yaml", 7, None),
+                                                     ("finetune_resnet20_per_layer_kd.yaml", 6,
+                                                      {"layer2": 5, "layer3": 5})])
+def test_shipped_recipe_configs_are_valid(name, alpha, layer_alphas, shared_data):
+    path = Path(__file__).resolve().parents[1] / "configs" / name
     data = yaml.safe_load(path.read_text())
     data["pretrained"] = str(shared_data / "resnet20_cifar10.pt")  # the file's path is relative to the repository
     recipe = TrainConfig.from_dict(data)
-    assert (recipe.leakage, recipe.alpha, recipe.distill_weight, recipe.validation_size) == (
-        "approximation-aware", 7, 0.9, 0)
+    assert (recipe.leakage, recipe.alpha, recipe.distill_weight, recipe.validation_size, recipe.layer_alphas) == (
+        "approximation-aware", alpha, 0.9, 0, layer_alphas)
 
 
 def test_layer_alphas_give_each_aware_relu_the_alpha_of_its_stage_or_layer():
