@@ -5,6 +5,9 @@
   optionally on the :func:`in_range_images` only;
   :func:`batchnorm_statistics` / :func:`set_batchnorm_statistics` read and write them by norm name
   (what a PANN spec carries).
+* :func:`recalibrate_bounds`: every polynomial layer's interval ``B`` measured on its own inputs under
+  the PANN, for backbones trained with polynomials in the loop, whose exact-ReLU version (what
+  :func:`pann.convert.calibrate` observes) can be a different network.
 * :func:`compensate_leakage`: the per-channel mean of the polynomial's error
   ``B r(x / B) - ReLU(x)`` (mostly leakage on negative inputs), measured on data and
   subtracted from each polynomial ReLU's output, i.e. folded into the next layer's bias.
@@ -100,6 +103,43 @@ def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor], in_ra
         for h in handles:
             h.remove()
     return len(images)
+
+
+@torch.no_grad()
+def recalibrate_bounds(pann: nn.Module, batches: Iterable[torch.Tensor], margin: float = 1.0) -> dict[str, float]:
+    r"""Set every polynomial layer's ``B`` from its own inputs under ``pann``; returns them by layer name.
+
+    .. math:: B = m \max |x| \ \text{(ReLU)}, \qquad B = 2 m \max |x| \ \text{(max-pool, whose } B
+              \text{ bounds the differences } a - b)
+
+    over the finite inputs, ``m`` the ``margin``. All ``batches`` run as one batch in eval mode and each
+    layer sets its ``B`` just before it evaluates, so the layers are recalibrated in execution order, each
+    on the inputs that the recalibrated layers before it produce. This is what a backbone trained with
+    polynomials in the loop (approximation-aware training) needs: with exact ReLUs, where
+    :func:`pann.convert.calibrate` observes the ranges, it can be a different network (a ResNet-20 trained
+    with alpha-5 polynomials in 12 of its 19 ReLUs scores 10% with exact ReLUs; docs/results.md, section 7).
+    Raises ``ValueError`` without data or polynomial layers.
+    """
+    images = list(batches)
+    if not images:
+        raise ValueError("bound recalibration saw no data")
+    layers = {name: m for name, m in pann.named_modules() if isinstance(m, (PolyReLU, PolyMaxPool2d))}
+    if not layers:
+        raise ValueError(f"{type(pann).__name__} has no polynomial layers to recalibrate (convert it first)")
+
+    def rebound(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        x = args[0].abs()
+        largest = float(x[torch.isfinite(x)].max()) if torch.isfinite(x).any() else 0.0
+        scale = 2 * margin if isinstance(module, PolyMaxPool2d) else margin
+        module.bound.fill_(max(scale * largest, 1e-6))
+
+    handles = [m.register_forward_pre_hook(rebound) for m in layers.values()]
+    try:
+        pann.eval()(torch.cat(images))
+    finally:
+        for h in handles:
+            h.remove()
+    return {name: float(m.bound) for name, m in layers.items()}
 
 
 def _norms(model: nn.Module) -> dict[str, nn.modules.batchnorm._BatchNorm]:

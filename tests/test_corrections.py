@@ -4,7 +4,7 @@ from torch import nn
 
 from pann.catalog import relu_for_precision
 from pann.convert import calibrate, convert, prepare
-from pann.corrections import compensate_leakage, in_range_images, reestimate_batchnorm
+from pann.corrections import compensate_leakage, in_range_images, recalibrate_bounds, reestimate_batchnorm
 from pann.modules import PolyMaxPool2d, PolyReLU
 
 
@@ -115,3 +115,28 @@ def test_in_range_reestimation_takes_the_statistics_of_the_images_inside_every_i
 def test_in_range_reestimation_without_any_image_in_range_is_an_error():
     with pytest.raises(ValueError, match=r"no image stays inside every layer's \[-B, B\]"):
         reestimate_batchnorm(two_layer_pann(), [IMAGES[1:2]], in_range=True)
+
+
+def test_recalibrated_bounds_are_the_largest_inputs_each_layer_sees_under_the_recalibrated_pann():
+    approx = relu_for_precision(5)
+    pann = nn.Sequential(PolyReLU(approx, 100.0, compiled=False), nn.Linear(3, 3), PolyReLU(approx, 100.0, compiled=False),
+                         nn.Unflatten(1, (1, 1, 3)), PolyMaxPool2d(approx, 100.0, kernel_size=(1, 3), compiled=False))
+    with torch.no_grad():
+        pann[1].weight.copy_(torch.tensor([[3.0, 0, 0], [0, -2, 0], [1, 1, 1]]))
+        pann[1].bias.fill_(0.5)
+    x = torch.tensor([[0.5, -0.9, 0.1], [2.0, 0.3, -4.0], [-1.0, 1.0, 0.0]])
+    bounds = recalibrate_bounds(pann, [x[:1], x[1:]], margin=1.5)
+    # Direct computation: the inputs each layer receives when the recalibrated PANN runs on the data.
+    seen = {}
+    for name, m in pann.named_modules():
+        if isinstance(m, (PolyReLU, PolyMaxPool2d)):
+            m.register_forward_pre_hook(lambda m, args, name=name: seen.__setitem__(name, args[0].abs().max()))
+    with torch.no_grad():
+        pann(x)
+    assert bounds == pytest.approx({"0": 1.5 * 4.0, "2": 1.5 * float(seen["2"]), "4": 2 * 1.5 * float(seen["4"])})
+    assert float(seen["2"]) != pytest.approx(float(seen["0"]))  # the second layer's inputs come from the first one
+    assert [float(pann[i].bound) for i in (0, 2, 4)] == pytest.approx(list(bounds.values()))
+    with pytest.raises(ValueError, match="no data"):
+        recalibrate_bounds(pann, [])
+    with pytest.raises(ValueError, match="no polynomial layers"):
+        recalibrate_bounds(nn.Linear(3, 3), [x])
