@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from pann.catalog import relu_for_precision
-from pann.convert import convert, prepare
+from pann.convert import convert
 from pann.corrections import recalibrate_bounds
 from pann.cost_presets import load_preset
 from pann.data import load_dataset
@@ -73,7 +73,7 @@ def main() -> None:
     for alpha, groups in configs:
         alphas = alphas_by_layer(observed, groups, alpha)
         approximations = {name: relu_for_precision(a) for name, a in alphas.items()}
-        cost = network_cost(prepare(trained), preset, approximations=approximations)
+        cost = network_cost(observed, preset, approximations=approximations)
         row = {"alpha": alpha, "groups": groups, "mean_alpha": sum(alphas.values()) / len(alphas),
                "bootstraps": cost.bootstraps, "levels": cost.levels, "polynomial_levels": cost.polynomial_levels}
         as_converted = convert(observed, approximations)

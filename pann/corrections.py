@@ -23,6 +23,14 @@ from torch import nn
 
 from pann.modules import PolyMaxPool2d, PolyReLU
 
+_POLYNOMIAL_LAYERS = (PolyReLU, PolyMaxPool2d)
+
+
+def _bound_per_input(module: nn.Module) -> float:
+    """``B`` over the largest ``|x|`` a polynomial layer admits: 1 for a ReLU, 2 for a max-pool (``B`` bounds
+    ``a - b``)."""
+    return 2.0 if isinstance(module, PolyMaxPool2d) else 1.0
+
 
 @torch.no_grad()
 def in_range_images(pann: nn.Module, images: torch.Tensor) -> torch.Tensor:
@@ -34,10 +42,10 @@ def in_range_images(pann: nn.Module, images: torch.Tensor) -> torch.Tensor:
     outside = torch.zeros(len(images), dtype=torch.bool)
 
     def hook(module, inputs, output):
-        limit = module.bound / 2 if isinstance(module, PolyMaxPool2d) else module.bound
+        limit = module.bound / _bound_per_input(module)
         outside.logical_or_((inputs[0].abs() > limit).flatten(1).any(1).cpu())
 
-    handles = [m.register_forward_hook(hook) for m in pann.modules() if isinstance(m, (PolyReLU, PolyMaxPool2d))]
+    handles = [m.register_forward_hook(hook) for m in pann.modules() if isinstance(m, _POLYNOMIAL_LAYERS)]
     try:
         pann.eval()(images)
     finally:
@@ -123,15 +131,14 @@ def recalibrate_bounds(pann: nn.Module, batches: Iterable[torch.Tensor], margin:
     images = list(batches)
     if not images:
         raise ValueError("bound recalibration saw no data")
-    layers = {name: m for name, m in pann.named_modules() if isinstance(m, (PolyReLU, PolyMaxPool2d))}
+    layers = {name: m for name, m in pann.named_modules() if isinstance(m, _POLYNOMIAL_LAYERS)}
     if not layers:
         raise ValueError(f"{type(pann).__name__} has no polynomial layers to recalibrate (convert it first)")
 
     def rebound(module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
         x = args[0].abs()
         largest = float(x[torch.isfinite(x)].max()) if torch.isfinite(x).any() else 0.0
-        scale = 2 * margin if isinstance(module, PolyMaxPool2d) else margin
-        module.bound.fill_(max(scale * largest, 1e-6))
+        module.bound.fill_(max(_bound_per_input(module) * margin * largest, 1e-6))
 
     handles = [m.register_forward_pre_hook(rebound) for m in layers.values()]
     try:

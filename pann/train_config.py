@@ -7,11 +7,14 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from torch import nn
 
 from pann.data import DATASETS
 from pann.models import model_names
@@ -141,7 +144,6 @@ class TrainConfig:
             p.append(f"pretrained: weights file not found ({self.pretrained!r})")
         return p
 
-
     def _layer_alpha_problems(self) -> list[str]:
         if self.layer_alphas is None:
             return []
@@ -157,14 +159,21 @@ class TrainConfig:
             return ["layer_alphas: a precision schedule (alpha_start) with per-layer alphas is not supported"]
         if self.model not in model_names():
             return []
-        from pann.convert import prepare  # building the model to name its layers (milliseconds)
         from pann.groups import alphas_by_layer
-        from pann.models import build_model
         try:
-            alphas_by_layer(prepare(build_model(self.model)), self.layer_alphas, self.alpha)
+            alphas_by_layer(_prepared(self.model), self.layer_alphas, self.alpha)
         except ValueError as exc:
             return [f"layer_alphas: {exc}"]
         return []
+
+
+@functools.lru_cache(maxsize=None)
+def _prepared(model: str) -> nn.Module:
+    """``model`` with range observers, to name its layers: traced once per model, however often a config is checked
+    (a search checks one per value of every training dimension)."""
+    from pann.convert import prepare
+    from pann.models import build_model
+    return prepare(build_model(model))
 
 
 def _number(value: Any) -> bool:
