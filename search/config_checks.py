@@ -33,8 +33,9 @@ STRATEGIES = ("optuna", "greedy")
 # Post-training corrections applied to every PANN of a trial after conversion (search/trial.py): leakage
 # compensation measured on the calibration images, or batch-norm statistics re-estimated under the PANN on
 # ``batchnorm_size`` augmented training images (pann.corrections): all of them, or (``batchnorm-in-range``) those
-# whose inputs stay inside every layer's [-B, B].
-CORRECTIONS = ("none", "compensate", "batchnorm", "batchnorm-in-range")
+# whose inputs stay inside every layer's [-B, B]; or (``bounds``) every layer's B recalibrated under the PANN on
+# the calibration images, what backbones trained with polynomials in the loop need.
+CORRECTIONS = ("none", "compensate", "batchnorm", "batchnorm-in-range", "bounds")
 BATCHNORM_CORRECTIONS = ("batchnorm", "batchnorm-in-range")
 # Search dimensions and what they control. Training dimensions change the backbone (and so its key in
 # the backbone store); approximation dimensions only change how a trained backbone is converted.

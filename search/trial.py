@@ -23,7 +23,7 @@ from ray import tune
 from pann.catalog import relu_for_precision
 from pann.convert import (calibrate, convert, observers, out_of_range_rate, poly_modules, prepare,
                           reset_out_of_range)
-from pann.corrections import compensate_leakage, reestimate_batchnorm
+from pann.corrections import compensate_leakage, recalibrate_bounds, reestimate_batchnorm
 from pann.cost_presets import load_preset
 from pann.data import NUM_CLASSES
 from pann.evaluate import accuracies, accuracy
@@ -118,7 +118,8 @@ def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], poi
     """The PANN of a point: each layer at its alpha, the point's interval scope, margin and correction
     (``compensate``: leakage measured on the calibration images; ``batchnorm``: the norms' statistics
     re-estimated under the PANN on :func:`batchnorm_batches`, ``batchnorm-in-range``: on those of them whose
-    inputs stay inside every layer's [-B, B])."""
+    inputs stay inside every layer's [-B, B]; ``bounds``: every ``B`` recalibrated under the PANN on the
+    calibration images, with the point's margin)."""
     approximations = {name: relu_for_precision(alpha) for name, alpha in layer_alphas.items()}
     pann = convert(observed, approximations, point.get("scope", "layer"), point.get("margin", 1.0),
                    compiled=compiled).eval()
@@ -127,6 +128,8 @@ def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], poi
         compensate_leakage(pann, (x for x, _ in splits_for(search).calibration.batches(500)))
     elif correction in BATCHNORM_CORRECTIONS:
         reestimate_batchnorm(pann, batchnorm_batches(search), in_range=correction == "batchnorm-in-range")
+    elif correction == "bounds":
+        recalibrate_bounds(pann, (x for x, _ in splits_for(search).calibration.batches(500)), point.get("margin", 1.0))
     reset_out_of_range(pann)  # count only the scored images
     return pann
 
@@ -173,7 +176,7 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
 def answer_pann(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any]) -> torch.nn.Module:
     """The PANN of a point, eager (``compiled=False``: portable, it is pickled into an MLflow model), with its
     correction measured as the trials measured it (on the compiled PANN when the search compiles): the same
-    batch-norm statistics as its spec, the same leakage offsets."""
+    batch-norm statistics as its spec, the same leakage offsets and bounds."""
     observed = observed_model(backbone_for(search, point), splits_for(search), search)
     layer_alphas = expand(groups, group_alphas(point, groups))
     measured = build_pann(observed, layer_alphas, point, search, search.compile)
@@ -182,6 +185,7 @@ def answer_pann(search: SearchConfig, groups: Mapping[str, list[str]], point: Ma
     eager = build_pann(observed, layer_alphas, {**point, "correction": "none"}, search, compiled=False)
     eager.load_state_dict(measured.state_dict())  # the norms' statistics
     for source, target in zip(poly_modules(measured).values(), poly_modules(eager).values()):
+        target.bound.copy_(source.bound)  # not in the state dict
         if isinstance(source, PolyReLU):
             target.offset = source.offset
     return eager

@@ -122,3 +122,38 @@ def test_in_range_correction_reestimates_on_the_augmented_images_inside_every_in
     record = measure(search, groups, point, backbone_for(search, point), "test", neighbours=False)[0]
     assert (record["spec"]["version"], record["spec"]["correction"]) == (2, "batchnorm-in-range")
     assert record["spec"]["batchnorm"][last]["running_var"] == norms(corrected)[last].running_var.tolist()
+
+
+def test_bounds_correction_recalibrates_every_b_under_the_pann_and_the_answer_and_its_spec_carry_them(search, groups):
+    point = {**POINT, "correction": "bounds", "margin": 1.1}
+    calibration = torch.cat([x for x, _ in splits_for(search).calibration.batches(500)])
+    assert len(calibration) == 100
+    observed = observed_model(backbone_for(search, point), splits_for(search), search)
+    layer_alphas = expand(groups, {g: point[f"alpha.{g}"] for g in groups})
+    corrected = build_pann(observed, layer_alphas, point, search, compiled=False)
+    as_converted = build_pann(observed, layer_alphas, {**point, "correction": "none"}, search, compiled=False)
+    # Each layer's B is 1.1 x the largest |input| it sees under the corrected PANN (this ResNet has no max-pool):
+    # checked on the inputs captured with every B already in place.
+    layers = {name: m for name, m in corrected.named_modules() if hasattr(m, "bound")}
+    captured = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: captured.__setitem__(name, args[0]))
+             for name, m in layers.items()]
+    with torch.no_grad():
+        corrected(calibration)
+    for hook in hooks:
+        hook.remove()
+    assert len(captured) == 19
+    moved = 0
+    for name, module in layers.items():
+        torch.testing.assert_close(module.bound, 1.1 * captured[name].abs().max(), rtol=1e-6, atol=0)
+        moved += not torch.allclose(module.bound, dict(as_converted.named_modules())[name].bound, rtol=1e-3)
+    assert moved >= 15  # the stem's input is the same under both; most others see the polynomials' errors
+    record = measure(search, groups, point, backbone_for(search, point), "test", neighbours=False)[0]
+    assert record["spec"]["correction"] == "bounds"
+    spec = pann_spec.from_dict(record["spec"])
+    assert spec.bounds == pytest.approx({name: float(m.bound) for name, m in layers.items()}, rel=1e-6)
+    answer = answer_pann(search, groups, point)
+    assert accuracy(answer, splits_for(search).test) == record["accuracy"]
+    rebuilt = pann_spec.apply(prepare(build_model("resnet20", 10, search.weights)), spec, compiled=False)
+    x = next(splits_for(search).test.batches(50))[0]
+    torch.testing.assert_close(rebuilt(x), answer(x), rtol=1e-6, atol=1e-6)
