@@ -158,7 +158,7 @@ def test_correction_and_its_image_count_are_checked_at_the_edge():
     found = problems(minimal(backbone={"model": "resnet20", "dataset": "synthetic", "validation_size": 100,
                                        "batchnorm_size": 0},
                              space={"alpha": [6, 7], "epochs": [1], "correction": ["none", "bn"]}))
-    assert "space.correction: 'bn' is not one of none, compensate, batchnorm, batchnorm-in-range" in found
+    assert "space.correction: 'bn' is not one of none, compensate, batchnorm, batchnorm-in-range, bounds" in found
     assert any(p.startswith("backbone.batchnorm_size: must be an integer >= 1") for p in found), found
 
 
