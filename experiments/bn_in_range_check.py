@@ -22,7 +22,7 @@ import torch
 from pann.catalog import relu_for_precision
 from pann.convert import convert
 from pann.corrections import reestimate_batchnorm
-from pann.data import load_dataset
+from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
 from pann.models import build_model
@@ -40,15 +40,14 @@ def main() -> None:
     args = parser.parse_args()
     test = load_dataset("cifar10", "test", args.data_dir)
     train = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     parts = {"validation": test.subset(slice(0, 2000)), "held_out": test.subset(slice(2000, None))}
-    augmented = torch.cat([x for x, _ in train.subset(order[:2000]).batches(
+    augmented = torch.cat([x for x, _ in calibration_images(train, 2000).batches(
         500, augment=True, generator=torch.Generator().manual_seed(0))])
     backbone = build_model(args.model, 10, weights=args.data_dir / f"{args.model}_cifar10.pt")
     reference = {part: accuracies([backbone], data)[0] for part, data in parts.items()}
     print(f"{args.model} backbone: validation {100 * reference['validation']:.2f}%, "
           f"held out {100 * reference['held_out']:.2f}%", flush=True)
-    observed = calibrated(backbone, train.subset(order[:10000]))
+    observed = calibrated(backbone, calibration_images(train, 10000))
     out = {"model": args.model, "backbone": reference, "rows": []}
     for alpha in parse_alphas(args.alphas):
         pann = convert(observed, relu_for_precision(alpha), "layer")

@@ -17,7 +17,7 @@ import torch
 from pann.catalog import relu_for_precision
 from pann.convert import convert
 from pann.corrections import compensate_leakage, reestimate_batchnorm
-from pann.data import load_dataset
+from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracy, calibrated
 from pann.models import resnet20
 from pann.user_input import parse_alphas
@@ -34,16 +34,15 @@ def main() -> None:
     model = resnet20(weights=args.data_dir / "resnet20_cifar10.pt").eval()
     test = load_dataset("cifar10", "test", args.data_dir).subset(slice(0, args.limit))
     train = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    observed = calibrated(model, train.subset(order[:10000]))
-    batches = [x for x, _ in train.subset(order[:2000]).batches(500)]
-    augmented = [x for x, _ in train.subset(order[:2000]).batches(500, augment=True,
+    observed = calibrated(model, calibration_images(train, 10000))
+    batches = [x for x, _ in calibration_images(train, 2000).batches(500)]
+    augmented = [x for x, _ in calibration_images(train, 2000).batches(500, augment=True,
                                                                    generator=torch.Generator().manual_seed(0))]
 
     print(f"{len(test)} test images")
     print(f"backbone: {100 * accuracy(model, test):.2f}%")
     for label, images in (("clean", batches), ("augmented", augmented)):
-        reestimated = calibrated(model, train.subset(order[:1]))  # a copy of the backbone with observers
+        reestimated = calibrated(model, calibration_images(train, 1))  # a copy of the backbone with observers
         reestimate_batchnorm(reestimated, images)
         print(f"backbone, batch norm re-estimated on {label} images: {100 * accuracy(reestimated, test):.2f}%",
               flush=True)

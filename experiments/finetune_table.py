@@ -19,12 +19,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
-
 from pann.catalog import relu_for_precision
 from pann.convert import convert
 from pann.corrections import compensate_leakage
-from pann.data import load_dataset
+from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracy, calibrated
 from pann.models import resnet20
 from pann.training import TrainConfig, train
@@ -64,8 +62,7 @@ def main() -> None:
     weights = args.data_dir / "resnet20_cifar10.pt"
     test = load_dataset("cifar10", "test", args.data_dir)
     train_set = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
-    calibration, correction = train_set.subset(order[:10000]), train_set.subset(order[:2000])
+    calibration, correction = calibration_images(train_set, 10000), calibration_images(train_set, 2000)
     pretrained_accuracy = accuracy(resnet20(weights=weights), test)
     names = args.variants.split(",") if args.variants else DEFAULT_VARIANTS
     unknown = [n for n in names if n not in VARIANTS]

@@ -33,7 +33,7 @@ from torch import nn  # noqa: E402
 
 from pann.catalog import relu_for_precision  # noqa: E402
 from pann.convert import convert, observers  # noqa: E402
-from pann.data import load_dataset  # noqa: E402
+from pann.data import calibration_images, load_dataset  # noqa: E402
 from pann.evaluate import accuracies, accuracy, calibrated  # noqa: E402
 from pann.files import write_bytes_atomic  # noqa: E402
 from pann.models import resnet20  # noqa: E402
@@ -154,8 +154,7 @@ def main() -> None:
     model = resnet20(weights=args.data_dir / "resnet20_cifar10.pt")
     test = load_dataset("cifar10", "test", args.data_dir).subset(slice(0, args.limit))
     train = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    observed = calibrated(model, train.subset(order[:10000]))
+    observed = calibrated(model, calibration_images(train, 10000))
     backbone = accuracy(model, test)
     print(f"backbone {100 * backbone:.2f}% on {len(test)} test images", flush=True)
 

@@ -19,13 +19,11 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from pann.catalog import relu_for_precision
 from pann.convert import convert
 from pann.corrections import recalibrate_bounds
 from pann.cost_presets import load_preset
-from pann.data import load_dataset
+from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
 from pann.groups import alphas_by_layer
@@ -58,8 +56,7 @@ def main() -> None:
     preset = load_preset(args.preset)
     test = load_dataset("cifar10", "test", args.data_dir)
     train = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calibration = train.subset(order[:2000])
+    calibration = calibration_images(train, 2000)
     images = [x for x, _ in calibration.batches(500)]
     parts = {"validation": test.subset(slice(0, 2000)), "held_out": test.subset(slice(2000, None))}
     pretrained = build_model(args.model, 10, weights=args.data_dir / args.pretrained)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from pann.data import load_dataset
+from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracy, accuracy_curve, calibrated
 from pann.files import write_bytes_atomic
 from pann.models import build_model, save_weights
@@ -134,10 +134,9 @@ def main() -> None:
     weights = args.data_dir / f"{args.model}_cifar10.pt"
     test = load_dataset("cifar10", "test", args.data_dir)
     train_set = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(0))
-    data = {"calibration": train_set.subset(order[:10000]), "validation": test.subset(slice(0, VALIDATION)),
+    data = {"calibration": calibration_images(train_set, 10000), "validation": test.subset(slice(0, VALIDATION)),
             "held_out": test.subset(slice(VALIDATION, None)),
-            "batchnorm": [x for x, _ in train_set.subset(order[:2000]).batches(
+            "batchnorm": [x for x, _ in calibration_images(train_set, 2000).batches(
                 500, augment=True, generator=torch.Generator().manual_seed(0))]}
     pretrained = build_model(args.model, 10, weights=weights)
     reference = {part: accuracy(pretrained, data[part], device=args.device) for part in ("validation", "held_out")}

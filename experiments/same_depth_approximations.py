@@ -18,12 +18,10 @@ import argparse
 import json
 from pathlib import Path
 
-import torch
-
 from pann.catalog import get_approximation
 from pann.convert import convert
 from pann.cost_presets import load_preset
-from pann.data import load_dataset
+from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
 from pann.models import build_model
@@ -34,9 +32,11 @@ SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 def parse_degrees(text: str) -> tuple[int, ...]:
     try:
-        return tuple(int(d) for d in text.split(","))
-    except ValueError:
-        raise SystemExit(f"same_depth_approximations: --degrees {text!r}: expected odd degrees like 3,7") from None
+        degrees = tuple(int(d) for d in text.split(","))
+        get_approximation("composite", degrees)  # a set the catalog cannot build fails before any data loads
+        return degrees
+    except ValueError as exc:
+        raise SystemExit(f"same_depth_approximations: --degrees {text!r}: {exc}") from None
 
 
 def main() -> None:
@@ -49,13 +49,12 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=Path("docs/measurements/same_depth_approximations.json"))
     args = parser.parse_args()
     sets = [parse_degrees(d) for d in args.degrees]
-    approximations = [get_approximation("composite", d) for d in sets]  # bad sets fail before any data loads
+    approximations = [get_approximation("composite", d) for d in sets]
     preset = load_preset(args.preset)
     train = load_dataset("cifar10", "train", args.data_dir)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
     validation = load_dataset("cifar10", "test", args.data_dir).subset(slice(0, 2000))
     weights = args.weights if Path(args.weights).is_file() else args.data_dir / args.weights
-    observed = calibrated(build_model(args.model, 10, weights=weights), train.subset(order[:2000]))
+    observed = calibrated(build_model(args.model, 10, weights=weights), calibration_images(train, 2000))
     out = {"model": args.model, "weights": str(args.weights), "preset": args.preset, "rows": []}
     for degrees, approximation in zip(sets, approximations):
         cost = network_cost(observed, preset, approximations=approximation)

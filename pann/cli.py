@@ -142,7 +142,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         return _evaluate_spec(args, device)
 
     from pann.convert import interval_bounds
-    from pann.data import NUM_CLASSES, load_dataset
+    from pann.data import NUM_CLASSES, calibration_images, load_dataset
     from pann.evaluate import accuracy, accuracy_curve, calibrated
     from pann.models import build_model
 
@@ -152,8 +152,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     train = load_dataset(args.dataset, "train", args.data_dir)
     if args.limit:
         test = test.subset(slice(0, args.limit))
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calibration = train.subset(order[:args.calibration_size])
+    calibration = calibration_images(train, args.calibration_size)
     progress = not args.json
     start = time.perf_counter()
     backbone_accuracy = accuracy(model, test, args.batch_size, device, "backbone" if progress else None)

@@ -131,6 +131,13 @@ def synthetic(size: int, seed: int = 0, num_classes: int = 10) -> ImageSet:
     return ImageSet((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
 
+def calibration_images(train: ImageSet, size: int, seed: int = 0) -> ImageSet:
+    """The first ``size`` images of a seeded permutation of ``train``: what the CLI and the experiments calibrate
+    ranges and estimate corrections on. Nested: the first 2,000 are the first 2,000 of the first 10,000."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(order[:size])
+
+
 def split_train(train: ImageSet, validation_size: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
     """Split a training set into (train, validation) by a seeded permutation."""
     if not 0 < validation_size < len(train):

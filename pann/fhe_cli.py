@@ -15,11 +15,9 @@ from pann.fhe_params import available_memory_gib, go_memory_limit, load_params
 
 def _fhe_pann(args: argparse.Namespace):
     """``(pann, test images, calibration images)`` from --model/--weights and --alpha or --spec."""
-    import torch
-
     from pann import spec as pann_spec
     from pann.convert import convert, prepare
-    from pann.data import NUM_CLASSES, load_dataset
+    from pann.data import NUM_CLASSES, calibration_images, load_dataset
     from pann.evaluate import calibrated
     from pann.models import build_model
 
@@ -28,8 +26,7 @@ def _fhe_pann(args: argparse.Namespace):
     model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
     train = load_dataset(args.dataset, "train", args.data_dir)
     test = load_dataset(args.dataset, "test", args.data_dir)
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))
-    calibration = train.subset(order[:args.calibration_size])
+    calibration = calibration_images(train, args.calibration_size)
     if args.spec:
         pann = pann_spec.apply(prepare(model), pann_spec.load(args.spec), compiled=False)
     else:

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pann.data import ImageSet, load_dataset, split_train, synthetic
+from pann.data import ImageSet, calibration_images, load_dataset, split_train, synthetic
 
 
 def test_shared_cifar10_npz_layout(shared_data):
@@ -86,3 +86,12 @@ def test_split_is_a_disjoint_seeded_partition():
     for size in (0, 100):
         with pytest.raises(ValueError, match="validation size"):
             split_train(indexed(100), size)
+
+
+def test_calibration_images_are_nested_seeded_and_shuffled():
+    ten, two = calibration_images(indexed(100), 10), calibration_images(indexed(100), 2)
+    assert ten.labels[:2].tolist() == two.labels.tolist()  # the first 2 are the first 2 of the first 10
+    assert len(set(ten.labels.tolist())) == 10 and ten.labels.tolist() != list(range(10))
+    expected = torch.randperm(100, generator=torch.Generator().manual_seed(0))[:10]
+    assert ten.labels.tolist() == expected.tolist()  # the permutation every measured number used
+    assert calibration_images(indexed(100), 10, seed=1).labels.tolist() != ten.labels.tolist()
