@@ -124,12 +124,13 @@ def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], poi
     pann = convert(observed, approximations, point.get("scope", "layer"), point.get("margin", 1.0),
                    compiled=compiled).eval()
     correction = point.get("correction", "none")
+    calibration = (x for x, _ in splits_for(search).calibration.batches(500))
     if correction == "compensate":
-        compensate_leakage(pann, (x for x, _ in splits_for(search).calibration.batches(500)))
+        compensate_leakage(pann, calibration)
     elif correction in BATCHNORM_CORRECTIONS:
         reestimate_batchnorm(pann, batchnorm_batches(search), in_range=correction == "batchnorm-in-range")
     elif correction == "bounds":
-        recalibrate_bounds(pann, (x for x, _ in splits_for(search).calibration.batches(500)), point.get("margin", 1.0))
+        recalibrate_bounds(pann, calibration, point.get("margin", 1.0))
     reset_out_of_range(pann)  # count only the scored images
     return pann
 
