@@ -36,8 +36,8 @@ def main() -> None:
     train = load_dataset("cifar10", "train", args.data_dir)
     observed = calibrated(model, calibration_images(train, 10000))
     batches = [x for x, _ in calibration_images(train, 2000).batches(500)]
-    augmented = [x for x, _ in calibration_images(train, 2000).batches(500, augment=True,
-                                                                   generator=torch.Generator().manual_seed(0))]
+    augmented = [x for x, _ in calibration_images(train, 2000).batches(
+        500, augment=True, generator=torch.Generator().manual_seed(0))]
 
     print(f"{len(test)} test images")
     print(f"backbone: {100 * accuracy(model, test):.2f}%")

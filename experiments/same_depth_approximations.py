@@ -18,6 +18,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pann.approximation import ReluApproximation
 from pann.catalog import get_approximation
 from pann.convert import convert
 from pann.cost_presets import load_preset
@@ -30,11 +31,11 @@ from pann.network_cost import network_cost
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def parse_degrees(text: str) -> tuple[int, ...]:
+def parse_degrees(text: str) -> ReluApproximation:
+    """``"3,7"`` -> the composite with those stage degrees (solved or read from the catalog's cache), before
+    any data loads."""
     try:
-        degrees = tuple(int(d) for d in text.split(","))
-        get_approximation("composite", degrees)  # a set the catalog cannot build fails before any data loads
-        return degrees
+        return get_approximation("composite", tuple(int(d) for d in text.split(",")))
     except ValueError as exc:
         raise SystemExit(f"same_depth_approximations: --degrees {text!r}: {exc}") from None
 
@@ -48,22 +49,21 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=SHARED)
     parser.add_argument("--json", type=Path, default=Path("docs/measurements/same_depth_approximations.json"))
     args = parser.parse_args()
-    sets = [parse_degrees(d) for d in args.degrees]
-    approximations = [get_approximation("composite", d) for d in sets]
+    approximations = [parse_degrees(d) for d in args.degrees]
     preset = load_preset(args.preset)
     train = load_dataset("cifar10", "train", args.data_dir)
     validation = load_dataset("cifar10", "test", args.data_dir).subset(slice(0, 2000))
     weights = args.weights if Path(args.weights).is_file() else args.data_dir / args.weights
     observed = calibrated(build_model(args.model, 10, weights=weights), calibration_images(train, 2000))
     out = {"model": args.model, "weights": str(args.weights), "preset": args.preset, "rows": []}
-    for degrees, approximation in zip(sets, approximations):
+    for approximation in approximations:
         cost = network_cost(observed, preset, approximations=approximation)
         accuracy = accuracies([convert(observed, approximation)], validation)[0]
-        out["rows"].append({"degrees": list(degrees), "precision": approximation.precision,
+        out["rows"].append({"degrees": list(approximation.degrees), "precision": approximation.precision,
                             "relu_levels": approximation.depth, "bootstraps": cost.bootstraps,
                             "polynomial_levels": cost.polynomial_levels, "validation": accuracy})
         write_bytes_atomic(args.json, json.dumps(out, indent=2).encode())
-        print(f"{','.join(map(str, degrees)):>8}  precision {approximation.precision:.3f}  levels/ReLU "
+        print(f"{','.join(map(str, approximation.degrees)):>8}  precision {approximation.precision:.3f}  levels/ReLU "
               f"{approximation.depth}  {cost.bootstraps} bootstraps  {cost.polynomial_levels} polynomial levels  "
               f"validation {100 * accuracy:.2f}%", flush=True)
 

@@ -131,16 +131,20 @@ def synthetic(size: int, seed: int = 0, num_classes: int = 10) -> ImageSet:
     return ImageSet((images.clamp(0, 1) * 255).round().to(torch.uint8), labels)
 
 
+def _shuffled(images: ImageSet, seed: int) -> torch.Tensor:
+    return torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+
+
 def calibration_images(train: ImageSet, size: int, seed: int = 0) -> ImageSet:
     """The first ``size`` images of a seeded permutation of ``train``: what the CLI and the experiments calibrate
     ranges and estimate corrections on. Nested: the first 2,000 are the first 2,000 of the first 10,000."""
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
-    return train.subset(order[:size])
+    return train.subset(_shuffled(train, seed)[:size])
 
 
 def split_train(train: ImageSet, validation_size: int, seed: int = 0) -> tuple[ImageSet, ImageSet]:
-    """Split a training set into (train, validation) by a seeded permutation."""
+    """Split a training set into (train, validation) by a seeded permutation (the validation images are
+    :func:`calibration_images` of the same size and seed)."""
     if not 0 < validation_size < len(train):
         raise ValueError(f"validation size {validation_size} must be in 1..{len(train) - 1}")
-    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    order = _shuffled(train, seed)
     return train.subset(order[validation_size:]), train.subset(order[:validation_size])
