@@ -21,6 +21,7 @@ import json
 import time
 from pathlib import Path
 
+from pann.user_input import parse_alphas
 from search import config
 from search.config_checks import CORRECTIONS
 from search.runner import run_search
@@ -34,6 +35,8 @@ VARIANTS = {  # name: (granularity, strategy)
 def search_config(args: argparse.Namespace, variant: str, folder: Path) -> config.SearchConfig:
     granularity, strategy = VARIANTS[variant]
     alphas = {"low": args.alpha_low, "high": args.alpha_high}
+    if args.ladder and granularity != "network":  # the network search's curve needs whole bits
+        alphas = args.ladder
     trials = args.trials if granularity != "network" else args.alpha_high - args.alpha_low + 1
     return config.from_dict({
         "name": f"{args.model}-{variant}", "target_accuracy": args.target,
@@ -78,7 +81,9 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
                      f"{r.get('bootstraps', '-'):g} | {r.get('levels', '-'):g} | {r.get('polynomial_levels', '-'):g} | "
                      f"{r.get('latency_s', '-'):.0f} |")
     return (f"{args.model}, target {100 * args.target:.2f}%, preset {args.preset}, cost objective {args.cost}, "
-            f"correction {args.correction}; "
+            f"correction {args.correction}; alphas {args.alpha_low}-{args.alpha_high}"
+            + (f" (stage and layer: the ladder {', '.join(f'{a:g}' for a in args.ladder)})" if args.ladder else "")
+            + "; "
             f"validation {args.validation} / confirmation {args.confirmation} / test the other test images\n\n"
             + head + "\n".join(lines) + "\n")
 
@@ -91,6 +96,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--alpha-low", type=int, default=4)
     parser.add_argument("--alpha-high", type=int, default=10)
+    parser.add_argument("--ladder", type=parse_alphas, help="the alphas of the stage and layer searches instead of "
+                        "the whole bits alpha-low..alpha-high, e.g. 5,5.625,6,7,8 (5.625: the depth-5 rung)")
     parser.add_argument("--validation", type=int, default=2000)
     parser.add_argument("--confirmation", type=int, default=2000)
     parser.add_argument("--calibration", type=int, default=5000)

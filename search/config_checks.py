@@ -125,8 +125,7 @@ def _value_problems(name: str, value: Any, base: Mapping[str, Any]) -> list[str]
         ok = _is_number(value) and MIN_ALPHA <= value <= MAX_ALPHA
         if not ok:
             return [f"{where}: {value!r} is not a precision in {MIN_ALPHA:g}..{MAX_ALPHA:g}"]
-        # Alphas are recorded as MLflow steps, which are integers: refuse what would be stored wrong.
-        return [] if float(value).is_integer() else [f"{where}: {value!r} is not a whole number of bits"]
+        return []
     if name == "epochs":
         return [] if _is_int(value) and value >= 0 else [f"{where}: {value!r} is not an integer >= 0"]
     if name == "scope":
@@ -304,6 +303,12 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
             problems += _value_problems(dim, value, base)
         varying += isinstance(spec, Mapping) or isinstance(spec, list) and len(spec) > 1
     per_layer = merged.get("granularity") in ("stage", "layer")
+    alphas, _ = _dimension_values("alpha", space.get("alpha", []))
+    fractional = [a for a in alphas if _is_number(a) and not float(a).is_integer()]
+    if fractional and not per_layer:
+        # The network curve records alphas as MLflow steps, which are integers: refuse what would be stored wrong.
+        problems.append(f"space.alpha: {fractional[0]!r} is not a whole number of bits; fractional alphas (a "
+                        "ladder of rungs) need granularity stage or layer")
     if space and varying == 0 and not per_layer:
         problems.append("space: nothing to search (every dimension has a single value)")
     epochs, _ = _dimension_values("epochs", space.get("epochs", [merged["training"].get("epochs", 0)]))

@@ -62,26 +62,30 @@ class GreedySearch(Searcher):
 
     First the uniform alphas, from the highest down, until one misses the target; the lowest feasible one
     is the starting point. Then, round robin over the groups, it proposes the current point with one group's
-    alpha lowered by one bit: a feasible result becomes the current point, an infeasible one retires that
+    alpha lowered one rung of ``alphas`` (one bit for a range; the next lower value of a ladder): a feasible result becomes the current point, an infeasible one retires that
     group. Proposals made from a point that has since changed are proposed again from the new one. It
     finishes when every group is retired or at its lowest alpha. ``fixed`` holds the other dimensions.
     """
 
-    def __init__(self, groups: list[str], alphas: list[int], keys: dict[str, str], target_accuracy: float,
+    def __init__(self, groups: list[str], alphas: list[float], keys: dict[str, str], target_accuracy: float,
                  fixed: dict | None = None):
         super().__init__(metric="accuracy", mode="max")
         self.groups, self.keys, self.target = list(groups), keys, target_accuracy
-        self.lowest = min(alphas)
+        self.ladder = sorted(alphas)
         self.fixed = dict(fixed or {})
         self.uniform = sorted(alphas, reverse=True)
-        self.uniform_feasible: list[int] = []
+        self.uniform_feasible: list[float] = []
         self.uniform_failed = False
-        self.current: dict[str, int] | None = None
+        self.current: dict[str, float] | None = None
         self.retired: set[str] = set()
-        self.pending: dict[str, tuple[str | None, dict[str, int]]] = {}  # trial -> (group, proposal base)
+        self.pending: dict[str, tuple[str | None, dict[str, float]]] = {}  # trial -> (group, proposal base)
         self.turn = 0
 
-    def _config(self, alphas: dict[str, int]) -> dict:
+    def _lower(self, alpha: float) -> float:
+        """The rung below ``alpha``."""
+        return self.ladder[self.ladder.index(alpha) - 1]
+
+    def _config(self, alphas: dict[str, float]) -> dict:
         return {**self.fixed, **{self.keys[g]: a for g, a in alphas.items()}}
 
     def _next_uniform(self, trial_id: str) -> dict | None:
@@ -104,12 +108,12 @@ class GreedySearch(Searcher):
             if point is not None or self.current is None:
                 return point
         busy = {group for group, _ in self.pending.values()}
-        open_groups = [g for g in self.groups if g not in self.retired and self.current[g] > self.lowest]
+        open_groups = [g for g in self.groups if g not in self.retired and self.current[g] > self.ladder[0]]
         for offset in range(len(self.groups)):
             group = self.groups[(self.turn + offset) % len(self.groups)]
             if group in open_groups and group not in busy:
                 self.turn = (self.groups.index(group) + 1) % len(self.groups)
-                proposal = {**self.current, group: self.current[group] - 1}
+                proposal = {**self.current, group: self._lower(self.current[group])}
                 self.pending[trial_id] = (group, dict(self.current))
                 return self._config(proposal)
         return Searcher.FINISHED if not open_groups and not self.pending else None
@@ -126,7 +130,7 @@ class GreedySearch(Searcher):
                 self.uniform_failed = True
         elif base == self.current:
             if feasible:
-                self.current = {**base, group: base[group] - 1}
+                self.current = {**base, group: self._lower(base[group])}
             else:
                 self.retired.add(group)
 

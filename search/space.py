@@ -42,12 +42,14 @@ def param_space(space: Mapping[str, Any], groups: Mapping[str, list[str]] | None
     return domains
 
 
-def alpha_values(space: Mapping[str, Any]) -> list[int]:
-    """The alphas the space can sample, in increasing order."""
+def alpha_values(space: Mapping[str, Any]) -> list[float]:
+    """The alphas the space can sample, in increasing order: every whole bit of a range, or a list's values
+    (a list may hold fractional alphas at granularity stage or layer, a ladder of rungs such as 5.625 for the
+    depth-5 composite that whole bits skip)."""
     spec = space["alpha"]
     values = spec if isinstance(spec, list) else range(spec["low"], spec["high"] + 1) \
         if isinstance(spec, Mapping) else [spec]
-    return sorted({int(v) for v in values})
+    return sorted({int(v) if float(v).is_integer() else float(v) for v in values})
 
 
 def neighbourhood(alpha: float, neighbours: int) -> list[float]:

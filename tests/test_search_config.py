@@ -7,7 +7,9 @@ import yaml
 
 from search import config
 from search.config import SearchConfigError
+from pann.models import build_model, save_weights
 from search.backbones import backbone_key
+from search.space import alpha_values
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -125,9 +127,16 @@ def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
     assert yaml.safe_load((ROOT / "configs" / name).read_text())["name"] == search.name
 
 
-def test_fractional_alphas_are_refused():
+def test_fractional_alphas_are_refused_at_network_granularity_and_kept_as_a_ladder_per_stage(tmp_path):
     found = problems(minimal(space={"alpha": [7.5, 8], "epochs": [1]}))
-    assert "space.alpha: 7.5 is not a whole number of bits" in found
+    assert "space.alpha: 7.5 is not a whole number of bits; fractional alphas (a ladder of rungs) need " \
+           "granularity stage or layer" in found
+    weights = tmp_path / "resnet20.pt"
+    save_weights(build_model("resnet20"), weights)
+    ladder = config.from_dict(minimal(
+        space={"alpha": [8, 5.625, 6, 5], "epochs": [0]}, search={"granularity": "stage"},
+        backbone={"model": "resnet20", "dataset": "synthetic", "validation_size": 100, "weights": str(weights)}))
+    assert alpha_values(ladder.space) == [5.0, 5.625, 6.0, 8.0]
 
 
 def test_split_sizes_that_do_not_fit_the_data_name_their_field():

@@ -161,7 +161,9 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
     parent, children = child_runs(MlflowClient(uri), "crash")
     assert len(children) == 4 and len({c.data.tags["pann.trial_id"] for c in children}) == 4
-    assert {c.info.status for c in children} == {"FINISHED"}
+    failed = {c.data.tags["pann.trial_id"]: c.data.tags.get("pann.error", "no error recorded")[-1500:]
+              for c in children if c.info.status != "FINISHED"}
+    assert not failed, (failed, resumed.stdout[-3000:])
     assert parent.info.status == "FINISHED"
     assert max(c.data.metrics.get("resumed_from_epoch", 0) for c in children) >= 1
     # Case 9: the trials that finished before the kill are not logged again (no step twice in any history).

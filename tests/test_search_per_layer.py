@@ -33,7 +33,8 @@ def outcome(tmp_path_factory, mlflow_server):  # noqa: F811 - a real tracking se
         "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(weights), "validation_from": "test",
                      "validation_size": 100, "confirmation_size": 100, "calibration_size": 100,
                      "batchnorm_size": 100},
-        "space": {"alpha": {"low": 6, "high": 8}, "epochs": [0], "correction": ["batchnorm"]},
+        # A ladder: 5.625 bits is the depth-5 rung (degree 15) that whole bits skip.
+        "space": {"alpha": [8, 7, 5.625], "epochs": [0], "correction": ["batchnorm"]},
         "budget": {"trials": 5, "concurrency": 2, "cpus_per_trial": 1, "max_failures": 0},
         "search": {"granularity": "stage", "cost": "bootstraps", "preset": "mpcnn", "compile": False, "seed": 0,
                    "early_stopping": False},
@@ -47,7 +48,8 @@ def test_trials_sample_one_alpha_per_stage_after_the_uniform_points(outcome):
     assert len(study.trials) == 5 and all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
     assert set(study.trials[0].params) == {f"alpha.{s}" for s in STAGES}
     uniform = [sorted(set(t.params.values())) for t in study.trials[:3]]
-    assert uniform == [[8], [7], [6]]  # the study starts from the uniform answers it has to beat
+    assert uniform == [[8], [7], [5.625]]  # the study starts from the uniform answers it has to beat
+    assert {a for t in study.trials for a in t.params.values()} <= {8, 7, 5.625}
 
 
 def test_mlflow_records_group_alphas_costs_and_a_spec_that_rebuilds_them(outcome):
@@ -58,7 +60,7 @@ def test_mlflow_records_group_alphas_costs_and_a_spec_that_rebuilds_them(outcome
     preset = load_preset("mpcnn")
     observed = prepare(build_model("resnet20"))
     for run in children:
-        alphas = {s: int(run.data.params[f"alpha.{s}"]) for s in STAGES}
+        alphas = {s: float(run.data.params[f"alpha.{s}"]) for s in STAGES}
         spec_file = client.download_artifacts(run.info.run_id, "spec.json")
         spec = pann_spec.load(spec_file)
         stage_of = {"net_relu": "stem"}

@@ -50,6 +50,15 @@ def test_greedy_gives_the_same_answer_with_concurrent_trials():
     assert searcher.current == {"a": 7, "b": 5, "c": 4}
 
 
+def test_greedy_steps_down_a_ladder_of_fractional_alphas_one_rung_at_a_time():
+    searcher = GreedySearch(["a", "b", "c"], [8, 5.625, 4, 7, 6, 5], {g: alpha_key(g) for g in "abc"}, 0.9)
+    asked = drive(searcher, score=lambda p: 0.95 - 0.1 * sum(max(0, need - p[alpha_key(g)]) * 2
+                                                             for g, need in {"a": 7, "b": 5.6, "c": 0}.items()))
+    assert searcher.current == {"a": 7, "b": 5.625, "c": 4}
+    steps = {p[alpha_key("c")] for p in asked}
+    assert steps == {8, 7, 6, 5.625, 5, 4}  # every rung on the way down, none between them
+
+
 def test_greedy_finishes_at_once_when_no_uniform_alpha_is_feasible():
     searcher = GreedySearch(["a"], [4, 5], {"a": "alpha"}, 0.99)
     asked = drive(searcher, score=lambda point: 0.95)
