@@ -18,8 +18,9 @@ class FeasibleOnlyOptunaSearch(OptunaSearch):
     Tune hands a trial stopped early (by ASHA or a time budget) to ``on_trial_complete`` with its last
     intermediate result; the stock searcher would tell Optuna it is COMPLETE with half-trained values.
     Only a result marked ``final`` counts; anything else is PRUNED (or FAIL on error).
-    Relies on ``OptunaSearch``'s private ``_ot_trials``, ``_ot_study`` and ``_completed_trials``
-    (tests/test_dependency_contracts.py checks them for the pinned Ray), and on Optuna's ``Study._storage``.
+    Relies on ``OptunaSearch``'s private ``_ot_trials``, ``_ot_study``, ``_space`` and ``_completed_trials``
+    (tests/test_dependency_contracts.py checks them for the pinned Ray), and on Optuna's ``Study._storage`` and
+    ``Trial._suggest``.
     """
 
     def __init__(self, *args, target_accuracy: float, **kwargs):
@@ -31,14 +32,20 @@ class FeasibleOnlyOptunaSearch(OptunaSearch):
 
         After a driver crash, the study can hold a trial that was asked for but never reached Tune's
         checkpoint; it is RUNNING and owned by no one. It is adopted here instead of asking a new one,
-        so a resumed search has no extra trials.
+        so a resumed search has no extra trials. A driver killed inside ``Study.ask`` leaves the trial
+        without some of its parameters (ask creates the trial, then suggests them one by one): the adopted
+        trial is given the missing ones the way ask gives them, so the point it returns is complete.
         """
         if trial_id not in self._ot_trials and self._ot_study is not None:
             owned = {t._trial_id for t in self._ot_trials.values()}
             orphans = [t for t in self._ot_study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
                        if t._trial_id not in owned]
             if orphans:
-                self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans[0]._trial_id)
+                adopted = optuna.trial.Trial(self._ot_study, orphans[0]._trial_id)
+                for name, distribution in self._space.items():
+                    if name not in orphans[0].params:
+                        adopted._suggest(name, distribution)  # what Study.ask(fixed_distributions) does
+                self._ot_trials[trial_id] = adopted
         point = super().suggest(trial_id)
         return None if point is None else {**point, "optuna_trial": self._ot_trials[trial_id].number}
 

@@ -2,8 +2,9 @@
 
 ``FeasibleOnlyOptunaSearch`` subclasses Ray's ``OptunaSearch``, overrides ``suggest`` and
 ``on_trial_complete`` and reads its private state ``_ot_trials`` (Tune trial id -> Optuna trial),
-``_ot_study`` and ``_completed_trials``; it adopts an orphaned trial through
-``optuna.trial.Trial(study, trial_id)`` and ``FrozenTrial._trial_id``, and records the accuracy
+``_ot_study``, ``_space`` and ``_completed_trials``; it adopts an orphaned trial through
+``optuna.trial.Trial(study, trial_id)`` and ``FrozenTrial._trial_id`` (giving it the parameters a killed
+driver left unwritten with ``Trial._suggest``, as ``Study.ask`` does), and records the accuracy
 constraint with ``Trial.set_constraint`` (new in Optuna 5.0, read back as ``FrozenTrial.constraints``).
 An upgrade that changes any of them fails here, in seconds, instead of in the middle of a search;
 ``pyproject.toml`` pins Ray to the minor version checked here. No search is run: the searcher is
@@ -58,6 +59,7 @@ def test_optuna_search_private_state():
     searcher = OptunaSearch(space={"x": FloatDistribution(0, 1)}, metric="accuracy", mode="max")
     assert isinstance(searcher._ot_study, optuna.Study)
     assert searcher._ot_trials == {} and searcher._completed_trials == set()
+    assert searcher._space == {"x": FloatDistribution(0, 1)}  # name -> Optuna distribution
     point = searcher.suggest("t1")
     assert set(point) == {"x"}
     trial = searcher._ot_trials["t1"]
@@ -77,6 +79,8 @@ def test_optuna_trial_api_used_to_adopt_trials_and_record_constraints():
     assert isinstance(running, FrozenTrial)
     adopted = Trial(study, running._trial_id)  # what the searcher does with an orphaned trial
     assert adopted.number == asked.number
+    assert list(inspect.signature(Trial._suggest).parameters) == ["self", "name", "distribution"]
+    assert adopted._suggest("x", FloatDistribution(0, 1)) == study.trials[0].params["x"]
     adopted.set_constraint("accuracy", -0.25)
     study.tell(adopted, 1.0)
     assert study.trials[0].constraints == {"accuracy": -0.25}

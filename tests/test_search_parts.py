@@ -122,6 +122,20 @@ def test_unreachable_tracking_server_is_reported():
         check_reachable("http://127.0.0.1:9", timeout_s=2)
 
 
+def test_an_orphan_killed_inside_ask_is_adopted_with_every_parameter(tmp_path):
+    # The driver died inside Study.ask: the trial exists, RUNNING, but only some of its parameters were written.
+    # Adopted as it is, Tune would run it with the space's unresolved domains as its config.
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}",
+                                directions=["minimize", "maximize"])
+    study.ask({"alpha": optuna.distributions.IntDistribution(5, 9)})
+    s = searcher(tmp_path)
+    point = s.suggest("resumed")
+    assert point["optuna_trial"] == 0 and set(point) == {"alpha", "scope", "optuna_trial"}, point
+    assert 5 <= point["alpha"] <= 9 and point["scope"] in ("layer", "global")
+    (trial,) = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials
+    assert trial.params == {k: v for k, v in point.items() if k != "optuna_trial"}
+
+
 def test_resumed_searcher_adopts_a_trial_asked_before_the_crash(tmp_path):
     s = searcher(tmp_path)
     assert s.suggest("a")["optuna_trial"] == 0
