@@ -12,9 +12,11 @@ def accuracy(point: dict) -> float:
     return 0.95 - 0.1 * sum(max(0, need[g] - point[alpha_key(g)]) for g in need)
 
 
-def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy) -> list[dict]:
+def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy, finishing=0) -> list[dict]:
+    """Run the searcher to its end; ``finishing`` is the index among the running trials of the one that finishes
+    next (0: the oldest, -1: the newest)."""
     asked, running = [], []
-    for number in range(200):
+    for number in range(500):
         while len(running) < concurrency:
             point = searcher.suggest(f"t{number}-{len(running)}")
             if point is None or point == Searcher.FINISHED:
@@ -23,7 +25,7 @@ def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy) -> list[
             asked.append(point)
         if not running:
             return asked
-        trial_id, point = running.pop(0)
+        trial_id, point = running.pop(finishing)
         searcher.on_trial_complete(trial_id, {"final": 1, "accuracy": score(point)})
     raise AssertionError("the greedy search did not finish")
 
@@ -57,6 +59,33 @@ def test_greedy_steps_down_a_ladder_of_fractional_alphas_one_rung_at_a_time():
     assert searcher.current == {"a": 7, "b": 5.625, "c": 4}
     steps = {p[alpha_key("c")] for p in asked}
     assert steps == {8, 7, 6, 5.625, 5, 4}  # every rung on the way down, none between them
+
+
+LADDER = [4, 5, 5.625, 6, 7, 8]
+
+
+def edge(point: dict) -> float:
+    """An accuracy near the target's edge (0.88) that does not fall steadily with the alphas, as measured ones do:
+    0.3 points per rung below 8 over six groups, plus up to 1.2 points that depend on the exact point."""
+    import zlib
+
+    alphas = [point[alpha_key(g)] for g in "abcdef"]
+    noise = zlib.crc32(repr(alphas).encode()) % 100 / 100 * 0.012
+    return 0.90 - 0.003 * sum(5 - LADDER.index(a) for a in alphas) + noise
+
+
+def test_greedy_walk_does_not_depend_on_which_trial_finishes_first():
+    def run(concurrency: int, finishing: int) -> GreedySearch:
+        searcher = GreedySearch(list("abcdef"), LADDER, {g: alpha_key(g) for g in "abcdef"}, 0.88)
+        drive(searcher, concurrency, score=edge, finishing=finishing)
+        return searcher
+
+    one_at_a_time = run(1, 0)
+    assert one_at_a_time.current == {"a": 6, "b": 6, "c": 6, "d": 6, "e": 7, "f": 7}  # the walk went somewhere
+    for concurrency, finishing in ((2, 0), (2, -1), (3, -1), (4, 0)):
+        searcher = run(concurrency, finishing)
+        assert (searcher.current, searcher.retired) == (one_at_a_time.current, one_at_a_time.retired), \
+            (concurrency, finishing)
 
 
 def test_greedy_finishes_at_once_when_no_uniform_alpha_is_feasible():
