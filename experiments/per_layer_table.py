@@ -48,7 +48,7 @@ def search_config(args: argparse.Namespace, variant: str, folder: Path) -> confi
         "budget": {"trials": trials, "concurrency": args.concurrency, "cpus_per_trial": 1},
         "search": {"seed": 0, "early_stopping": False, "granularity": granularity, "strategy": strategy,
                    "cost": args.cost, "preset": args.preset, "neighbours": 1 if granularity == "network" else 0,
-                   "confirmations": args.confirmations},
+                   "confirmations": args.confirmations, "validation_margin": args.validation_margin},
         "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}"},
     })
 
@@ -83,6 +83,7 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
     return (f"{args.model}, target {100 * args.target:.2f}%, preset {args.preset}, cost objective {args.cost}, "
             f"correction {args.correction}; alphas {args.alpha_low}-{args.alpha_high}"
             + (f" (stage and layer: the ladder {', '.join(f'{a:g}' for a in args.ladder)})" if args.ladder else "")
+            + (f"; validation margin {args.validation_margin:g}" if args.validation_margin else "")
             + "; "
             f"validation {args.validation} / confirmation {args.confirmation} / test the other test images\n\n"
             + head + "\n".join(lines) + "\n")
@@ -110,6 +111,8 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=2)
     parser.add_argument("--confirmations", type=int, default=20,
                         help="validation-feasible candidates scored on the confirmation images at most")
+    parser.add_argument("--validation-margin", type=float, default=0.0,
+                        help="accuracy over the target a point needs on the validation images to count as feasible")
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--out", type=Path, required=True, help="folder for table.json and table.md")
     parser.add_argument("--work", type=Path, help="folder for the searches' runs and MLflow stores "

@@ -72,7 +72,7 @@ def _confirm(search: SearchConfig, groups, points: list[Point]) -> tuple[Point |
     """The first candidate (:func:`_candidates`) that also meets the target on the confirmation images (the
     cheapest feasible point when the search has no confirmation images), and the candidates checked."""
     x = "alpha" if search.cost == "alpha" else search.cost
-    candidates = _candidates(points, search.target_accuracy, x, search.confirmations)
+    candidates = _candidates(points, search.validation_target, x, search.confirmations)
     if search.confirmation_size == 0:
         return (candidates[0] if candidates else None), None, []
     checked = []
@@ -101,7 +101,7 @@ def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> 
     parent_id = recorder.start_search(search.name, search_params(search))
     points = _points(results, recorder.trial_run_ids)
     x = "alpha" if search.cost == "alpha" else search.cost
-    front = pareto_front(points, search.target_accuracy, with_depth=search.depth_objective, x=x)
+    front = pareto_front(points, search.validation_target, with_depth=search.depth_objective, x=x)
     answer, confirmation, checked = _confirm(search, groups, points)
     test_accuracy = None
     if answer is not None:
@@ -122,7 +122,7 @@ def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> 
         _register(search, groups, answer, parent_id, record["spec"], test_accuracy)
     export_dir = search.run_dir / "pareto"
     for suffix in ("csv", "json", "png", "html"):
-        export_front(export_dir / f"front.{suffix}", points, search.target_accuracy, title=search.name,
+        export_front(export_dir / f"front.{suffix}", points, search.validation_target, title=search.name,
                      with_depth=search.depth_objective, x=x)
         recorder.client.log_artifact(parent_id, str(export_dir / f"front.{suffix}"), "pareto")
     trainings = sum(int((r.metrics or {}).get("trained_backbone", 0)) for r in results)

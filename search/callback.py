@@ -29,6 +29,7 @@ def search_params(search: SearchConfig) -> dict[str, Any]:
             "granularity": search.granularity, "cost": search.cost, "preset": search.preset,
             "strategy": search.strategy, "validation_size": search.validation_size,
             "confirmation_size": search.confirmation_size, "confirmations": search.confirmations,
+            "validation_margin": search.validation_margin,
             "space": dict(search.space), "training": dict(search.training), "storage": search.storage}
 
 
@@ -71,7 +72,7 @@ class TrackingCallback(tune.Callback):
         if result["backbone"]:
             self._recorder.set_tag(key, BACKBONE_TAG, result["backbone"])
         self._recorder.finish_trial(key, "FINISHED")
-        verdict = "meets" if result["accuracy"] >= self.search.target_accuracy else "misses"
+        verdict = "meets" if result["accuracy"] >= self.search.validation_target else "misses"
         backbone = ("trained" if result["trained_backbone"] else
                     "pretrained" if result["backbone"] == self.search.weights else "reused from the store")
         costs = ", ".join(f"{k} {result[k]:g}" for k in ("bootstraps", "levels") if k in result)
@@ -120,7 +121,7 @@ class ProgressCallback(tune.Callback):
         self.done += 1
         result = trial.last_result or {}
         metric = {"alpha": "precision_bits", "latency": "latency_s"}.get(self.search.cost, self.search.cost)
-        if result.get("final") and result["accuracy"] >= self.search.target_accuracy:
+        if result.get("final") and result["accuracy"] >= self.search.validation_target:
             point = (result[metric], result["accuracy"])
             if self.best is None or (point[0], -point[1]) < (self.best[0], -self.best[1]):
                 self.best = point

@@ -68,6 +68,7 @@ class SearchConfig:
     preset: str = "mpcnn"
     strategy: str = "optuna"
     confirmations: int = 20  # validation-feasible candidates scored on the confirmation images at most
+    validation_margin: float = 0.0  # accuracy over the target a point needs on validation to count as feasible
     compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""
@@ -79,6 +80,13 @@ class SearchConfig:
         """The post-training corrections the space can sample."""
         value = self.space.get("correction", "none")
         return tuple(value) if isinstance(value, list) else (value,)
+
+    @property
+    def validation_target(self) -> float:
+        """What a point needs on the validation images to count as feasible (the searchers' constraint, the
+        greedy walk's steps, the front, the candidates for confirmation): the target plus ``validation_margin``.
+        The confirmation and test images are judged against the target itself."""
+        return self.target_accuracy + self.validation_margin
 
     @property
     def run_dir(self) -> Path:

@@ -56,7 +56,8 @@ _SECTIONS = {
     "space": TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS,
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
     "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones",
-               "granularity", "cost", "preset", "strategy", "confirmations", "compile"),
+               "granularity", "cost", "preset", "strategy", "confirmations", "compile",
+               "validation_margin"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -248,6 +249,10 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     need(merged["strategy"] in STRATEGIES, "search.strategy", f"expected one of {', '.join(STRATEGIES)}")
     need(_is_int(merged["confirmations"]) and merged["confirmations"] >= 1, "search.confirmations",
          "must be an integer >= 1")
+    margin, target = merged["validation_margin"], merged.get("target_accuracy")
+    need(_is_number(margin) and 0 <= margin and (not _is_number(target) or target + margin <= 1),
+         "search.validation_margin", "must be a number >= 0 with target_accuracy + margin <= 1 "
+         "(e.g. 0.005: half a point)")
     if merged["neighbours"] is None:
         merged["neighbours"] = 1 if merged["granularity"] == "network" else 0
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",

@@ -65,14 +65,14 @@ def _searcher(search: SearchConfig, groups: dict[str, list[str]]):
     if search.strategy == "greedy":
         return GreedySearch(list(groups), alpha_values(search.space),
                             {g: "alpha" if list(groups) == ["network"] else alpha_key(g) for g in groups},
-                            search.target_accuracy, constants(search.space))
+                            search.validation_target, constants(search.space))
     metrics, modes = [COST_METRIC[search.cost], "accuracy"], ["min", "max"]
     if search.depth_objective:
         metrics, modes = metrics + ["depth"], modes + ["min"]
     return FeasibleOnlyOptunaSearch(metric=metrics, mode=modes, storage=_optuna_storage(search),
                                     study_name=search.name, seed=search.seed,
                                     points_to_evaluate=uniform_points(search.space, groups) or None,
-                                    target_accuracy=search.target_accuracy)
+                                    target_accuracy=search.validation_target)
 
 
 def tune_config(search: SearchConfig, groups: dict[str, list[str]] | None = None) -> tune.TuneConfig:

@@ -41,12 +41,13 @@ def test_every_problem_is_listed_with_its_field():
     found = problems(minimal(
         colour="red", target_accuracy=1.5,
         budget={"trials": 0, "cpus_per_trial": -1, "gpus_per_trial": 1.5, "bogus": 1},
-        search={"confirmations": 0},
+        search={"confirmations": 0, "validation_margin": -0.01},
         training={"optimizer": "rmsprop", "model": "vgg11_bn"},
         space={"alpha": [1, 7], "weight_decay": [-1e-4], "mixup_alpha": [0], "leakage": ["magic"],
                "scope": ["local"], "dropout": [0.1]}))
     expected = ["colour: unknown field", "target_accuracy:", "budget.trials:", "budget.cpus_per_trial:",
                 "budget.gpus_per_trial:", "budget.bogus: unknown field", "search.confirmations: must be an integer",
+                "search.validation_margin: must be a number >= 0",
                 "training.optimizer:",
                 "training.model: set in the backbone", "space.alpha: 1 is not a precision", "space.weight_decay:",
                 "space.mixup_alpha:", "space.leakage:", "space.scope:", "space.dropout: unknown dimension"]
@@ -125,6 +126,17 @@ def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
     assert (search.weights is not None) == ("gpu" not in name)
     assert search.weights is None or Path(search.weights).is_file()
     assert yaml.safe_load((ROOT / "configs" / name).read_text())["name"] == search.name
+
+
+def test_validation_margin_raises_what_validation_must_show_and_reaches_the_searchers():
+    from search.runner import _searcher
+
+    search = config.from_dict(minimal(search={"validation_margin": 0.005, "strategy": "greedy"}))
+    assert search.validation_target == pytest.approx(0.505) and search.target_accuracy == 0.5
+    assert _searcher(search, {"network": []}).target == pytest.approx(0.505)
+    assert config.from_dict(minimal()).validation_target == 0.5
+    assert "search.validation_margin: must be a number >= 0 with target_accuracy + margin <= 1 (e.g. 0.005: " \
+           "half a point) (got 0.6)" in problems(minimal(search={"validation_margin": 0.6}))
 
 
 def test_fractional_alphas_are_refused_at_network_granularity_and_kept_as_a_ladder_per_stage(tmp_path):
