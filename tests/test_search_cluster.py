@@ -68,65 +68,56 @@ def mlflow_server(tmp_path_factory):
         wait_for(lambda: listening(port), 300, "mlflow server")
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)  # its own process group (start_new_session): nothing else
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:  # a loaded machine: stop it for good rather than fail the test
-            os.killpg(server.pid, signal.SIGKILL)
-            server.wait(30)
+        stop_group(server)
 
 
 @pytest.fixture(scope="module")
 def two_node_cluster():
-    """``ray start --head`` plus a second ``ray start --address``: two raylets, one CPU each. Its temp dir is a
+    """``ray start --head`` plus a second ``ray start --address``: two raylets, one CPU each. Each ``ray start``
+    runs with ``--block`` in a process group of its own, with every Ray process it starts; stopping the cluster is
+    stopping those two groups (never `ray stop`, which stops every Ray instance of the machine). Its temp dir is a
     short one of its own under /tmp: Ray's socket paths inside a pytest-xdist worker's basetemp would pass the
     107-byte limit of a Unix socket path."""
     tmp = Path(tempfile.mkdtemp(prefix="pann-ray-"))
     env = ray_env(tmp)
     port, dashboard = free_port(), free_port()
     ray = str(BIN / "ray")
+    nodes = []
     try:
-        subprocess.run([ray, "start", "--head", "--temp-dir", str(tmp / "ray"), "--port", str(port),
-                        "--num-cpus", "1", "--include-dashboard",
-                        "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard),
-                        "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=180)
-        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--num-cpus", "1",
-                        "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-                       env=env, check=True, capture_output=True, timeout=180)
+        nodes.append(subprocess.Popen(
+            [ray, "start", "--head", "--block", "--temp-dir", str(tmp / "ray"), "--port", str(port), "--num-cpus",
+             "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
+             str(dashboard), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        wait_for(lambda: listening(port), 180, "Ray head")
+        nodes.append(subprocess.Popen(
+            [ray, "start", "--block", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--node-ip-address",
+             "127.0.0.1", "--disable-usage-stats"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
         wait_for(lambda: listening(dashboard), 120, "Ray dashboard")
         # The second raylet registers with the head asynchronously after `ray start` returns.
         wait_for(lambda: alive_nodes(f"127.0.0.1:{port}", env) >= 2, 120, "the second node to join")
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
     finally:
-        stop_ray_under(tmp)
+        for node in reversed(nodes):
+            stop_group(node)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stop_ray_under(tmp: Path) -> None:
-    """Stop the Ray instance this test started, and nothing else (never `ray stop`, which stops every Ray
-    instance of the machine): its processes, by PID, are those that name our own fresh temp dir on their
-    command line (the session folder) or hold a file open in it (their logs: Ray rewrites its agents' and
-    workers' titles, command line and environment included)."""
-    ours = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and _uses(proc, f"{tmp}/"):
-            ours.append(int(proc.name))
-    for pid in ours:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _uses(proc: Path, folder: str) -> bool:
-    """Whether process ``proc`` names ``folder`` (ending with a slash) on its command line or holds a file in it."""
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop ``process`` and its process group (started with ``start_new_session``: only what it started)."""
     try:
-        if folder in (proc / "cmdline").read_bytes().decode(errors="replace"):
-            return True
-        return any(os.readlink(fd).startswith(folder) for fd in (proc / "fd").iterdir())
-    except OSError:  # gone, or not ours to read
-        return False
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+    except subprocess.TimeoutExpired:
+        pass
+    except ProcessLookupError:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # what SIGTERM left: the group's Ray processes
+    except ProcessLookupError:
+        pass
+    process.wait(30)
 
 
 def alive_nodes(address: str, env: dict) -> int:
