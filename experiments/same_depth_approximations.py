@@ -31,7 +31,7 @@ from pann.network_cost import network_cost
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 
 
-def parse_degrees(text: str) -> ReluApproximation:
+def approximation_arg(text: str) -> ReluApproximation:
     """``"3,7"`` -> the composite with those stage degrees (solved or read from the catalog's cache), before
     any data loads."""
     try:
@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=SHARED)
     parser.add_argument("--json", type=Path, default=Path("docs/measurements/same_depth_approximations.json"))
     args = parser.parse_args()
-    approximations = [parse_degrees(d) for d in args.degrees]
+    approximations = [approximation_arg(d) for d in args.degrees]
     preset = load_preset(args.preset)
     train = load_dataset("cifar10", "train", args.data_dir)
     validation = load_dataset("cifar10", "test", args.data_dir).subset(slice(0, 2000))

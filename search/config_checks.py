@@ -124,9 +124,7 @@ def _value_problems(name: str, value: Any, base: Mapping[str, Any]) -> list[str]
     where = f"space.{name}"
     if name == "alpha":
         ok = _is_number(value) and MIN_ALPHA <= value <= MAX_ALPHA
-        if not ok:
-            return [f"{where}: {value!r} is not a precision in {MIN_ALPHA:g}..{MAX_ALPHA:g}"]
-        return []
+        return [] if ok else [f"{where}: {value!r} is not a precision in {MIN_ALPHA:g}..{MAX_ALPHA:g}"]
     if name == "epochs":
         return [] if _is_int(value) and value >= 0 else [f"{where}: {value!r} is not an integer >= 0"]
     if name == "scope":
@@ -298,7 +296,7 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
                  if key not in TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS]
     if space and "alpha" not in space:
         problems.append("space.alpha: required (the precisions to search)")
-    varying = 0
+    varying, alphas = 0, []
     for dim, spec in space.items():
         if dim not in TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS:
             continue
@@ -306,9 +304,10 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
         problems += shape
         for value in values:
             problems += _value_problems(dim, value, base)
+        if dim == "alpha":
+            alphas = values
         varying += isinstance(spec, Mapping) or isinstance(spec, list) and len(spec) > 1
     per_layer = merged.get("granularity") in ("stage", "layer")
-    alphas, _ = _dimension_values("alpha", space.get("alpha", []))
     fractional = [a for a in alphas if _is_number(a) and not float(a).is_integer()]
     if fractional and not per_layer:
         # The network curve records alphas as MLflow steps, which are integers: refuse what would be stored wrong.
