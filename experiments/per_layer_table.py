@@ -28,7 +28,7 @@ from search.runner import run_search
 
 VARIANTS = {  # name: (granularity, strategy)
     "network": ("network", "optuna"), "stage": ("stage", "optuna"), "layer": ("layer", "optuna"),
-    "layer-greedy": ("layer", "greedy"),
+    "layer-greedy": ("layer", "greedy"), "layer-best-first": ("layer", "best-first"),
 }
 
 

@@ -28,7 +28,7 @@ from pann.catalog import relu_for_precision
 from pann.convert import prepare, replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
 from pann.distillation import Teacher, distillation_loss
-from pann.evaluate import count_correct
+from pann.evaluate import accuracies_and_losses
 from pann.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
 from pann.files import atomic_write
 from pann.groups import alphas_by_layer
@@ -96,15 +96,10 @@ def mixup(x: torch.Tensor, y: torch.Tensor, alpha: float, generator: torch.Gener
 
 
 def evaluate_loss_accuracy(model: nn.Module, data: ImageSet, batch_size: int, device: torch.device) -> tuple[float, float]:
-    """Mean cross-entropy and top-1 accuracy (a row of non-finite logits counts as wrong)."""
-    model.eval()
-    loss, correct = 0.0, 0
-    with torch.no_grad():
-        for x, y in data.batches(max(batch_size, 500)):
-            logits = model(x.to(device)).float()
-            loss += float(F.cross_entropy(logits, y.to(device), reduction="sum"))
-            correct += count_correct(logits, y)
-    return loss / len(data), correct / len(data)
+    """Mean cross-entropy and top-1 accuracy (:func:`pann.evaluate.accuracies_and_losses`: a row of non-finite
+    logits counts as wrong, with the largest loss)."""
+    accuracy, loss = accuracies_and_losses([model], data, max(batch_size, 500), device)[0]
+    return loss, accuracy
 
 
 @dataclass

@@ -27,9 +27,11 @@ from tracking.stores import default_tracking_uri, uri_problem
 
 SCOPES = ("layer", "global")
 # What a search minimises beside keeping the target accuracy: the (mean) alpha, or the network's cost under
-# a CKKS preset (pann.cost_presets). Strategies: Optuna's sampler, or the greedy per-layer baseline.
+# a CKKS preset (pann.cost_presets). Strategies: Optuna's sampler, or a deterministic per-layer walk: the
+# greedy baseline (round robin over the groups) or best-first (the step that loses the least validation loss).
 COSTS = ("alpha", "bootstraps", "levels", "latency")
-STRATEGIES = ("optuna", "greedy")
+STRATEGIES = ("optuna", "greedy", "best-first")
+WALKS = ("greedy", "best-first")
 # Post-training corrections applied to every PANN of a trial after conversion (search/trial.py): leakage
 # compensation measured on the calibration images, or batch-norm statistics re-estimated under the PANN on
 # ``batchnorm_size`` augmented training images (pann.corrections): all of them, or (``batchnorm-in-range``) those
@@ -258,7 +260,7 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     if merged["granularity"] != "network" and merged["neighbours"]:
         problems.append(f"search.neighbours: must be 0 with granularity {merged['granularity']!r} "
                         "(neighbouring alphas shift the whole network)")
-    if merged["cost"] != "alpha" or merged["strategy"] == "greedy":
+    if merged["cost"] != "alpha" or merged["strategy"] in WALKS:
         try:
             load_preset(merged["preset"])
         except (ValueError, FileNotFoundError) as exc:

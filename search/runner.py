@@ -1,4 +1,4 @@
-"""Run a search: Optuna (or the greedy baseline) chooses the points, Ray Tune runs the trials, MLflow
+"""Run a search: Optuna (or a deterministic per-layer walk) chooses the points, Ray Tune runs the trials, MLflow
 records them, and the answer is confirmed on images no trial saw.
 
 Objectives (given to the searcher, never to ``TuneConfig``, which would silently make the study single
@@ -26,9 +26,10 @@ from pann.models import build_model
 from search import answer
 from search.callback import ProgressCallback, TrackingCallback
 from search.config import SearchConfig, SearchConfigError
+from search.config_checks import WALKS
 from search.preflight import (SearchError, check_address, check_inputs, plan, prepare_approximations,
                               record_config)
-from search.searchers import FeasibleOnlyOptunaSearch, GreedySearch
+from search.searchers import BestFirstSearch, FeasibleOnlyOptunaSearch, GreedySearch
 from search.space import alpha_key, alpha_values, constants, max_epochs, param_space, uniform_points
 from search.trial import run_trial
 from tracking.runs import SearchRecorder
@@ -62,10 +63,13 @@ def _optuna_storage(search: SearchConfig) -> optuna.storages.RDBStorage:
 
 
 def _searcher(search: SearchConfig, groups: dict[str, list[str]]):
+    keys = {g: "alpha" if list(groups) == ["network"] else alpha_key(g) for g in groups}
     if search.strategy == "greedy":
-        return GreedySearch(list(groups), alpha_values(search.space),
-                            {g: "alpha" if list(groups) == ["network"] else alpha_key(g) for g in groups},
-                            search.validation_target, constants(search.space))
+        return GreedySearch(list(groups), alpha_values(search.space), keys, search.validation_target,
+                            constants(search.space))
+    if search.strategy == "best-first":
+        return BestFirstSearch(list(groups), alpha_values(search.space), keys, search.validation_target,
+                               constants(search.space), search.concurrency)
     metrics, modes = [COST_METRIC[search.cost], "accuracy"], ["min", "max"]
     if search.depth_objective:
         metrics, modes = metrics + ["depth"], modes + ["min"]
@@ -96,7 +100,7 @@ def _tuner(search: SearchConfig, groups: dict[str, list[str]], resume: bool, pro
     if resume:
         return tune.Tuner.restore(str(search.run_dir), trainable, resume_unfinished=True, resume_errored=True)
     space = param_space(dict(search.space), groups)
-    if search.strategy == "greedy":
+    if search.strategy in WALKS:
         space = constants(search.space)
     return tune.Tuner(
         trainable, param_space=space, tune_config=tune_config(search, groups),

@@ -3,7 +3,7 @@
 A trial gets its backbone (pretrained, or trained once into the backbone store), the backbone's
 calibrated activation ranges (computed once per backbone and calibration set, kept beside the store),
 converts it with the sampled alpha of every layer group, applies the point's post-training correction, and
-reports the PANN's validation accuracy and its network cost under the search's CKKS preset. The correction
+reports the PANN's validation accuracy and loss (mean cross-entropy) and its network cost under the search's CKKS preset. The correction
 is applied the same way when the answer is confirmed, tested and registered; batch-norm statistics
 re-estimated under the PANN travel in its spec. Training trials report after every epoch too (what ASHA
 compares); the last report carries ``final``. Post-training trials are cheap: they run the fused compiled
@@ -26,7 +26,7 @@ from pann.convert import (calibrate, convert, observers, out_of_range_rate, poly
 from pann.corrections import compensate_leakage, recalibrate_bounds, reestimate_batchnorm
 from pann.cost_presets import load_preset
 from pann.data import NUM_CLASSES
-from pann.evaluate import accuracies, accuracy
+from pann.evaluate import accuracies_and_losses, accuracy
 from pann.groups import expand
 from pann.files import write_bytes_atomic
 from pann.models import build_model
@@ -152,7 +152,7 @@ def _variants(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapp
 
 def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any],
             backbone: Backbone, data: str = "validation", neighbours: bool = True) -> list[dict[str, Any]]:
-    """Accuracy on ``data`` (a split's name) and cost of the point's PANN: one record per variant (the
+    """Accuracy and loss on ``data`` (a split's name) and cost of the point's PANN: one record per variant (the
     neighbouring alphas too at granularity network, unless ``neighbours=False``)."""
     splits = splits_for(search)
     observed = observed_model(backbone, splits, search)
@@ -166,8 +166,8 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
                         "depth": max(relu_for_precision(a).depth for a in layer_alphas.values()),
                         **cost_metrics(pann, preset)})
     correction = point.get("correction", "none")
-    for record, pann, score in zip(records, panns, accuracies(panns, getattr(splits, data))):
-        record.update(accuracy=score, out_of_range=out_of_range_rate(pann),
+    for record, pann, (score, loss) in zip(records, panns, accuracies_and_losses(panns, getattr(splits, data))):
+        record.update(accuracy=score, loss=loss, out_of_range=out_of_range_rate(pann),
                       spec=spec_of(pann, batchnorm_statistics=correction in BATCHNORM_CORRECTIONS, model=search.model,
                                    weights=str(backbone.path or ""), correction=correction,
                                    input_normalization=backbone.model.normalization).to_dict())
@@ -235,7 +235,8 @@ def measure_point(point: dict[str, Any], search: SearchConfig, groups: dict[str,
     backbone_accuracy = _memoized(("backbone_accuracy", str(backbone.path), backbone.trained),
                                   lambda: accuracy(backbone.model, splits.validation))
     curve = [{k: v for k, v in r.items() if k not in ("spec", "group_alphas")} for r in records]
-    tune.report({**base, "final": 1, "accuracy": main["accuracy"], "out_of_range": main["out_of_range"],
+    tune.report({**base, "final": 1, "accuracy": main["accuracy"], "loss": main["loss"],
+                 "out_of_range": main["out_of_range"],
                  **{k: main[k] for k in ("bootstraps", "levels", "polynomial_levels", "multiplications",
                                          "latency_s")},
                  "backbone_accuracy": backbone_accuracy, "trained_backbone": int(backbone.trained),

@@ -139,6 +139,19 @@ def test_validation_margin_raises_what_validation_must_show_and_reaches_the_sear
            "half a point) (got 0.6)" in problems(minimal(search={"validation_margin": 0.6}))
 
 
+def test_best_first_strategy_walks_with_the_search_concurrency_and_unknown_strategies_are_named():
+    from search.runner import _searcher
+    from search.searchers import BestFirstSearch
+
+    search = config.from_dict(minimal(search={"validation_margin": 0.002, "strategy": "best-first"},
+                                      budget={"concurrency": 3}))
+    searcher = _searcher(search, {"stem": ["net_relu"], "layer1": ["a", "b"]})
+    assert isinstance(searcher, BestFirstSearch) and searcher.concurrency == 3
+    assert searcher.target == pytest.approx(0.502) and searcher.groups == ["stem", "layer1"]
+    assert "search.strategy: expected one of optuna, greedy, best-first (got 'steepest')" in \
+        problems(minimal(search={"strategy": "steepest"}))
+
+
 def test_fractional_alphas_are_refused_at_network_granularity_and_kept_as_a_ladder_per_stage(tmp_path):
     found = problems(minimal(space={"alpha": [7.5, 8], "epochs": [1]}))
     assert "space.alpha: 7.5 is not a whole number of bits; fractional alphas (a ladder of rungs) need " \

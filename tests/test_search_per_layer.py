@@ -126,3 +126,37 @@ def test_export_writes_what_running_the_answer_elsewhere_needs(outcome, tmp_path
     bad = subprocess.run([sys.executable, "-m", "search.cli", "export", "--run-id", "nosuchrun", "--out",
                           str(tmp_path / "x"), "--tracking-uri", search.tracking_uri], capture_output=True, text=True)
     assert bad.returncode == 2 and "has no answer" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_best_first_walk_runs_in_ray_tune_as_in_the_one_at_a_time_drive(tmp_path):
+    """The best-first searcher in a real Tuner with two trials at a time: it waits (``suggest`` returns None)
+    for the results its next point depends on, ends the experiment itself, and walks as one trial at a time."""
+    import ray
+    from ray import tune
+
+    from search.searchers import BestFirstSearch
+    from search.space import alpha_key
+    from tests.test_searchers import LADDER, drive, uneven
+
+    keys = {g: alpha_key(g) for g in "abcd"}
+
+    def trainable(config):
+        tune.report({"final": 1, "accuracy": 0.95 - uneven(config), "loss": uneven(config)})
+
+    one_at_a_time = BestFirstSearch(list("abcd"), LADDER, keys, 0.897)
+    drive(one_at_a_time, score=lambda p: 0.95 - uneven(p), loss=uneven)
+    two_at_a_time = BestFirstSearch(list("abcd"), LADDER, keys, 0.897, concurrency=2)
+    asked = drive(two_at_a_time, 2, score=lambda p: 0.95 - uneven(p), loss=uneven)
+    searcher = BestFirstSearch(list("abcd"), LADDER, keys, 0.897, concurrency=2)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    try:
+        results = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=200,
+                                                                    max_concurrent_trials=2, reuse_actors=True),
+                             run_config=tune.RunConfig(storage_path=str(tmp_path / "runs"), verbose=0)).fit()
+    finally:
+        ray.shutdown()
+    assert not results.errors
+    assert searcher.current == one_at_a_time.current == {"a": 7, "b": 5, "c": 4, "d": 4}
+    # The points Tune ran are the ones the two-at-a-time drive proposes, whatever order the trials finished in.
+    ran = sorted(repr({k: r.config[k] for k in keys.values()}) for r in results)
+    assert ran == sorted(repr(point) for point in asked)

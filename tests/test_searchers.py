@@ -2,7 +2,7 @@
 
 from ray.tune.search import Searcher
 
-from search.searchers import GreedySearch
+from search.searchers import BestFirstSearch, GreedySearch
 from search.space import alpha_key, param_space, uniform_points
 
 
@@ -12,9 +12,9 @@ def accuracy(point: dict) -> float:
     return 0.95 - 0.1 * sum(max(0, need[g] - point[alpha_key(g)]) for g in need)
 
 
-def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy, finishing=0) -> list[dict]:
+def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy, finishing=0, loss=None) -> list[dict]:
     """Run the searcher to its end; ``finishing`` is the index among the running trials of the one that finishes
-    next (0: the oldest, -1: the newest)."""
+    next (0: the oldest, -1: the newest); ``loss(point)``, when given, is reported as the trial's loss."""
     asked, running = [], []
     for number in range(500):
         while len(running) < concurrency:
@@ -26,7 +26,8 @@ def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy, finishin
         if not running:
             return asked
         trial_id, point = running.pop(finishing)
-        searcher.on_trial_complete(trial_id, {"final": 1, "accuracy": score(point)})
+        searcher.on_trial_complete(trial_id, {"final": 1, "accuracy": score(point),
+                                              **({"loss": loss(point)} if loss else {})})
     raise AssertionError("the greedy search did not finish")
 
 
@@ -86,6 +87,47 @@ def test_greedy_walk_does_not_depend_on_which_trial_finishes_first():
         searcher = run(concurrency, finishing)
         assert (searcher.current, searcher.retired) == (one_at_a_time.current, one_at_a_time.retired), \
             (concurrency, finishing)
+
+
+def uneven(point: dict) -> float:
+    """The damage of a point: group "a" loses 2 points per rung under 8, "b" 0.5, "c" and "d" 0.1."""
+    return sum(rate * (5 - LADDER.index(point[alpha_key(g)]))
+               for g, rate in {"a": 0.02, "b": 0.005, "c": 0.001, "d": 0.001}.items())
+
+
+def test_best_first_spends_the_accuracy_on_the_cheapest_steps_and_the_round_robin_does_not():
+    keys = {g: alpha_key(g) for g in "abcd"}
+    best_first = BestFirstSearch(list("abcd"), LADDER, keys, 0.897)
+    asked = drive(best_first, score=lambda p: 0.95 - uneven(p), loss=uneven)
+    # Uniform 7 loses 2.7 points, 6 misses (5.4). From 7: "c" and "d" to the bottom (0.8) and "b" three rungs
+    # (1.5) leave 0.3 points, less than a rung of "b" or of "a".
+    assert [p[keys["a"]] for p in asked[:3]] == [8, 7, 6]
+    assert best_first.current == {"a": 7, "b": 5, "c": 4, "d": 4}
+    round_robin = GreedySearch(list("abcd"), LADDER, keys, 0.897)
+    drive(round_robin, score=lambda p: 0.95 - uneven(p))
+    # Round robin keeps the first step it tries, of "a" at once: it spends 2 points on one rung and stops higher.
+    assert round_robin.current["a"] == 6
+    assert sum(round_robin.current.values()) > sum(best_first.current.values())
+
+
+def test_best_first_walk_does_not_depend_on_which_trial_finishes_first():
+    def run(concurrency: int, finishing: int) -> BestFirstSearch:
+        searcher = BestFirstSearch(list("abcdef"), LADDER, {g: alpha_key(g) for g in "abcdef"}, 0.88,
+                                   concurrency=concurrency)
+        drive(searcher, concurrency, score=edge, finishing=finishing, loss=lambda p: 1 - edge(p))
+        return searcher
+
+    one_at_a_time = run(1, 0)
+    assert one_at_a_time.current != dict.fromkeys("abcdef", 7)  # the walk went somewhere
+    for concurrency, finishing in ((2, 0), (2, -1), (3, -1), (4, 0)):
+        assert run(concurrency, finishing).current == one_at_a_time.current, (concurrency, finishing)
+
+
+def test_best_first_finishes_at_once_when_no_uniform_alpha_is_feasible():
+    searcher = BestFirstSearch(["a"], [4, 5], {"a": "alpha"}, 0.99, concurrency=2)
+    asked = drive(searcher, concurrency=2, score=lambda point: 0.95, loss=lambda point: 1.0)
+    assert [p["alpha"] for p in asked] == [5, 4]  # the second uniform point was in flight when the first missed
+    assert searcher.suggest("late") == Searcher.FINISHED and searcher.current is None
 
 
 def test_greedy_finishes_at_once_when_no_uniform_alpha_is_feasible():

@@ -6,7 +6,7 @@ import torch
 
 from pann.catalog import relu_for_precision
 from pann.data import synthetic
-from pann.evaluate import count_correct
+from pann.evaluate import MAX_LOSS, accuracies_and_losses, count_correct
 from pann.models import resnet20, save_weights, vgg11_bn
 from pann.modules import PolyReLU
 from pann.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
@@ -104,8 +104,13 @@ def test_non_finite_logits_count_as_wrong():
     data = synthetic(100)
     model = HalfNaN()
     model.labels = data.labels
-    _, accuracy = evaluate_loss_accuracy(model, data, 100, torch.device("cpu"))
+    loss, accuracy = evaluate_loss_accuracy(model, data, 100, torch.device("cpu"))
     assert accuracy == 0.5
+    # The right half scores the cross-entropy of a one-hot logit row; the overflowed half the largest loss.
+    right = float(torch.nn.functional.cross_entropy(torch.eye(10)[:1], torch.tensor([0])))
+    assert loss == pytest.approx((right + MAX_LOSS) / 2)
+    [(accuracy, loss)] = accuracies_and_losses([model], data)
+    assert (accuracy, loss) == (0.5, pytest.approx((right + MAX_LOSS) / 2))
 
 
 def test_training_learns_synthetic_data():
