@@ -8,6 +8,7 @@ All are Ray Tune searchers (``suggest`` / ``on_trial_complete``); a trial's ``fi
 from __future__ import annotations
 
 import math
+import pickle
 
 import optuna
 from optuna.trial import TrialState
@@ -67,7 +68,19 @@ class FeasibleOnlyOptunaSearch(OptunaSearch):
         super().on_trial_complete(trial_id, result, error)
 
 
-class GreedySearch(Searcher):
+class _Walk(Searcher):
+    """A searcher whose whole state is plain data: saved and restored with the Tuner (``--resume``)."""
+
+    def save(self, checkpoint_path: str) -> None:  # resumable with the Tuner
+        with open(checkpoint_path, "wb") as handle:
+            pickle.dump(self.__dict__, handle)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as handle:
+            self.__dict__.update(pickle.load(handle))
+
+
+class GreedySearch(_Walk):
     """The deterministic per-layer baseline: lower one group's alpha at a time while the constraint holds.
 
     The walk, as with one trial at a time: first the uniform alphas, from the highest down, until one misses the
@@ -163,18 +176,8 @@ class GreedySearch(Searcher):
                 self.retired.add(group)
             self.turn = (self.groups.index(group) + 1) % len(self.groups)
 
-    def save(self, checkpoint_path: str) -> None:  # resumable with the Tuner
-        import pickle
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
 
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
-
-
-class BestFirstSearch(Searcher):
+class BestFirstSearch(_Walk):
     """A per-layer walk that spends the accuracy where it buys the most: at every step it lowers the group whose
     one-rung step loses the least, measured by the validation loss (lazy best-first descent).
 
@@ -234,16 +237,6 @@ class BestFirstSearch(Searcher):
             ok = bool(not error and result and result.get("final"))
             self.results[trial_id] = (ok and result["accuracy"] >= self.target,
                                       float(result.get("loss", math.inf)) if ok else math.inf)
-
-    def save(self, checkpoint_path: str) -> None:  # resumable with the Tuner
-        import pickle
-        with open(checkpoint_path, "wb") as handle:
-            pickle.dump(self.__dict__, handle)
-
-    def restore(self, checkpoint_path: str) -> None:
-        import pickle
-        with open(checkpoint_path, "rb") as handle:
-            self.__dict__.update(pickle.load(handle))
 
 
 class _BestFirstWalk:

@@ -160,3 +160,19 @@ def test_confirmation_candidates_are_every_feasible_point_cheapest_first_once_ea
     ordered = _candidates(points, 0.92, "bootstraps", limit=20)
     assert [p.trial for p in ordered] == ["mixed", "dominated", "uniform"]
     assert [p.trial for p in _candidates(points, 0.92, "bootstraps", limit=2)] == ["mixed", "dominated"]
+
+
+def test_best_first_walk_saved_halfway_and_restored_ends_where_it_would_have(tmp_path):
+    keys = {g: alpha_key(g) for g in "abcd"}
+    whole = BestFirstSearch(list("abcd"), LADDER, keys, 0.897, concurrency=2)
+    drive(whole, 2, score=lambda p: 0.95 - uneven(p), loss=uneven)
+    first = BestFirstSearch(list("abcd"), LADDER, keys, 0.897, concurrency=2)
+    for number in range(12):  # one at a time: twelve proposals and their results
+        point = first.suggest(f"t{number}")
+        first.on_trial_complete(f"t{number}", {"final": 1, "accuracy": 0.95 - uneven(point), "loss": uneven(point)})
+    first.save(str(tmp_path / "searcher.pkl"))
+    restored = BestFirstSearch(list("abcd"), LADDER, keys, 0.0)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.target == 0.897 and restored.proposals == first.proposals
+    drive(restored, 2, score=lambda p: 0.95 - uneven(p), loss=uneven)
+    assert restored.current == whole.current == {"a": 7, "b": 5, "c": 4, "d": 4}
