@@ -1,11 +1,12 @@
-"""Network vs stage vs layer granularity, and the greedy baseline, on one pretrained backbone.
+"""Network vs stage vs layer granularity, and the deterministic walks, on one pretrained backbone.
 
     PANN_DATA_DIR=../shared/data python experiments/per_layer_table.py --model resnet20 \\
         --weights resnet20_cifar10.pt --target 0.9073 --trials 100 --out docs/measurements/per_layer_resnet20
 
-Runs four searches, one after the other, each in its own folder under WORK with its own MLflow store:
-granularity network (Optuna over the uniform alpha, neighbours 1), stage and layer (Optuna, warm-started
-with the uniform points), and layer with the greedy baseline, all on the same trial budget (network: one
+Runs the searches of ``--variants``, one after the other, each in its own folder under WORK with its own MLflow
+store: granularity network (Optuna over the uniform alpha, neighbours 1), stage and layer (Optuna, warm-started
+with the uniform points), and layer with the greedy baseline and with the best-first walk (``search.strategy``),
+all on the same trial budget (network: one
 trial per alpha it can sample). Validation, confirmation and test images are consecutive, disjoint slices
 of the test set (the backbone saw the whole training set). Writes OUT/table.json and OUT/table.md: per
 search its answer's validation / confirmation / test accuracy, bootstraps, levels, polynomial levels,
@@ -30,6 +31,15 @@ VARIANTS = {  # name: (granularity, strategy)
     "network": ("network", "optuna"), "stage": ("stage", "optuna"), "layer": ("layer", "optuna"),
     "layer-greedy": ("layer", "greedy"), "layer-best-first": ("layer", "best-first"),
 }
+
+
+def variants_arg(text: str) -> list[str]:
+    names = [v.strip() for v in text.split(",") if v.strip()]
+    unknown = [v for v in names if v not in VARIANTS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown search {', '.join(unknown) or '(none)'}: expected some of "
+                                         f"{', '.join(VARIANTS)}")
+    return names
 
 
 def search_config(args: argparse.Namespace, variant: str, folder: Path) -> config.SearchConfig:
@@ -113,7 +123,8 @@ def main() -> None:
                         help="validation-feasible candidates scored on the confirmation images at most")
     parser.add_argument("--validation-margin", type=float, default=0.0,
                         help="accuracy over the target a point needs on the validation images to count as feasible")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(VARIANTS), type=variants_arg,
+                        help=f"comma-separated, of {', '.join(VARIANTS)}")
     parser.add_argument("--out", type=Path, required=True, help="folder for table.json and table.md")
     parser.add_argument("--work", type=Path, help="folder for the searches' runs and MLflow stores "
                         "(default runs/per_layer/MODEL)")
@@ -121,7 +132,7 @@ def main() -> None:
     args.work = args.work or Path("runs") / "per_layer" / args.model
     args.out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for variant in args.variants.split(","):
+    for variant in args.variants:
         folder = args.work / variant
         start = time.perf_counter()
         outcome = run_search(search_config(args, variant, folder))
