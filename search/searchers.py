@@ -69,7 +69,19 @@ class FeasibleOnlyOptunaSearch(OptunaSearch):
 
 
 class _Walk(Searcher):
-    """A searcher whose whole state is plain data: saved and restored with the Tuner (``--resume``)."""
+    """A per-group walk down a ladder of alphas (``alphas``, lowest first once sorted), proposing configs with
+    ``keys[group]`` set to the group's alpha and ``fixed`` holding the other dimensions. Its whole state is plain
+    data: saved and restored with the Tuner (``--resume``)."""
+
+    def __init__(self, groups: list[str], alphas: list[float], keys: dict[str, str], target_accuracy: float,
+                 fixed: dict | None = None):
+        super().__init__(metric="accuracy", mode="max")
+        self.groups, self.keys, self.target = list(groups), keys, target_accuracy
+        self.ladder = sorted(alphas)
+        self.fixed = dict(fixed or {})
+
+    def _config(self, alphas: dict[str, float]) -> dict:
+        return {**self.fixed, **{self.keys[g]: a for g, a in alphas.items()}}
 
     def save(self, checkpoint_path: str) -> None:  # resumable with the Tuner
         with open(checkpoint_path, "wb") as handle:
@@ -98,10 +110,7 @@ class GreedySearch(_Walk):
 
     def __init__(self, groups: list[str], alphas: list[float], keys: dict[str, str], target_accuracy: float,
                  fixed: dict | None = None):
-        super().__init__(metric="accuracy", mode="max")
-        self.groups, self.keys, self.target = list(groups), keys, target_accuracy
-        self.ladder = sorted(alphas)
-        self.fixed = dict(fixed or {})
+        super().__init__(groups, alphas, keys, target_accuracy, fixed)
         self.uniform = sorted(alphas, reverse=True)  # not yet proposed
         self.uniform_feasible: list[float] = []
         self.uniform_failed = False
@@ -114,9 +123,6 @@ class GreedySearch(_Walk):
     def _lower(self, alpha: float) -> float:
         """The rung below ``alpha``."""
         return self.ladder[self.ladder.index(alpha) - 1]
-
-    def _config(self, alphas: dict[str, float]) -> dict:
-        return {**self.fixed, **{self.keys[g]: a for g, a in alphas.items()}}
 
     def _propose(self, trial_id: str, group: str | None, alphas: dict[str, float]) -> dict:
         self.queue.append([trial_id, group, alphas, None])
@@ -204,10 +210,7 @@ class BestFirstSearch(_Walk):
 
     def __init__(self, groups: list[str], alphas: list[float], keys: dict[str, str], target_accuracy: float,
                  fixed: dict | None = None, concurrency: int = 1):
-        super().__init__(metric="accuracy", mode="max")
-        self.groups, self.keys, self.target = list(groups), keys, target_accuracy
-        self.ladder = sorted(alphas)
-        self.fixed = dict(fixed or {})
+        super().__init__(groups, alphas, keys, target_accuracy, fixed)
         self.concurrency = max(1, int(concurrency))
         self.proposals: list[tuple[str, str | None, dict[str, float]]] = []  # (trial id, group or None, alphas)
         self.results: dict[str, tuple[bool, float]] = {}  # trial id -> (meets the target, loss)
@@ -223,7 +226,7 @@ class BestFirstSearch(_Walk):
             if action is not self._WAIT:
                 group, alphas = action
                 self.proposals.append((trial_id, group, alphas))
-                return {**self.fixed, **{self.keys[g]: a for g, a in alphas.items()}}
+                return self._config(alphas)
         return None
 
     @property
@@ -288,8 +291,8 @@ class _BestFirstWalk:
 
     def _decide(self) -> None:
         """Take the best step while it was measured from the current point."""
-        while self.current is not None and self._ranked():
-            group = self._ranked()[0]
+        while self.current is not None and (ranked := self._ranked()):
+            group = ranked[0]
             if group not in self.estimates or self.estimates[group][1] != self.current:
                 return  # to be measured (again) from here
             del self.estimates[group]

@@ -3,11 +3,11 @@
 A trial gets its backbone (pretrained, or trained once into the backbone store), the backbone's
 calibrated activation ranges (computed once per backbone and calibration set, kept beside the store),
 converts it with the sampled alpha of every layer group, applies the point's post-training correction, and
-reports the PANN's validation accuracy and loss (mean cross-entropy) and its network cost under the search's CKKS preset. The correction
-is applied the same way when the answer is confirmed, tested and registered; batch-norm statistics
-re-estimated under the PANN travel in its spec. Training trials report after every epoch too (what ASHA
-compares); the last report carries ``final``. Post-training trials are cheap: they run the fused compiled
-kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
+reports the PANN's validation accuracy and loss (mean cross-entropy) and its network cost under the search's
+CKKS preset. The correction is applied the same way when the answer is confirmed, tested and registered;
+batch-norm statistics re-estimated under the PANN travel in its spec. Training trials report after every epoch
+too (what ASHA compares); the last report carries ``final``. Post-training trials are cheap: they run the fused
+compiled kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
 """
 
 from __future__ import annotations

@@ -75,9 +75,9 @@ def mlflow_server(tmp_path_factory):
 def two_node_cluster():
     """``ray start --head`` plus a second ``ray start --address``: two raylets, one CPU each. Each ``ray start``
     runs with ``--block`` in a process group of its own, with every Ray process it starts; stopping the cluster is
-    stopping those two groups (never `ray stop`, which stops every Ray instance of the machine). Its temp dir is a
-    short one of its own under /tmp: Ray's socket paths inside a pytest-xdist worker's basetemp would pass the
-    107-byte limit of a Unix socket path."""
+    stopping those two groups (not Ray's own stop command, which would stop every Ray instance of the machine).
+    Its temp dir is a short one of its own under /tmp: Ray's socket paths inside a pytest-xdist worker's basetemp
+    would pass the 107-byte limit of a Unix socket path."""
     tmp = Path(tempfile.mkdtemp(prefix="pann-ray-"))
     env = ray_env(tmp)
     port, dashboard = free_port(), free_port()

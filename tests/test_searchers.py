@@ -12,7 +12,7 @@ def accuracy(point: dict) -> float:
     return 0.95 - 0.1 * sum(max(0, need[g] - point[alpha_key(g)]) for g in need)
 
 
-def drive(searcher: GreedySearch, concurrency: int = 1, score=accuracy, finishing=0, loss=None) -> list[dict]:
+def drive(searcher: Searcher, concurrency: int = 1, score=accuracy, finishing=0, loss=None) -> list[dict]:
     """Run the searcher to its end; ``finishing`` is the index among the running trials of the one that finishes
     next (0: the oldest, -1: the newest); ``loss(point)``, when given, is reported as the trial's loss."""
     asked, running = [], []
