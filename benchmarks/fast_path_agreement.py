@@ -17,12 +17,12 @@ from pathlib import Path
 
 import torch
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
 from pann.data import load_dataset
 from pann.evaluate import accuracy_curve, calibrated
-from pann.models import build_model
-from pann.modules import PolyReLU
+from pann.models.builders import build_model
+from pann.conversion.modules import PolyReLU
 from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

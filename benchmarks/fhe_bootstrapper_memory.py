@@ -4,7 +4,7 @@
 
 What a bootstrapped network needs before its first layer: ``init_scheme`` (keys of the ring; with
 ``io_mode: save`` the linear layers' rotation keys go to disk later), then the one bootstrapper
-``pann.fhe`` builds for the largest slot count the network bootstraps (``--slots``: log2; ResNet-20's
+``pann.fhe.backend`` builds for the largest slot count the network bootstraps (``--slots``: log2; ResNet-20's
 largest bootstrapped tensor, 16 x 32 x 32, asks for 2^14). Orion generates the bootstrapping keys in the
 Go back end and has no way to keep them on disk. Needs ``pip install 'pann[fhe]'``.
 """
@@ -28,9 +28,9 @@ def main():
     p.add_argument("--params", default="bootstrap-128")
     p.add_argument("--slots", type=int, default=15)
     args = p.parse_args()
-    from pann import fhe
-    from pann.fhe_params import load_params
-    from pann.fhe_patches import single_bootstrapper
+    from pann.fhe import backend as fhe
+    from pann.fhe.params import load_params
+    from pann.fhe.patches import single_bootstrapper
     orion, _ = fhe.orion_modules()
     from orion.backend.python.bootstrapper import NewEvaluator
     params = load_params(args.params)

@@ -25,12 +25,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pann import fhe
-from pann.catalog import relu_for_precision
-from pann.convert import convert
+from pann.fhe import backend as fhe
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
 from pann.data import load_dataset
 from pann.evaluate import accuracy, calibrated
-from pann.models import CIFAR10_MEAN, CIFAR10_STD, Classifier
+from pann.models.builders import CIFAR10_MEAN, CIFAR10_STD, Classifier
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
 from pann.data import load_dataset
 from pann.evaluate import calibrated
-from pann.models import build_model
+from pann.models.builders import build_model
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 VARIANTS = {"compiled float32": (torch.float32, True), "eager float32": (torch.float32, False),

@@ -15,11 +15,11 @@ import time
 import torch
 import torch.nn.functional as F
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
 from pann.data import synthetic
 from pann.evaluate import calibrated
-from pann.models import build_model
+from pann.models.builders import build_model
 
 
 def step_time(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, repeats: int) -> float:

@@ -21,16 +21,16 @@ from pathlib import Path
 
 import torch
 
-from pann.catalog import relu_for_precision
-from pann.convert import calibrate, convert, prepare
-from pann.corrections import reestimate_batchnorm
-from pann.cost_presets import load_preset
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import calibrate, convert, prepare
+from pann.conversion.corrections import reestimate_batchnorm
+from pann.cost.preset import load_preset
 from pann.data import default_data_dir, load_dataset
 from pann.evaluate import accuracy
-from pann.groups import layer_groups
-from pann.models import build_model
-from pann.network_cost import network_cost
-from pann.weights import resolve
+from pann.conversion.groups import layer_groups
+from pann.models.builders import build_model
+from pann.cost.network import network_cost
+from pann.models.weights import resolve
 
 
 def trial(observed, names: list[str], test, preset, rng: random.Random, batchnorm: list[torch.Tensor]) -> float:

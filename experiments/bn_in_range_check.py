@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
-from pann.corrections import reestimate_batchnorm
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
+from pann.conversion.corrections import reestimate_batchnorm
 from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
-from pann.models import build_model
+from pann.models.builders import build_model
 from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

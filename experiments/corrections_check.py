@@ -14,12 +14,12 @@ from pathlib import Path
 
 import torch
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
-from pann.corrections import compensate_leakage, reestimate_batchnorm
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
+from pann.conversion.corrections import compensate_leakage, reestimate_batchnorm
 from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracy, calibrated
-from pann.models import resnet20
+from pann.models.builders import resnet20
 from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

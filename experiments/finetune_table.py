@@ -19,13 +19,13 @@ import json
 import time
 from pathlib import Path
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
-from pann.corrections import compensate_leakage
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
+from pann.conversion.corrections import compensate_leakage
 from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracy, calibrated
-from pann.models import resnet20
-from pann.training import TrainConfig, train
+from pann.models.builders import resnet20
+from pann.training.trainer import TrainConfig, train
 from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -31,13 +31,13 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
-from pann.catalog import relu_for_precision  # noqa: E402
-from pann.convert import convert, observers  # noqa: E402
+from pann.approximation.catalog import relu_for_precision  # noqa: E402
+from pann.conversion.flow import convert, observers  # noqa: E402
 from pann.data import calibration_images, load_dataset  # noqa: E402
 from pann.evaluate import accuracies, accuracy, calibrated  # noqa: E402
 from pann.files import write_bytes_atomic  # noqa: E402
-from pann.models import resnet20  # noqa: E402
-from pann.modules import PolyReLU  # noqa: E402
+from pann.models.builders import resnet20  # noqa: E402
+from pann.conversion.modules import PolyReLU  # noqa: E402
 from pann.user_input import parse_alphas  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -5,11 +5,11 @@
         [--data-dir ../shared/data] [--json docs/measurements/per_layer_training.json]
 
 Each ``--config`` is ``ALPHA[:GROUP=ALPHA,...]``: the alpha of every activation layer, then the alpha of some
-stages or layers (``pann.groups.alphas_by_layer``). The same split as ``recipe_table.py``: B calibrated on 2,000
+stages or layers (``pann.conversion.groups.alphas_by_layer``). The same split as ``recipe_table.py``: B calibrated on 2,000
 training images; validation = the first 2,000 test images (what chooses), held out = the other 8,000 (what
 confirms: within 1 point of the pretrained backbone there, >= 90.75% for the shared ResNet-20). Per config it
 measures the PANN as converted (B from the exact-ReLU backbone's ranges) and with every B recalibrated under the
-PANN itself (``pann.corrections.recalibrate_bounds``, margin 1, on the same 2,000 training images), and its cost
+PANN itself (``pann.conversion.corrections.recalibrate_bounds``, margin 1, on the same 2,000 training images), and its cost
 under ``--preset`` (bootstraps, levels, polynomial levels). The JSON is rewritten after every config.
 """
 
@@ -19,16 +19,16 @@ import argparse
 import json
 from pathlib import Path
 
-from pann.catalog import relu_for_precision
-from pann.convert import convert
-from pann.corrections import recalibrate_bounds
-from pann.cost_presets import load_preset
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import convert
+from pann.conversion.corrections import recalibrate_bounds
+from pann.cost.preset import load_preset
 from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
-from pann.groups import alphas_by_layer
-from pann.models import build_model
-from pann.network_cost import network_cost
+from pann.conversion.groups import alphas_by_layer
+from pann.models.builders import build_model
+from pann.cost.network import network_cost
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

@@ -29,9 +29,9 @@ import torch
 from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracy, accuracy_curve, calibrated
 from pann.files import write_bytes_atomic
-from pann.models import build_model, save_weights
-from pann.sturdiness import sturdiness
-from pann.training import TrainConfig, train
+from pann.models.builders import build_model, save_weights
+from pann.training.sturdiness import sturdiness
+from pann.training.trainer import TrainConfig, train
 from pann.user_input import parse_alphas
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"

@@ -5,7 +5,7 @@
         [--json docs/measurements/same_depth_approximations.json]
 
 The catalog gives an alpha the least-depth composite that reaches it, then the one with the fewest
-multiplications (``pann.catalog.relu_for_precision``); a search on levels or bootstraps would rather have the
+multiplications (``pann.approximation.catalog.relu_for_precision``); a search on levels or bootstraps would rather have the
 *most precise* set of each depth. This measures whether that would pay: every ``--degrees`` set (a composite of
 odd stage degrees) in every ReLU of the pretrained backbone, B per layer from 2,000 training images (margin 1),
 no correction; its precision (bits, worst case on the interval), its levels and the network's cost under
@@ -18,15 +18,15 @@ import argparse
 import json
 from pathlib import Path
 
-from pann.approximation import ReluApproximation
-from pann.catalog import get_approximation
-from pann.convert import convert
-from pann.cost_presets import load_preset
+from pann.approximation.composite import ReluApproximation
+from pann.approximation.catalog import get_approximation
+from pann.conversion.flow import convert
+from pann.cost.preset import load_preset
 from pann.data import calibration_images, load_dataset
 from pann.evaluate import accuracies, calibrated
 from pann.files import write_bytes_atomic
-from pann.models import build_model
-from pann.network_cost import network_cost
+from pann.models.builders import build_model
+from pann.cost.network import network_cost
 
 SHARED = Path(__file__).resolve().parents[1] / ".." / "shared" / "data"
 

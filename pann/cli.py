@@ -9,16 +9,16 @@ import argparse
 import dataclasses
 import json
 import logging
-import math
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pann.approximation import FAMILIES, ReluApproximation
-from pann.catalog import MAX_ALPHA, MIN_ALPHA, get_approximation, relu_for_precision
+from pann.approximation.composite import FAMILIES, ReluApproximation
+from pann.approximation.catalog import MAX_ALPHA, MIN_ALPHA, get_approximation, relu_for_precision
 from pann.files import read_yaml
+from pann.console import weights_file
 from pann.user_input import UsageError, parse_alphas, parse_degrees
 
 __all__ = ["UsageError", "build_parser", "main", "parse_alphas", "parse_degrees", "run"]
@@ -58,38 +58,6 @@ def cmd_approx(args: argparse.Namespace) -> None:
     print("precision: -log2 max|r(t) - ReLU(t)| on [-1, 1]; depth and non-scalar multiplications of one ReLU")
 
 
-def progress_line(every_s: float = 0.0, stream=None):
-    """A status line for slow work: ``show(text)`` rewrites it in place on a terminal; elsewhere (a log file)
-    it prints a line at most every ``every_s`` seconds, and always when ``final``. ``show(None)`` ends it."""
-    stream = stream or sys.stderr
-    tty = stream.isatty()
-    shown = {"at": -math.inf, "open": False}
-
-    def show(text: str | None, final: bool = False) -> None:
-        if text is None:
-            if shown["open"]:
-                print(file=stream, flush=True)
-            shown["open"] = False
-            return
-        if tty:
-            print(f"\r\033[K{text}", end="", file=stream, flush=True)
-            shown["open"] = True
-        elif final or time.monotonic() - shown["at"] >= every_s:
-            print(text, file=stream, flush=True)
-            shown["at"] = time.monotonic()
-    return show
-
-
-def weights_file(args: argparse.Namespace):
-    """The local weights file of ``--weights`` (a path, or a name fetched from the data folder, the torch hub
-    cache or the source; ``$PANN_WEIGHTS_URL`` names a mirror), checked against ``--model``."""
-    from pann.data import default_data_dir
-    from pann.weights import resolve
-
-    return resolve(args.weights, args.data_dir or default_data_dir(), os.environ.get("PANN_WEIGHTS_URL"),
-                   model=args.model)
-
-
 def _device(requested: str | None) -> str:
     """``--device`` checked before any work: a device torch knows, and CUDA only where it is available."""
     import torch
@@ -109,11 +77,11 @@ def _device(requested: str | None) -> str:
 
 def _evaluate_spec(args: argparse.Namespace, device: str) -> None:
     """Accuracy of the PANN a spec file describes, on the test images."""
-    from pann import spec as pann_spec
-    from pann.convert import prepare
+    from pann.conversion import spec as pann_spec
+    from pann.conversion.flow import prepare
     from pann.data import NUM_CLASSES, load_dataset
     from pann.evaluate import accuracy
-    from pann.models import build_model
+    from pann.models.builders import build_model
 
     spec = pann_spec.load(args.spec)
     model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
@@ -141,10 +109,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.spec:
         return _evaluate_spec(args, device)
 
-    from pann.convert import interval_bounds
+    from pann.conversion.flow import interval_bounds
     from pann.data import NUM_CLASSES, calibration_images, load_dataset
     from pann.evaluate import accuracy, accuracy_curve, calibrated
-    from pann.models import build_model
+    from pann.models.builders import build_model
 
     alphas = parse_alphas(args.alphas)
     model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
@@ -185,16 +153,15 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_cost(args: argparse.Namespace) -> None:
-    from pann.convert import prepare
-    from pann.cost_presets import load_preset
-    from pann.models import build_model
-    from pann.network_cost import network_cost
+    from pann.conversion.flow import prepare
+    from pann.cost.preset import load_preset
+    from pann.models.builders import build_model
+    from pann.cost.network import network_cost
 
     preset = load_preset(args.preset)
     graph = prepare(build_model(args.model))
     if args.spec:
-        from pann import spec as pann_spec
-
+        from pann.conversion import spec as pann_spec
         approximations = pann_spec.load(args.spec).approximations
         precisions = [a.precision for a in approximations.values()]
         label = f"spec {sum(precisions) / len(precisions):.2f}"  # the spec's mean precision
@@ -220,7 +187,7 @@ def cmd_cost(args: argparse.Namespace) -> None:
 
 def cmd_weights(args: argparse.Namespace) -> None:
     from pann.data import default_data_dir
-    from pann.weights import SOURCE_URL, WEIGHTS, cached
+    from pann.models.weights import SOURCE_URL, WEIGHTS, cached
 
     data_dir = args.data_dir or default_data_dir()
     print(f"{'name':<17} {'model':<9} {'accuracy':>8}  {'cached':<6} licence")
@@ -233,8 +200,8 @@ def cmd_weights(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from pann.files import check_writable
-    from pann.models import save_weights
-    from pann.training import CheckpointError, TrainConfig, TrainingDiverged, train
+    from pann.models.builders import save_weights
+    from pann.training.trainer import CheckpointError, TrainConfig, TrainingDiverged, train
 
     config = TrainConfig.from_dict(read_yaml(args.config))
     out = args.out
@@ -261,7 +228,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_fhe_check(args: argparse.Namespace) -> None:
-    from pann.fhe_cli import fhe_check
+    from pann.fhe.cli import fhe_check
 
     if args.run_id:
         raise UsageError("--run-id reads the search's MLflow records: run it with the `pann` command "
@@ -284,6 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_numerical_commands(sub)
     _add_fhe_check(sub)
+    add_verbose(sub)
     return parser
 
 
@@ -362,21 +330,33 @@ _LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 _OUR_LOGGERS = ("pann", "search", "tracking")
 
 
-def _configure_logging() -> None:
-    """INFO and above of this project's loggers to stderr, in a plain format; other libraries keep
-    their WARNING default (MLflow's and Alembic's INFO lines would bury ours)."""
-    logging.basicConfig(level=logging.WARNING, format=_LOG_FORMAT, stream=sys.stderr)
+def add_verbose(sub) -> None:
+    """Give every command of ``sub`` (an argparse subparsers action) a ``--verbose`` switch."""
+    for command in sub.choices.values():
+        if not any("--verbose" in a.option_strings for a in command._actions):
+            command.add_argument("--verbose", action="store_true",
+                                 help="also show the libraries' notices, tables and progress bars")
+
+
+def _configure_logging(verbose: bool = False) -> None:
+    """INFO and above of this project's loggers to stderr, in a plain format; the other libraries' WARNING and
+    above (INFO too with ``verbose``)."""
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format=_LOG_FORMAT, stream=sys.stderr)
     for name in _OUR_LOGGERS:
         logging.getLogger(name).setLevel(logging.INFO)
 
 
-def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> int:
+def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
+        quiet_libraries: Callable[[], None] | None = None) -> int:
     """Parse ``argv`` and run the chosen command; bad input or an unreachable resource exits 2 with its message.
 
-    Logging is configured here, the program's entry point, never by library code.
+    Logging is configured here, the program's entry point, never by library code; without ``--verbose``,
+    ``quiet_libraries`` (if given) silences the notices of the libraries the commands use.
     """
     args = parser.parse_args(argv)
-    _configure_logging()
+    _configure_logging(getattr(args, "verbose", False))
+    if quiet_libraries is not None and not getattr(args, "verbose", False):
+        quiet_libraries()
     try:
         args.run(args)
     except (ValueError, OSError) as exc:  # bad input: the message, no traceback

@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from pann.catalog import relu_for_precision
-from pann.convert import Scope, calibrate, convert, out_of_range_rate, prepare, reset_out_of_range
-from pann.corrections import compensate_leakage, reestimate_batchnorm
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import Scope, calibrate, convert, out_of_range_rate, prepare, reset_out_of_range
+from pann.conversion.corrections import compensate_leakage, reestimate_batchnorm
 from pann.data import ImageSet
 
 
@@ -72,10 +72,10 @@ def accuracy_curve(observed: nn.Module, data: ImageSet, alphas: Sequence[float],
                    batchnorm_in_range: bool = False) -> list[CurvePoint]:
     """PANN accuracy at each ``alpha``, with the cheapest composite reaching it.
 
-    With ``batchnorm_batches`` each PANN first gets :func:`~pann.corrections.reestimate_batchnorm` on them
+    With ``batchnorm_batches`` each PANN first gets :func:`~pann.conversion.corrections.reestimate_batchnorm` on them
     (augmented training images; with ``batchnorm_in_range`` on those whose inputs stay inside every layer's
     [-B, B] only); with ``leakage_batches`` it then gets
-    :func:`~pann.corrections.compensate_leakage` measured on them.
+    :func:`~pann.conversion.corrections.compensate_leakage` measured on them.
     Every batch of ``data`` is loaded once and run through the PANNs of all alphas.
     """
     approximations = [relu_for_precision(alpha) for alpha in alphas]

@@ -6,7 +6,7 @@ Shared by the ``pann`` command, the search and the scripts; bad text raises :cla
 
 from __future__ import annotations
 
-from pann.catalog import check_alpha
+from pann.approximation.catalog import check_alpha
 
 
 class UsageError(ValueError):

@@ -8,12 +8,15 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from pann.cost.objectives import COST_METRICS
+from pann.data import NUM_CLASSES
 from search.callback import run_key, search_params
 from search.config import SearchConfig
 from search.trial import answer_pann, backbone_for, measure, splits_for
-from tracking.pareto import Point, export_front, pareto_front
-from tracking.models import log_answer_model
-from tracking.runs import COST_METRICS, SearchRecorder
+from tracking.answer_model import log_answer_model
+from tracking.front import Point, pareto_front
+from tracking.front_export import export_front
+from tracking.recorder import SearchRecorder
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ def _candidates(points: list[Point], target: float, x: str, limit: int) -> list[
 def _confirm(search: SearchConfig, groups, points: list[Point]) -> tuple[Point | None, float | None, list]:
     """The first candidate (:func:`_candidates`) that also meets the target on the confirmation images (the
     cheapest feasible point when the search has no confirmation images), and the candidates checked."""
-    x = "alpha" if search.cost == "alpha" else search.cost
+    x = search.cost
     candidates = _candidates(points, search.validation_target, x, search.confirmations)
     if search.confirmation_size == 0:
         return (candidates[0] if candidates else None), None, []
@@ -93,14 +96,15 @@ def _register(search: SearchConfig, groups, answer: Point, parent_id: str, spec:
     example = next(splits_for(search).test.batches(2))[0].numpy()
     uri = log_answer_model(search.tracking_uri, parent_id, pann, example, search.name,
                            {"alpha": answer.alpha, "validation_accuracy": answer.accuracy,
-                            "test_accuracy": test_accuracy, "preset": search.preset, **dict(answer.costs)}, spec)
+                            "test_accuracy": test_accuracy, "preset": search.preset, **dict(answer.costs)}, spec,
+                           NUM_CLASSES[search.dataset])
     logger.info("answer registered as %s", uri)
 
 
 def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> SearchOutcome:
     parent_id = recorder.start_search(search.name, search_params(search))
     points = _points(results, recorder.trial_run_ids)
-    x = "alpha" if search.cost == "alpha" else search.cost
+    x = search.cost
     front = pareto_front(points, search.validation_target, with_depth=search.depth_objective, x=x)
     answer, confirmation, checked = _confirm(search, groups, points)
     test_accuracy = None

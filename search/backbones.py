@@ -23,8 +23,8 @@ import torch
 from ray import tune
 
 from pann.data import NUM_CLASSES
-from pann.models import Classifier, build_model, save_weights
-from pann.training import TrainConfig, train
+from pann.models.builders import Classifier, build_model, save_weights
+from pann.training.trainer import TrainConfig, train
 
 KEY_VERSION = 2
 _NOT_WEIGHTS = ("data_dir", "device")  # where data lives or runs does not change the weights

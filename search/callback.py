@@ -11,8 +11,11 @@ from typing import Any
 
 from ray import tune
 
+from pann.conversion.groups import is_per_network
+from pann.cost.objectives import OBJECTIVES, objective
 from search.config import SearchConfig
-from tracking.runs import BACKBONE_TAG, SearchRecorder
+from tracking.recorder import SearchRecorder
+from tracking.schema import BACKBONE_TAG
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,7 @@ class TrackingCallback(tune.Callback):
             self._recorder.finish_trial(key, "KILLED")
             logger.info("  %s: stopped early (pruned)", trial.trial_id)
             return
-        if self.search.granularity == "network":
+        if is_per_network(self.search.granularity):  # the accuracy-vs-alpha curve of the neighbouring alphas
             self._recorder.log_curve(key, json.loads(result["curve"]))
         self._recorder.log_dict(key, json.loads(result["spec"]), "spec.json")
         if result["backbone"]:
@@ -77,7 +80,7 @@ class TrackingCallback(tune.Callback):
                     "pretrained" if result["backbone"] == self.search.weights else "reused from the store")
         costs = ", ".join(f"{k} {result[k]:g}" for k in ("bootstraps", "levels") if k in result)
         logger.info("  %s: alpha %g, accuracy %.2f%% (%s the target), %s, backbone %s", trial.trial_id,
-                    result["precision_bits"], 100 * result["accuracy"], verdict, costs, backbone)
+                    result[OBJECTIVES["alpha"].metric], 100 * result["accuracy"], verdict, costs, backbone)
 
     def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
         error = ""
@@ -120,7 +123,7 @@ class ProgressCallback(tune.Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         self.done += 1
         result = trial.last_result or {}
-        metric = {"alpha": "precision_bits", "latency": "latency_s"}.get(self.search.cost, self.search.cost)
+        metric = objective(self.search.cost).metric
         if result.get("final") and result["accuracy"] >= self.search.validation_target:
             point = (result[metric], result["accuracy"])
             if self.best is None or (point[0], -point[1]) < (self.best[0], -self.best[1]):

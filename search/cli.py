@@ -9,7 +9,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from pann.cli import build_parser, progress_line
+from pann.cli import add_verbose, build_parser
+from pann.cost.objectives import OBJECTIVES
+from pann.console import progress_line
 
 _FORMATS = (".csv", ".json", ".png", ".html")
 
@@ -64,8 +66,8 @@ def print_outcome(outcome, search, out=sys.stdout) -> None:
 def cmd_pareto(args: argparse.Namespace) -> None:
     from mlflow import MlflowClient
 
-    from tracking.pareto import export_front
-    from tracking.runs import find_search, trial_points
+    from tracking.front_export import export_front
+    from tracking.records import find_search, trial_points
 
     if args.out.suffix not in _FORMATS:
         raise ValueError(f"--out must end in one of {', '.join(_FORMATS)} (got {args.out.name!r})")
@@ -118,8 +120,8 @@ def cmd_fhe_check(args: argparse.Namespace) -> None:
     """``pann fhe-check``; with ``--run-id``, the answer of that search, its results recorded under its run."""
     import tempfile
 
-    from pann.fhe_cli import fhe_check
-    from pann.weights import WEIGHTS
+    from pann.fhe.cli import fhe_check
+    from pann.models.weights import WEIGHTS
 
     if not args.run_id:
         return fhe_check(args)
@@ -211,7 +213,7 @@ def build_full_parser() -> argparse.ArgumentParser:
     which.add_argument("--run-id", action="append", help="parent run id of a search (repeatable)")
     pa.add_argument("--out", type=Path, required=True, help="FILE.csv, .json, .png or .html")
     pa.add_argument("--target", type=float, help="target accuracy (default: the first search's)")
-    pa.add_argument("--x", choices=("alpha", "bootstraps", "levels", "latency"), default="alpha",
+    pa.add_argument("--x", choices=tuple(OBJECTIVES), default="alpha",
                     help="the cost on the x axis (default alpha; the others need a search with a cost model)")
     pa.add_argument("--tracking-uri", help="MLflow store (default: ./mlflow.db)")
     pa.set_defaults(run=cmd_pareto)
@@ -228,13 +230,30 @@ def build_full_parser() -> argparse.ArgumentParser:
     ui.add_argument("--port", type=_port, default=5000)
     ui.set_defaults(run=cmd_ui)
     sub.choices["fhe-check"].set_defaults(run=cmd_fhe_check)  # --run-id reads and records MLflow runs
+    add_verbose(sub)
     return parser
+
+
+def _quiet_libraries() -> None:
+    """What a command shows of the stack without ``--verbose``: its warnings, not its notices, tables and progress
+    bars (MLflow's INFO lines and download bars, Optuna's "A new study created", Tune's experiment table and
+    TensorBoard hint, Ray's token-authentication notice for the local instance)."""
+    import logging
+
+    import optuna.logging
+
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when MLflow sets up its own handler
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # Tune's legacy reporter is silent at verbose=0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from pann.cli import run
 
-    return run(build_full_parser(), argv)
+    return run(build_full_parser(), argv, quiet_libraries=_quiet_libraries)
 
 
 if __name__ == "__main__":

@@ -13,11 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from pann.files import read_yaml
-from pann.training import TrainConfig
+from pann.training.trainer import TrainConfig
 from pann.user_input import ProblemsError
-from search.config_checks import (APPROXIMATION_DIMENSIONS, CORRECTIONS, COSTS, INTEGER_DIMENSIONS,  # noqa: F401
-                                  SCOPES, STRATEGIES, TRAINING_DIMENSIONS, field_path, flatten, check_backbone,
-                                  check_budget, check_identity, check_search, check_space, check_training)
+from search.config_checks import (TRAINING_DIMENSIONS, check_backbone, check_budget, check_identity, check_search,
+                                  check_space, check_training, field_path, flatten)  # noqa: F401 (field_path)
 
 class SearchConfigError(ProblemsError):
     """A search configuration with problems; ``problems`` lists them all, one per line."""

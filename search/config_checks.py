@@ -16,36 +16,29 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pann.catalog import MAX_ALPHA, MIN_ALPHA
-from pann.cost_presets import load_preset
+from pann.approximation.catalog import MAX_ALPHA, MIN_ALPHA
+from pann.conversion.corrections import CORRECTIONS
+from pann.conversion.groups import GRANULARITIES, is_per_network
+from pann.cost.objectives import OBJECTIVES
+from pann.cost.preset import load_preset
 from pann.data import DATASETS, default_data_dir
-from pann.groups import GRANULARITIES
-from pann.models import model_names
-from pann.training import TrainConfig
-from pann.weights import WEIGHTS, resolve
+from pann.models.builders import model_names
+from pann.training.trainer import TrainConfig
+from pann.models.weights import WEIGHTS, resolve
+from search.space import INTEGER_DIMENSIONS
+from search.strategies import strategies
 from tracking.stores import default_tracking_uri, uri_problem
 
 SCOPES = ("layer", "global")
-# What a search minimises beside keeping the target accuracy: the (mean) alpha, or the network's cost under
-# a CKKS preset (pann.cost_presets). Strategies: Optuna's sampler, or a deterministic per-layer walk: the
-# greedy baseline (round robin over the groups) or best-first (the step that loses the least validation loss).
-COSTS = ("alpha", "bootstraps", "levels", "latency")
-STRATEGIES = ("optuna", "greedy", "best-first")
-WALKS = ("greedy", "best-first")
-# Post-training corrections applied to every PANN of a trial after conversion (search/trial.py): leakage
-# compensation measured on the calibration images, or batch-norm statistics re-estimated under the PANN on
-# ``batchnorm_size`` augmented training images (pann.corrections): all of them, or (``batchnorm-in-range``) those
-# whose inputs stay inside every layer's [-B, B]; or (``bounds``) every layer's B recalibrated under the PANN on
-# the calibration images, what backbones trained with polynomials in the loop need.
-CORRECTIONS = ("none", "compensate", "batchnorm", "batchnorm-in-range", "bounds")
-BATCHNORM_CORRECTIONS = ("batchnorm", "batchnorm-in-range")
+# The names a config may give are those of the registries: costs (search.cost) in pann.cost.objectives.OBJECTIVES,
+# post-training corrections (space.correction) in pann.conversion.corrections.CORRECTIONS, strategies
+# (search.strategy) in search.strategies, granularities in pann.conversion.groups.GRANULARITIES.
 # Search dimensions and what they control. Training dimensions change the backbone (and so its key in
 # the backbone store); approximation dimensions only change how a trained backbone is converted.
 TRAINING_DIMENSIONS = ("epochs", "lr", "weight_decay", "mixup_alpha", "leakage", "leakage_alpha",
                        "noise_factor", "slope", "distill_weight", "distill_temperature", "alpha_start",
                        "alpha_granularity")
 APPROXIMATION_DIMENSIONS = ("alpha", "scope", "margin", "correction")
-INTEGER_DIMENSIONS = ("alpha", "epochs")
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
 # dimension of the search space overrides the training section's value.
 _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", "validation_size"}
@@ -245,26 +238,27 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     need(_is_int(merged["grace_period"]) and merged["grace_period"] >= 1, "search.grace_period",
          "must be an integer >= 1")
     need(merged["granularity"] in GRANULARITIES, "search.granularity", f"expected one of {', '.join(GRANULARITIES)}")
-    need(merged["cost"] in COSTS, "search.cost", f"expected one of {', '.join(COSTS)}")
-    need(merged["strategy"] in STRATEGIES, "search.strategy", f"expected one of {', '.join(STRATEGIES)}")
+    need(merged["cost"] in OBJECTIVES, "search.cost", f"expected one of {', '.join(OBJECTIVES)}")
+    known = strategies()
+    need(merged["strategy"] in known, "search.strategy", f"expected one of {', '.join(known)}")
     need(_is_int(merged["confirmations"]) and merged["confirmations"] >= 1, "search.confirmations",
          "must be an integer >= 1")
     margin, target = merged["validation_margin"], merged.get("target_accuracy")
     need(_is_number(margin) and 0 <= margin and (not _is_number(target) or target + margin <= 1),
          "search.validation_margin", "must be a number >= 0 with target_accuracy + margin <= 1 "
          "(e.g. 0.005: half a point)")
+    per_network = merged["granularity"] in GRANULARITIES and is_per_network(merged["granularity"])
     if merged["neighbours"] is None:
-        merged["neighbours"] = 1 if merged["granularity"] == "network" else 0
+        merged["neighbours"] = 1 if per_network else 0
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",
          "must be an integer >= 0")
-    if merged["granularity"] != "network" and merged["neighbours"]:
+    if not per_network and merged["neighbours"]:
         problems.append(f"search.neighbours: must be 0 with granularity {merged['granularity']!r} "
                         "(neighbouring alphas shift the whole network)")
-    if merged["cost"] != "alpha" or merged["strategy"] in WALKS:
-        try:
-            load_preset(merged["preset"])
-        except (ValueError, FileNotFoundError) as exc:
-            problems.append(f"search.preset: {exc}")
+    try:  # every trial reports its network cost under the preset
+        load_preset(merged["preset"])
+    except (ValueError, FileNotFoundError) as exc:
+        problems.append(f"search.preset: {exc}")
 
 
 def check_training(merged: dict[str, Any], problems: list[str]) -> dict[str, Any]:
@@ -309,7 +303,7 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
         if dim == "alpha":
             alphas = values
         varying += isinstance(spec, Mapping) or isinstance(spec, list) and len(spec) > 1
-    per_layer = merged.get("granularity") in ("stage", "layer")
+    per_layer = merged.get("granularity") in GRANULARITIES and not is_per_network(merged["granularity"])
     fractional = [a for a in alphas if _is_number(a) and not float(a).is_integer()]
     if fractional and not per_layer:
         # The network curve records alphas as MLflow steps, which are integers: refuse what would be stored wrong.
@@ -324,3 +318,5 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
         problems.append(f"space.epochs: granularity {merged['granularity']!r} searches post-training "
                         "approximations; epochs must be 0")
     merged["space"] = dict(space)
+    if merged.get("strategy") in strategies():
+        problems += strategies()[merged["strategy"]].problems(merged)

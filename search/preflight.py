@@ -24,14 +24,15 @@ import socket
 import optuna
 from ray import tune
 
-from pann.catalog import relu_for_precision
+from pann.approximation.catalog import relu_for_precision
 from pann.data import NUM_CLASSES
 from pann.files import write_bytes_atomic
-from pann.models import build_model
+from pann.models.builders import build_model
 from search.config import SearchConfig, field_path
 from search.space import measurable_alphas
 from search.splits import Splits
-from tracking.runs import check_reachable, discard_runs, recorded_search
+from tracking.records import discard_runs, recorded_search
+from tracking.stores import check_reachable
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,8 @@
 """The search space: a config's dimensions as Ray Tune domains, with one alpha per layer group.
 
 At granularity ``network`` the space has one ``alpha``; at ``stage`` or ``layer`` it has one dimension
-``alpha.<group>`` per group of :func:`pann.groups.layer_groups`, each over the config's alpha range.
+``alpha.<group>`` per group of the search's :class:`pann.conversion.groups.LayerGroups` (:func:`dimension`), each
+over the config's alpha range.
 """
 
 from __future__ import annotations
@@ -11,14 +12,22 @@ from typing import Any
 
 from ray import tune
 
-from pann.catalog import MAX_ALPHA, MIN_ALPHA
-from search.config_checks import INTEGER_DIMENSIONS
+from pann.approximation.catalog import MAX_ALPHA, MIN_ALPHA
+from pann.conversion.groups import LayerGroups
 
 _PREFIX = "alpha."
+INTEGER_DIMENSIONS = ("alpha", "epochs")  # ranges of these are integer ranges
 
 
 def alpha_key(group: str) -> str:
+    """The dimension of ``group``'s alpha in a per-layer space."""
     return _PREFIX + group
+
+
+def dimension(groups: LayerGroups, group: str) -> str:
+    """The dimension that holds ``group``'s alpha: ``alpha`` when one group is the whole network, else
+    :func:`alpha_key`."""
+    return "alpha" if groups.per_network else alpha_key(group)
 
 
 def _domain(name: str, spec: Any):
@@ -32,11 +41,10 @@ def _domain(name: str, spec: Any):
     return spec
 
 
-def param_space(space: Mapping[str, Any], groups: Mapping[str, list[str]] | None = None) -> dict[str, Any]:
-    """Tune domains for ``space``; with ``groups`` other than the one ``network`` group, ``alpha`` becomes one
-    dimension per group."""
+def param_space(space: Mapping[str, Any], groups: LayerGroups | None = None) -> dict[str, Any]:
+    """Tune domains for ``space``; with per-layer ``groups``, ``alpha`` becomes one dimension per group."""
     domains = {name: _domain(name, spec) for name, spec in space.items()}
-    if groups and list(groups) != ["network"]:
+    if groups is not None and not groups.per_network:
         del domains["alpha"]
         domains.update({alpha_key(g): _domain("alpha", space["alpha"]) for g in groups})
     return domains
@@ -62,17 +70,16 @@ def measurable_alphas(space: Mapping[str, Any], neighbours: int) -> list[float]:
     return sorted({a for value in alpha_values(space) for a in neighbourhood(value, neighbours)})
 
 
-def group_alphas(point: Mapping[str, Any], groups: Mapping[str, list[str]]) -> dict[str, float]:
+def group_alphas(point: Mapping[str, Any], groups: LayerGroups) -> dict[str, float]:
     """The alpha of each group in a sampled point."""
-    if list(groups) == ["network"]:
-        return {"network": float(point["alpha"])}
-    return {g: float(point[alpha_key(g)]) for g in groups}
+    return {g: float(point[dimension(groups, g)]) for g in groups}
 
 
-def uniform_points(space: Mapping[str, Any], groups: Mapping[str, list[str]]) -> list[dict[str, Any]]:
+def uniform_points(space: Mapping[str, Any], groups: LayerGroups) -> list[dict[str, Any]]:
     """One point per alpha with that alpha in every group: the uniform answers a per-layer search must beat
-    (the study is warm-started with them). Empty at granularity ``network``, where they are the space."""
-    if list(groups) == ["network"]:
+    (the study is warm-started with them; the other dimensions are left to the sampler). Empty at granularity
+    ``network``, where they are the space."""
+    if groups.per_network:
         return []
     return [{alpha_key(g): a for g in groups} for a in reversed(alpha_values(space))]
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pann.conversion.corrections import CORRECTIONS
 from pann.data import ImageSet, load_dataset, split_train
-from pann.training import TrainConfig
-from search.config_checks import BATCHNORM_CORRECTIONS
+from pann.training.trainer import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Splits:
             train_part, validation = train, test.subset(slice(0, v))
         else:
             train_part, validation = split_train(train, v, seed)
-        corrects_norms = bool(set(search.corrections) & set(BATCHNORM_CORRECTIONS))
+        corrects_norms = any("batchnorm" in CORRECTIONS[c].needs for c in search.corrections)
         sized = ("calibration_size",) + (("batchnorm_size",) if corrects_norms else ())
         problems = [f"backbone.{key}: {getattr(search, key)} is more than the {len(train_part)} training images"
                     for key in sized if getattr(search, key) > len(train_part)]

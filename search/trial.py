@@ -20,23 +20,23 @@ from typing import Any
 import torch
 from ray import tune
 
-from pann.catalog import relu_for_precision
-from pann.convert import (calibrate, convert, observers, out_of_range_rate, poly_modules, prepare,
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import (calibrate, convert, observers, out_of_range_rate, poly_modules, prepare,
                           reset_out_of_range)
-from pann.corrections import compensate_leakage, recalibrate_bounds, reestimate_batchnorm
-from pann.cost_presets import load_preset
+from pann.conversion.corrections import CORRECTIONS, CorrectionData, apply_correction
+from pann.cost.preset import load_preset
 from pann.data import NUM_CLASSES
 from pann.evaluate import accuracies_and_losses, accuracy
-from pann.groups import expand
+from pann.conversion.groups import LayerGroups
 from pann.files import write_bytes_atomic
-from pann.models import build_model
-from pann.modules import PolyReLU
-from pann.network_cost import network_cost
-from pann.spec import spec_of
-from pann.training import TrainingDiverged
+from pann.models.builders import build_model
+from pann.conversion.modules import PolyReLU
+from pann.cost.network import network_cost
+from pann.cost.objectives import COST_METRICS, OBJECTIVES, cost_metrics
+from pann.conversion.spec import spec_of
+from pann.training.trainer import TrainingDiverged
 from search.backbones import Backbone, backbone_key, file_digest, locked, stored_backbone
 from search.config import SearchConfig
-from search.config_checks import BATCHNORM_CORRECTIONS
 from search.space import group_alphas, neighbourhood
 from search.splits import Splits
 
@@ -113,44 +113,36 @@ def observed_model(backbone: Backbone, splits: Splits, search: SearchConfig) -> 
     return observed
 
 
+def correction_data(search: SearchConfig, margin: float = 1.0) -> CorrectionData:
+    """What a correction may measure on: the calibration images, the augmented batch-norm images."""
+    return CorrectionData(calibration=lambda: (x for x, _ in splits_for(search).calibration.batches(500)),
+                          batchnorm=lambda: batchnorm_batches(search), margin=margin)
+
+
 def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], point: Mapping[str, Any],
                search: SearchConfig, compiled: bool) -> torch.nn.Module:
-    """The PANN of a point: each layer at its alpha, the point's interval scope, margin and correction
-    (``compensate``: leakage measured on the calibration images; ``batchnorm``: the norms' statistics
-    re-estimated under the PANN on :func:`batchnorm_batches`, ``batchnorm-in-range``: on those of them whose
-    inputs stay inside every layer's [-B, B]; ``bounds``: every ``B`` recalibrated under the PANN on the
-    calibration images, with the point's margin)."""
+    """The PANN of a point: each layer at its alpha, the point's interval scope and margin, and its correction
+    (one of :data:`pann.conversion.corrections.CORRECTIONS`, measured on :func:`correction_data`)."""
     approximations = {name: relu_for_precision(alpha) for name, alpha in layer_alphas.items()}
-    pann = convert(observed, approximations, point.get("scope", "layer"), point.get("margin", 1.0),
-                   compiled=compiled).eval()
-    correction = point.get("correction", "none")
-    calibration = (x for x, _ in splits_for(search).calibration.batches(500))
-    if correction == "compensate":
-        compensate_leakage(pann, calibration)
-    elif correction in BATCHNORM_CORRECTIONS:
-        reestimate_batchnorm(pann, batchnorm_batches(search), in_range=correction == "batchnorm-in-range")
-    elif correction == "bounds":
-        recalibrate_bounds(pann, calibration, point.get("margin", 1.0))
+    margin = point.get("margin", 1.0)
+    pann = convert(observed, approximations, point.get("scope", "layer"), margin, compiled=compiled).eval()
+    apply_correction(pann, point.get("correction", "none"), correction_data(search, margin))
     reset_out_of_range(pann)  # count only the scored images
     return pann
 
 
-def cost_metrics(pann: torch.nn.Module, preset) -> dict[str, float]:
-    cost = network_cost(pann, preset)
-    return {"bootstraps": cost.bootstraps, "levels": cost.levels, "polynomial_levels": cost.polynomial_levels,
-            "multiplications": cost.multiplications, "latency_s": cost.latency}
-
-
-def _variants(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any],
+def _variants(search: SearchConfig, groups: LayerGroups, point: Mapping[str, Any],
               neighbours: bool) -> list[dict[str, float]]:
-    """Per-group alphas to measure: the sampled ones, and at granularity network its neighbours."""
+    """Per-group alphas to measure: the sampled ones, and, when one group is the whole network, its
+    neighbouring alphas."""
     sampled = group_alphas(point, groups)
-    if list(groups) != ["network"] or not neighbours:
+    if not groups.per_network or not neighbours:
         return [sampled]
-    return [{"network": a} for a in neighbourhood(sampled["network"], search.neighbours)]
+    (alpha,) = sampled.values()
+    return [groups.uniform(a) for a in neighbourhood(alpha, search.neighbours)]
 
 
-def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any],
+def measure(search: SearchConfig, groups: LayerGroups, point: Mapping[str, Any],
             backbone: Backbone, data: str = "validation", neighbours: bool = True) -> list[dict[str, Any]]:
     """Accuracy and loss on ``data`` (a split's name) and cost of the point's PANN: one record per variant (the
     neighbouring alphas too at granularity network, unless ``neighbours=False``)."""
@@ -159,27 +151,28 @@ def measure(search: SearchConfig, groups: Mapping[str, list[str]], point: Mappin
     preset = load_preset(search.preset)
     records, panns = [], []
     for alphas in _variants(search, groups, point, neighbours):
-        layer_alphas = expand(groups, alphas)
+        layer_alphas = groups.expand(alphas)
         pann = build_pann(observed, layer_alphas, point, search, search.compile)
         panns.append(pann)
         records.append({"alpha": sum(layer_alphas.values()) / len(layer_alphas), "group_alphas": alphas,
                         "depth": max(relu_for_precision(a).depth for a in layer_alphas.values()),
-                        **cost_metrics(pann, preset)})
+                        **cost_metrics(network_cost(pann, preset))})
     correction = point.get("correction", "none")
     for record, pann, (score, loss) in zip(records, panns, accuracies_and_losses(panns, getattr(splits, data))):
         record.update(accuracy=score, loss=loss, out_of_range=out_of_range_rate(pann),
-                      spec=spec_of(pann, batchnorm_statistics=correction in BATCHNORM_CORRECTIONS, model=search.model,
+                      spec=spec_of(pann, batchnorm_statistics=CORRECTIONS[correction].carries_batchnorm,
+                                   model=search.model,
                                    weights=str(backbone.path or ""), correction=correction,
                                    input_normalization=backbone.model.normalization).to_dict())
     return records
 
 
-def answer_pann(search: SearchConfig, groups: Mapping[str, list[str]], point: Mapping[str, Any]) -> torch.nn.Module:
+def answer_pann(search: SearchConfig, groups: LayerGroups, point: Mapping[str, Any]) -> torch.nn.Module:
     """The PANN of a point, eager (``compiled=False``: portable, it is pickled into an MLflow model), with its
     correction measured as the trials measured it (on the compiled PANN when the search compiles): the same
     batch-norm statistics as its spec, the same leakage offsets and bounds."""
     observed = observed_model(backbone_for(search, point), splits_for(search), search)
-    layer_alphas = expand(groups, group_alphas(point, groups))
+    layer_alphas = groups.expand(group_alphas(point, groups))
     measured = build_pann(observed, layer_alphas, point, search, search.compile)
     if not search.compile:
         return measured
@@ -209,7 +202,7 @@ class TrialCannotSucceed(RuntimeError):
     """A retried trial whose earlier attempt failed in a way that repeats: it stops at once."""
 
 
-def run_trial(point: dict[str, Any], search: SearchConfig, groups: dict[str, list[str]]) -> None:
+def run_trial(point: dict[str, Any], search: SearchConfig, groups: LayerGroups) -> None:
     """Ray Tune trainable: :func:`measure_point`, except that a failure a retry would meet again is noted,
     and the retry Tune starts for it (``budget.max_failures``) stops at once instead of running again."""
     note = search.run_dir / "failures" / f"{tune.get_context().get_trial_id()}.txt"
@@ -222,11 +215,11 @@ def run_trial(point: dict[str, Any], search: SearchConfig, groups: dict[str, lis
         raise
 
 
-def measure_point(point: dict[str, Any], search: SearchConfig, groups: dict[str, list[str]]) -> None:
+def measure_point(point: dict[str, Any], search: SearchConfig, groups: LayerGroups) -> None:
     """Get the backbone, convert it with the point's alphas, report accuracy and cost."""
     sampled = group_alphas(point, groups)
-    layer_alphas = expand(groups, sampled)
-    base = {"precision_bits": sum(layer_alphas.values()) / len(layer_alphas),
+    layer_alphas = groups.expand(sampled)
+    base = {OBJECTIVES["alpha"].metric: sum(layer_alphas.values()) / len(layer_alphas),
             "depth": max(relu_for_precision(a).depth for a in sampled.values())}
     backbone = backbone_for(search, point, _epoch_reporter(search, groups, point, base))
     records = measure(search, groups, point, backbone)
@@ -237,8 +230,7 @@ def measure_point(point: dict[str, Any], search: SearchConfig, groups: dict[str,
     curve = [{k: v for k, v in r.items() if k not in ("spec", "group_alphas")} for r in records]
     tune.report({**base, "final": 1, "accuracy": main["accuracy"], "loss": main["loss"],
                  "out_of_range": main["out_of_range"],
-                 **{k: main[k] for k in ("bootstraps", "levels", "polynomial_levels", "multiplications",
-                                         "latency_s")},
+                 **{k: main[k] for k in COST_METRICS},
                  "backbone_accuracy": backbone_accuracy, "trained_backbone": int(backbone.trained),
                  "resumed_from_epoch": backbone.resumed_from, "backbone": str(backbone.path or ""),
                  # JSON text: Tune's loggers take numbers and strings, not lists of records.

@@ -1,8 +1,11 @@
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
 import torch
+
+from tests.helpers import BIN, free_port, listening, stop_group, wait_for
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
@@ -18,8 +21,7 @@ def approximation_cache(tmp_path_factory):
     """A fresh on-disk approximation cache per test session, so tests solve from scratch; shared by the
     session's xdist workers (the catalog writes each file atomically, so a set two workers solve at once is
     written twice with the same content)."""
-    from pann import catalog
-
+    from pann.approximation import catalog
     if not os.environ.get("PYTEST_XDIST_WORKER"):
         path = tmp_path_factory.mktemp("pann-cache")
     else:
@@ -46,6 +48,26 @@ def shared_data() -> Path:
     if not (SHARED_DATA / "cifar10" / "test.npz").is_file():
         pytest.skip(f"shared data not found at {SHARED_DATA} (CIFAR-10 npz and pretrained ResNets)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    """A tracking server on 127.0.0.1 (or the one .ci/run started, given by PANN_TEST_MLFLOW_URI)."""
+    if os.environ.get("PANN_TEST_MLFLOW_URI"):
+        yield os.environ["PANN_TEST_MLFLOW_URI"]
+        return
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        wait_for(lambda: listening(port), 300, "mlflow server")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_group(server)
+
 
 
 # The longest modules go first, so that the other worker runs the rest of the suite beside them (pyproject.toml:

@@ -5,9 +5,9 @@ import os
 import numpy as np
 import pytest
 
-from pann import approximation, catalog, fhe_cost
-from pann.approximation import ReluApproximation, composite_sign, direct_relu
-from pann.catalog import get_approximation, relu_for_precision
+from pann.approximation import catalog, composite as approximation, polynomial_cost
+from pann.approximation.composite import ReluApproximation, composite_sign, direct_relu
+from pann.approximation.catalog import get_approximation, relu_for_precision
 
 # Lee et al.'s degree sets and the ReLU error of their published polynomials (log2).
 LEE = {4: ((5,), 3.71), 5: ((13,), 4.86), 6: ((3, 7), 6.05), 7: ((7, 7), 7.04), 8: ((7, 15), 8.03),
@@ -20,7 +20,7 @@ def test_lee_degree_sets_reach_published_precision(alpha):
     degrees, published = LEE[alpha]
     approx = get_approximation("composite", degrees)
     assert approx.precision >= published - 0.15
-    assert approx.depth == fhe_cost.sign_depth(degrees) + 1
+    assert approx.depth == polynomial_cost.sign_depth(degrees) + 1
 
 
 def test_precision_is_the_relu_error_on_a_dense_grid():
@@ -45,12 +45,12 @@ def test_relu_for_precision_is_cheapest_and_no_deeper_than_lee():
         # this fills the cache that the rest of the suite reads.
         approx = relu_for_precision(alpha, workers=os.cpu_count())
         assert approx.precision >= alpha
-        assert approx.depth - 1 <= fhe_cost.sign_depth(LEE[alpha][0])
+        assert approx.depth - 1 <= polynomial_cost.sign_depth(LEE[alpha][0])
     # Brute force over one- and two-stage sets: none cheaper than the answer reaches alpha 9.
     best = relu_for_precision(9)
     best_cost = (best.depth, best.multiplications)
     cheaper = [ds for ds in catalog._degree_sets() if len(ds) <= 2
-               and (fhe_cost.sign_depth(ds) + 1, fhe_cost.sign_multiplications(ds) + 1) < best_cost]
+               and (polynomial_cost.sign_depth(ds) + 1, polynomial_cost.sign_multiplications(ds) + 1) < best_cost]
     assert len(cheaper) > 10
     assert all(get_approximation("composite", ds).precision < 9 for ds in cheaper)
 
@@ -105,10 +105,10 @@ def test_direct_minimax_relu_known_error():
 
 
 def test_fhe_cost_formulas():
-    assert [fhe_cost.polynomial_multiplications(d) for d in (3, 7, 15, 27, 31)] == [2, 4, 7, 11, 11]
-    assert [fhe_cost.polynomial_depth(d) for d in (3, 7, 15, 27, 31)] == [2, 3, 4, 5, 5]
-    assert fhe_cost.sign_depth((15, 15, 27)) == 13
-    assert fhe_cost.maxpool_rounds(2) == 2 and fhe_cost.maxpool_rounds(3) == 4
+    assert [polynomial_cost.polynomial_multiplications(d) for d in (3, 7, 15, 27, 31)] == [2, 4, 7, 11, 11]
+    assert [polynomial_cost.polynomial_depth(d) for d in (3, 7, 15, 27, 31)] == [2, 3, 4, 5, 5]
+    assert polynomial_cost.sign_depth((15, 15, 27)) == 13
+    assert polynomial_cost.maxpool_rounds(2) == 2 and polynomial_cost.maxpool_rounds(3) == 4
 
 
 @pytest.mark.parametrize("family,degrees,message", [
@@ -127,8 +127,7 @@ def test_alpha_outside_supported_range(alpha):
 
 
 def test_a_changed_cache_folder_is_never_answered_from_memory_of_another(tmp_path, monkeypatch):
-    from pann import catalog
-
+    from pann.approximation import catalog
     first = catalog.get_approximation("composite", (3, 3))
     monkeypatch.setenv("PANN_CACHE_DIR", str(tmp_path))
     again = catalog.get_approximation("composite", (3, 3))

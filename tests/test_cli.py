@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from pann.models import save_weights, vgg11_bn
+from pann.models.builders import save_weights, vgg11_bn
 
 
 def run(*args, check=True):
@@ -110,7 +110,7 @@ def test_resumed_training_is_logged_on_stderr(tmp_path):
     first = run("train", str(config), "--out", str(tmp_path / "a.pt"), "--checkpoint", str(checkpoint))
     assert "epoch 1/1" in first.stdout and "resuming" not in first.stderr
     again = run("train", str(config), "--out", str(tmp_path / "b.pt"), "--checkpoint", str(checkpoint))
-    assert f"INFO pann.training: resuming from {checkpoint} after epoch 1" in again.stderr
+    assert f"INFO pann.training.trainer: resuming from {checkpoint} after epoch 1" in again.stderr
     assert "epoch 1/1" not in again.stdout  # the finished epoch is not trained again
     assert torch.load(tmp_path / "b.pt", weights_only=True)["history"] == torch.load(
         tmp_path / "a.pt", weights_only=True)["history"]
@@ -119,7 +119,7 @@ def test_resumed_training_is_logged_on_stderr(tmp_path):
 def test_progress_line_in_a_log_prints_at_most_every_interval_and_always_the_final_lines():
     import io
 
-    from pann.cli import progress_line
+    from pann.console import progress_line
 
     stream = io.StringIO()  # not a terminal
     show = progress_line(every_s=3600, stream=stream)

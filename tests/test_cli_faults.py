@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from search.cli import main
-from tracking.runs import SearchRecorder
+from tracking.recorder import SearchRecorder
 
 
 def fails(capsys, *argv) -> str:

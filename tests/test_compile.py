@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import pann.modules as modules
-from pann.catalog import relu_for_precision
-from pann.modules import PolyReLU
+import pann.conversion.modules as modules
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.modules import PolyReLU
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -101,8 +101,8 @@ def test_a_real_compiler_failure_falls_back_in_a_fresh_process(tmp_path):
     script = textwrap.dedent("""
         import warnings, torch
         torch._inductor.config.cpp.cxx = ("/nonexistent/c++",)
-        from pann.catalog import relu_for_precision
-        from pann.modules import PolyReLU
+        from pann.approximation.catalog import relu_for_precision
+        from pann.conversion.modules import PolyReLU
         x = torch.linspace(-4, 4, 101)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import pann.modules
-from pann.catalog import get_approximation, relu_for_precision
-from pann.convert import (NonPolynomialError, calibrate, convert, interval_bounds, observers, out_of_range,
+import pann.conversion.modules
+from pann.approximation.catalog import get_approximation, relu_for_precision
+from pann.conversion.flow import (NonPolynomialError, calibrate, convert, interval_bounds, observers, out_of_range,
                           out_of_range_rate, prepare, reset_out_of_range)
-from pann.modules import (ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU, chebyshev,
+from pann.conversion.modules import (ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU, chebyshev,
                           odd_chebyshev)
 
 
@@ -55,7 +55,7 @@ def test_poly_relu_float32_matches_float64_reference(alpha):
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a silent fallback to eager would pass otherwise
             fast = PolyReLU(approx, 20.0, dtype=torch.float32, compiled=compiled)(x)
-        assert pann.modules._compile_failure is None  # ...or an earlier failure in this process
+        assert pann.conversion.modules._compile_failure is None  # ...or an earlier failure in this process
         assert (fast.double() - reference).abs().max() < 0.05 * 20 * 2.0**-approx.precision
     # The reference has the approximation's precision on [-B, B].
     assert (reference - x.double().relu()).abs().max() <= 20 * 2.0**-approx.precision * (1 + 1e-6)

@@ -2,10 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from pann.catalog import relu_for_precision
-from pann.convert import calibrate, convert, prepare
-from pann.corrections import compensate_leakage, in_range_images, recalibrate_bounds, reestimate_batchnorm
-from pann.modules import PolyMaxPool2d, PolyReLU
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import calibrate, convert, prepare
+from pann.conversion.corrections import compensate_leakage, in_range_images, recalibrate_bounds, reestimate_batchnorm
+from pann.conversion.modules import PolyMaxPool2d, PolyReLU
 
 
 def conv_net() -> nn.Module:

@@ -1,14 +1,12 @@
-"""The parts of Ray and Optuna that ``search/runner.py`` builds on, checked on the installed versions.
+"""The parts of Ray and Optuna that ``search/strategies/`` builds on, checked on the installed versions.
 
-``FeasibleOnlyOptunaSearch`` subclasses Ray's ``OptunaSearch``, overrides ``suggest`` and
-``on_trial_complete`` and reads its private state ``_ot_trials`` (Tune trial id -> Optuna trial),
-``_ot_study``, ``_space`` and ``_completed_trials``; it adopts an orphaned trial through
-``optuna.trial.Trial(study, trial_id)`` and ``FrozenTrial._trial_id`` (giving it the parameters a killed
-driver left unwritten with ``Trial._suggest``, as ``Study.ask`` does), and records the accuracy
-constraint with ``Trial.set_constraint`` (new in Optuna 5.0, read back as ``FrozenTrial.constraints``).
-An upgrade that changes any of them fails here, in seconds, instead of in the middle of a search;
-``pyproject.toml`` pins Ray to the minor version checked here. No search is run: the searcher is
-built on an in-memory study and asked for one point.
+The strategies are Tune ``Searcher`` s; the Optuna one converts Tune's domains with the public
+``OptunaSearch.convert_search_space`` and runs Optuna's ask-and-tell. One Optuna detail is private: a trial a
+killed driver left RUNNING is adopted through ``optuna.trial.Trial(study, trial_id)`` and ``FrozenTrial._trial_id``,
+given the parameters it lacks with ``Trial._suggest`` (as ``Study.ask`` does); the accuracy constraint is recorded
+with ``Trial.set_constraint`` (new in Optuna 5.0, read back as ``FrozenTrial.constraints``). An upgrade that changes
+any of them fails here, in seconds, instead of in the middle of a search; ``pyproject.toml`` pins Ray to the minor
+version checked here. No search is run.
 """
 
 import inspect
@@ -17,10 +15,14 @@ from pathlib import Path
 
 import optuna
 import pytest
-from optuna.distributions import FloatDistribution
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, Trial, TrialState
 from packaging.requirements import Requirement
+from ray import tune
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
+
+from search.strategies.walk import FINISHED
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -41,33 +43,22 @@ def test_installed_version_is_the_declared_one(name):
 
 
 def test_ray_is_pinned_to_one_minor_version():
-    # The searcher reads Ray's private attributes: any other minor version is untested.
+    # The strategies run on Tune's searcher interface and domain conversion: any other minor version is untested.
     specifier = declared("ray").specifier
     major, minor = (int(part) for part in version("ray").split(".")[:2])
     assert specifier.contains(f"{major}.{minor}.0") and not specifier.contains(f"{major}.{minor + 1}.0")
 
 
-def test_optuna_search_overridden_methods_keep_their_signatures():
-    assert list(inspect.signature(OptunaSearch.suggest).parameters) == ["self", "trial_id"]
-    assert list(inspect.signature(OptunaSearch.on_trial_complete).parameters) == ["self", "trial_id", "result",
-                                                                                 "error"]
-    for name in ("metric", "mode", "storage", "space"):
-        assert name in inspect.signature(OptunaSearch.__init__).parameters
-
-
-def test_optuna_search_private_state():
-    searcher = OptunaSearch(space={"x": FloatDistribution(0, 1)}, metric="accuracy", mode="max")
-    assert isinstance(searcher._ot_study, optuna.Study)
-    assert searcher._ot_trials == {} and searcher._completed_trials == set()
-    assert searcher._space == {"x": FloatDistribution(0, 1)}  # name -> Optuna distribution
-    point = searcher.suggest("t1")
-    assert set(point) == {"x"}
-    trial = searcher._ot_trials["t1"]
-    assert isinstance(trial, Trial) and trial.number == 0
-    searcher.on_trial_complete("t1", {"accuracy": 0.5})
-    assert "t1" in searcher._completed_trials
-    (frozen,) = searcher._ot_study.get_trials(deepcopy=False)
-    assert frozen.state == TrialState.COMPLETE and frozen.value == 0.5
+def test_the_parts_of_ray_tune_the_strategies_build_on():
+    # A searcher is Tune's Searcher interface; Tune converts its own domains to Optuna's distributions.
+    for name, parameters in (("suggest", ["self", "trial_id"]), ("on_trial_complete", ["self", "trial_id", "result",
+                                                                                         "error"]),
+                             ("save", ["self", "checkpoint_path"]), ("restore", ["self", "checkpoint_path"])):
+        assert list(inspect.signature(getattr(Searcher, name)).parameters) == parameters, name
+    assert Searcher.FINISHED == FINISHED
+    converted = OptunaSearch.convert_search_space({"x": tune.uniform(0, 1), "n": tune.randint(5, 10),
+                                                   "s": tune.choice(["a", "b"])})
+    assert converted == {"x": FloatDistribution(0, 1), "n": IntDistribution(5, 9), "s": CategoricalDistribution(["a", "b"])}
 
 
 def test_optuna_trial_api_used_to_adopt_trials_and_record_constraints():

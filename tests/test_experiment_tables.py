@@ -41,8 +41,8 @@ def test_insight1_keeps_the_polynomial_on_one_side_and_measures_its_error_per_si
     import torch
     import torch.nn.functional as F
 
-    from pann.catalog import relu_for_precision
-    from pann.modules import PolyReLU
+    from pann.approximation.catalog import relu_for_precision
+    from pann.conversion.modules import PolyReLU
 
     insight1 = _load("insight1_negative_noise")
     bound = 4.0

@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pann.catalog import get_approximation
-from pann.convert import calibrate, convert, prepare
-from pann.fhe_graph import UnsupportedLayerError, folded_stages, lower, plan_depth
-from pann.fhe_params import InsufficientMemory, check_resources, go_memory_limit, load_params, preset_names
-from pann.modules import relu_polynomial
+from pann.approximation.catalog import get_approximation
+from pann.conversion.flow import calibrate, convert, prepare
+from pann.fhe.graph import UnsupportedLayerError, folded_stages, lower, plan_depth
+from pann.fhe.params import InsufficientMemory, check_resources, go_memory_limit, load_params, preset_names
+from pann.conversion.modules import relu_polynomial
 
 HAVE_ORION = importlib.util.find_spec("orion") is not None
 needs_orion = pytest.mark.skipif(not HAVE_ORION, reason="orion-fhe is not installed (pip install 'pann[fhe]')")
@@ -139,8 +139,8 @@ def test_go_heap_limit_leaves_the_python_side_its_room():
 
 @needs_orion
 def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match():
-    from pann import fhe
-    from pann.fhe_patches import ORIGINALS, PATCHED, check_signatures, sparse_diagonalize
+    from pann.fhe import backend as fhe
+    from pann.fhe.patches import ORIGINALS, PATCHED, check_signatures, sparse_diagonalize
 
     fhe.build_network(lower(_pann(_cnn(), torch.rand(8, 3, 8, 8)), torch.rand(1, 3, 8, 8)))  # installs
     assert set(ORIGINALS) == set(PATCHED)
@@ -156,8 +156,8 @@ def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match
 
 @needs_orion
 def test_orion_network_in_the_clear_computes_the_pann(cnn_pann):
-    from pann import fhe
-    from pann.fhe_reference import plaintext
+    from pann.fhe import backend as fhe
+    from pann.fhe.reference import plaintext
 
     pann, data = cnn_pann
     plan = lower(pann, data[:1])
@@ -170,8 +170,7 @@ def test_orion_network_in_the_clear_computes_the_pann(cnn_pann):
 
 @needs_orion
 def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
-    from pann import fhe
-
+    from pann.fhe import backend as fhe
     pann, data = cnn_pann
     seen = []
     report = fhe.check(pann, data[:1], "insecure-test", calibration=data, progress=seen.append)
@@ -187,7 +186,7 @@ def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
 
 
 def test_progress_reads_orion_compile_lines_and_estimates_the_time_left():
-    from pann.fhe_progress import CompileLines, Progress, images_left
+    from pann.fhe.progress import CompileLines, Progress, images_left
 
     seen = []
     lines = CompileLines(seen.append, clock=lambda: 75.0)
@@ -206,7 +205,7 @@ def test_progress_reads_orion_compile_lines_and_estimates_the_time_left():
 
 
 def test_importing_pann_never_imports_the_fhe_library():
-    code = "import sys, pann.fhe, pann.cli, pann.fhe_graph, pann.fhe_layers; print('orion' in sys.modules)"
+    code = "import sys, pann.fhe.backend, pann.cli, pann.fhe.graph, pann.fhe.layers; print('orion' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip() == "False", run.stderr
 

@@ -10,14 +10,14 @@ import torch
 from mlflow import MlflowClient
 from torch import nn
 
-from pann import fhe_cli
-from pann.catalog import get_approximation
-from pann.convert import calibrate, convert, prepare
-from pann.models import build_model
-from pann.spec import spec_of
+from pann.fhe import cli as fhe_cli
+from pann.approximation.catalog import get_approximation
+from pann.conversion.flow import calibrate, convert, prepare
+from pann.models.builders import build_model
+from pann.conversion.spec import spec_of
 from search.cli import main
 from tracking.checks import CHECK_TAG
-from tracking.runs import SearchRecorder
+from tracking.recorder import SearchRecorder
 
 HAVE_ORION = importlib.util.find_spec("orion") is not None
 TOLERANCE = 1e-5  # as tests/test_fhe.py: largest logit difference to the float64 PANN at scale 2^40

@@ -1,11 +1,11 @@
 import pytest
 import torch
 
-from pann.convert import calibrate, convert, observers, prepare
-from pann.catalog import relu_for_precision
+from pann.conversion.flow import calibrate, convert, observers, prepare
+from pann.approximation.catalog import relu_for_precision
 from pann.data import load_dataset
 from pann.evaluate import accuracy
-from pann.models import build_model, load_weights, model_names, resnet20, save_weights, vgg11_bn
+from pann.models.builders import build_model, load_weights, model_names, resnet20, save_weights, vgg11_bn
 
 
 @pytest.mark.parametrize("name,relus,pools", [("resnet20", 19, 0), ("resnet32", 31, 0), ("vgg11_bn", 8, 5)])

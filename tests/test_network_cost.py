@@ -10,12 +10,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from pann import cli
-from pann.bootstrap_placement import Boot, Op, Parallel, Series, depth, place_bootstraps
-from pann.catalog import get_approximation
-from pann.convert import calibrate, convert, prepare
-from pann.cost_presets import CostPreset, PresetError, load_preset, preset_names
-from pann.models import build_model
-from pann.network_cost import network_cost
+from pann.cost.bootstrap_placement import Boot, Op, Parallel, Series, depth, place_bootstraps
+from pann.approximation.catalog import get_approximation
+from pann.conversion.flow import calibrate, convert, prepare
+from pann.cost.preset import CostPreset, PresetError, load_preset, preset_names
+from pann.models.builders import build_model
+from pann.cost.network import network_cost
 
 
 

@@ -5,11 +5,11 @@ import json
 import pytest
 import torch
 
-from pann import spec as pann_spec
-from pann.catalog import relu_for_precision
-from pann.convert import calibrate, convert, observers, poly_modules, prepare
-from pann.groups import expand, layer_groups
-from pann.models import build_model
+from pann.conversion import spec as pann_spec
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import calibrate, convert, observers, poly_modules, prepare
+from pann.conversion.groups import expand, layer_groups
+from pann.models.builders import build_model
 
 
 

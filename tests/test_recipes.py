@@ -8,15 +8,15 @@ import torch
 import yaml
 from torch import nn
 
-from pann.catalog import relu_for_precision
-from pann.convert import calibrate, convert, prepare, replace_activations
-from pann.corrections import reestimate_batchnorm
-from pann.distillation import Teacher, distillation_loss
-from pann.models import resnet20, save_weights
-from pann.schedules import PrecisionSchedule, alpha_at
-from pann.sturdiness import sturdiness
-from pann.techniques import ApproximationAwareReLU
-from pann.training import ConfigError, TrainConfig, train
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import calibrate, convert, prepare, replace_activations
+from pann.conversion.corrections import reestimate_batchnorm
+from pann.training.distillation import Teacher, distillation_loss
+from pann.models.builders import resnet20, save_weights
+from pann.training.schedules import PrecisionSchedule, alpha_at
+from pann.training.sturdiness import sturdiness
+from pann.training.techniques import ApproximationAwareReLU
+from pann.training.trainer import ConfigError, TrainConfig, train
 from search import config
 from search.config import SearchConfigError
 
@@ -198,7 +198,7 @@ def test_shipped_recipe_configs_are_valid(name, alpha, layer_alphas, shared_data
 
 
 def test_layer_alphas_give_each_aware_relu_the_alpha_of_its_stage_or_layer():
-    from pann.training import _set_layer_alphas
+    from pann.training.trainer import _set_layer_alphas
 
     backbone = resnet20()
     model = replace_activations(backbone, lambda: ApproximationAwareReLU(relu_for_precision(5)),

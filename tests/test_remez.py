@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from pann.remez import RemezError, basis_indices, minimax
+from pann.approximation.remez import RemezError, basis_indices, minimax
 
 
 def one(x):

@@ -7,68 +7,21 @@ Ray and MLflow processes are started by the fixtures (``.ci/run`` additionally s
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
-import yaml
 from mlflow import MlflowClient
-from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
-
-
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise TimeoutError(f"timed out after {timeout_s:g} s waiting for {what}")
-
-
-def listening(port: int) -> bool:
-    with socket.socket() as s:
-        return s.connect_ex(("127.0.0.1", port)) == 0
+from tests.helpers import BIN, child_runs, free_port, listening, stop_group, wait_for, write_config
 
 
 def ray_env(tmp: Path) -> dict:
     # A loopback-only test cluster: Ray 2.60's token authentication is switched off explicitly.
     return {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}:{os.environ['PATH']}",
             "PANN_CACHE_DIR": os.environ["PANN_CACHE_DIR"], "TMPDIR": str(tmp)}
-
-
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    """A tracking server on 127.0.0.1 (or the one .ci/run started, given by PANN_TEST_MLFLOW_URI)."""
-    if os.environ.get("PANN_TEST_MLFLOW_URI"):
-        yield os.environ["PANN_TEST_MLFLOW_URI"]
-        return
-    folder = tmp_path_factory.mktemp("mlflow")
-    port = free_port()
-    server = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        wait_for(lambda: listening(port), 300, "mlflow server")
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_group(server)
 
 
 @pytest.fixture(scope="module")
@@ -104,52 +57,11 @@ def two_node_cluster():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop ``process`` and its process group (started with ``start_new_session``: only what it started)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        pass
-    except ProcessLookupError:
-        return
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # what SIGTERM left: the group's Ray processes
-    except ProcessLookupError:
-        pass
-    process.wait(30)
-
-
 def alive_nodes(address: str, env: dict) -> int:
     status = subprocess.run([str(BIN / "ray"), "status", "--address", address], env=env,
                             capture_output=True, text=True, timeout=120)
     active = status.stdout.split("Active:")[-1].split("Pending:")[0]
     return active.count("node_")
-
-
-def write_config(folder: Path, name: str, tracking_uri: str, compile: bool = False, **space) -> Path:
-    """A tiny search on synthetic data. Eager PANNs unless ``compile``: each training trial starts a new worker,
-    where compiling the kernels costs more than the trial (tests/test_compile.py tests the compiled kernels)."""
-    data = {"name": name, "target_accuracy": 0.3,
-            "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_size": 100,
-                         "calibration_size": 100},
-            "training": {"batch_size": 16, "train_limit": 256, "lr": 0.05, "amp": False},
-            "space": {"alpha": [6, 8], "epochs": [2], "correction": ["none", "compensate"], **space},
-            "budget": {"trials": 4, "concurrency": 2, "max_failures": 0},
-            "search": {"seed": 0, "early_stopping": False, "neighbours": 1, "compile": compile},
-            "storage": str(folder / "runs"), "tracking": {"uri": tracking_uri, "experiment": "cluster-test"}}
-    path = folder / f"{name}.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
-
-
-def child_runs(client: MlflowClient, search: str) -> tuple:
-    parent = client.search_runs([e.experiment_id for e in client.search_experiments()],
-                                f"tags.`pann.search` = '{search}'")
-    assert len(parent) == 1, "one parent run per search"
-    children = client.search_runs([parent[0].info.experiment_id],
-                                  f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent[0].info.run_id}'")
-    return parent[0], children
 
 
 def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflow_server, tmp_path):

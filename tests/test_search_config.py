@@ -7,7 +7,7 @@ import yaml
 
 from search import config
 from search.config import SearchConfigError
-from pann.models import build_model, save_weights
+from pann.models.builders import build_model, save_weights
 from search.backbones import backbone_key
 from search.space import alpha_values
 
@@ -129,26 +129,28 @@ def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
 
 
 def test_validation_margin_raises_what_validation_must_show_and_reaches_the_searchers():
-    from search.runner import _searcher
+    from pann.conversion.groups import LayerGroups
+    from search.runner import strategy_of
 
     search = config.from_dict(minimal(search={"validation_margin": 0.005, "strategy": "greedy"}))
     assert search.validation_target == pytest.approx(0.505) and search.target_accuracy == 0.5
-    assert _searcher(search, {"network": []}).target == pytest.approx(0.505)
+    assert strategy_of(search, LayerGroups("network", {"network": []})).searcher().walk.target == pytest.approx(0.505)
     assert config.from_dict(minimal()).validation_target == 0.5
     assert "search.validation_margin: must be a number >= 0 with target_accuracy + margin <= 1 (e.g. 0.005: " \
            "half a point) (got 0.6)" in problems(minimal(search={"validation_margin": 0.6}))
 
 
 def test_best_first_strategy_walks_with_the_search_concurrency_and_unknown_strategies_are_named():
-    from search.runner import _searcher
-    from search.searchers import BestFirstSearch
+    from pann.conversion.groups import LayerGroups
+    from search.runner import strategy_of
+    from search.strategies.best_first import BestFirstWalk
 
     search = config.from_dict(minimal(search={"validation_margin": 0.002, "strategy": "best-first"},
                                       budget={"concurrency": 3}))
-    searcher = _searcher(search, {"stem": ["net_relu"], "layer1": ["a", "b"]})
-    assert isinstance(searcher, BestFirstSearch) and searcher.concurrency == 3
-    assert searcher.target == pytest.approx(0.502) and searcher.groups == ["stem", "layer1"]
-    assert "search.strategy: expected one of optuna, greedy, best-first (got 'steepest')" in \
+    walk = strategy_of(search, LayerGroups("stage", {"stem": ["net_relu"], "layer1": ["a", "b"]})).searcher().walk
+    assert isinstance(walk, BestFirstWalk) and walk.concurrency == 3
+    assert walk.target == pytest.approx(0.502) and walk.groups == ["stem", "layer1"]
+    assert "search.strategy: expected one of best-first, greedy, optuna (got 'steepest')" in \
         problems(minimal(search={"strategy": "steepest"}))
 
 

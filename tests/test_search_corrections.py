@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch import nn
 
-from pann import spec as pann_spec
-from pann.convert import prepare
-from pann.corrections import in_range_images, reestimate_batchnorm
+from pann.conversion import spec as pann_spec
+from pann.conversion.flow import prepare
+from pann.conversion.corrections import in_range_images, reestimate_batchnorm
 from pann.evaluate import accuracy
-from pann.groups import expand, layer_groups
-from pann.models import build_model, save_weights
+from pann.conversion.groups import expand, layer_groups
+from pann.models.builders import build_model, save_weights
 from search import config
 from search.splits import Splits
 from search.trial import answer_pann, backbone_for, build_pann, measure, observed_model, splits_for

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.test_search_cluster import child_runs, wait_for, write_config
+from tests.helpers import child_runs, wait_for, write_config
 
 
 
@@ -180,7 +180,7 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
 
 @pytest.mark.parametrize("suffix", ["csv", "html"])
 def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
-    from tracking.runs import SearchRecorder
+    from tracking.recorder import SearchRecorder
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     for name, accuracies in (("a", {6: 0.5, 7: 0.8}), ("b", {5: 0.7, 8: 0.9})):
@@ -200,7 +200,7 @@ def test_pareto_export_from_mlflow_alone(tmp_path, suffix):
 
 
 def test_weights_of_another_model_fail_before_any_trial(tmp_path):
-    from pann.models import build_model, save_weights
+    from pann.models.builders import build_model, save_weights
 
     weights = tmp_path / "vgg.pt"
     save_weights(build_model("vgg11_bn"), weights)

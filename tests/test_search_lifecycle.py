@@ -11,8 +11,9 @@ import yaml
 
 from search import config, preflight
 from search.preflight import SearchError, plan
-from tests.test_search_cluster import write_config
-from tracking.runs import SearchRecorder, recorded_search
+from tests.helpers import write_config
+from tracking.recorder import SearchRecorder
+from tracking.records import recorded_search
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_an_address_where_nothing_listens_fails_within_seconds(tmp_path, capsys,
 
 
 def test_trials_a_time_budget_stopped_are_pruned_in_optuna(search, tmp_path):
-    from search.runner import _close_unfinished_optuna_trials, _ending
+    from search.runner import _ending, groups_of, strategy_of
 
     search.run_dir.mkdir(parents=True)
     study = optuna.create_study(study_name=search.name, storage=f"sqlite:///{search.run_dir / 'optuna.db'}",
@@ -110,9 +111,11 @@ def test_trials_a_time_budget_stopped_are_pruned_in_optuna(search, tmp_path):
     running = study.ask()
     budget = config.from_dict({**yaml.safe_load((tmp_path / "s.yaml").read_text()),
                                "budget": {"trials": 4, "time_s": 5}})
-    assert _ending(budget, [], seconds=6) == "budget"
-    _close_unfinished_optuna_trials(budget, "budget")
+    strategy = strategy_of(budget, groups_of(budget))
+    assert _ending(budget, strategy, [], seconds=6) == "budget"
+    strategy.close_unfinished("budget")
     assert study.trials[running.number].state == optuna.trial.TrialState.PRUNED
+    # Stopped before its trials did, within the budget: interrupted, its trials left RUNNING for --resume.
     interrupted = study.ask()
-    _close_unfinished_optuna_trials(search, "interrupted")  # left for --resume to run
+    assert _ending(budget, strategy, [], seconds=1) == "interrupted"
     assert study.trials[interrupted.number].state == optuna.trial.TrialState.RUNNING

@@ -14,18 +14,28 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from search import config
 from search.callback import ProgressCallback, TrackingCallback
-from search.runner import check_resources, tune_config
-from search.searchers import FeasibleOnlyOptunaSearch
+from ray.tune.search.optuna import OptunaSearch
+
+from search.runner import check_resources, groups_of, strategy_of, tune_config
 from search.space import param_space
-from tracking.runs import SearchRecorder, TrackingUnavailable, check_reachable, trial_points
+from search.strategies.optuna_study import OptunaSearcher
+from tracking.recorder import SearchRecorder
+from tracking.records import trial_points
+from tracking.stores import TrackingUnavailable, check_reachable
 
 
-def searcher(tmp_path, name="s") -> FeasibleOnlyOptunaSearch:
-    s = FeasibleOnlyOptunaSearch(metric=["precision_bits", "accuracy"], mode=["min", "max"],
-                                 storage=optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}"),
-                                 study_name=name, seed=0, target_accuracy=0.8)
-    s.set_search_properties(None, None, param_space({"alpha": {"low": 5, "high": 9}, "scope": ["layer", "global"]}))
-    return s
+def searcher(tmp_path, name="s") -> OptunaSearcher:
+    distributions = OptunaSearch.convert_search_space(param_space({"alpha": {"low": 5, "high": 9},
+                                                                   "scope": ["layer", "global"]}))
+    return OptunaSearcher(distributions, {}, ["precision_bits", "accuracy"], ["minimize", "maximize"],
+                          f"sqlite:///{tmp_path / 'optuna.db'}", name, seed=0, target_accuracy=0.8)
+
+
+def restored_from(path) -> OptunaSearcher:
+    """A searcher as Tune restores one: unpickled, then its checkpoint read."""
+    restored = OptunaSearcher.__new__(OptunaSearcher)
+    restored.restore(str(path))
+    return restored
 
 
 def test_searcher_keeps_two_objectives_prunes_unfinished_and_constrains(tmp_path):
@@ -53,9 +63,8 @@ def test_searcher_and_callback_survive_tune_checkpointing(tmp_path):
     s = searcher(tmp_path)
     s.suggest("a")
     s.save(str(tmp_path / "searcher.pkl"))
-    restored = FeasibleOnlyOptunaSearch(target_accuracy=0.1)
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.target_accuracy == 0.8 and "a" in restored._ot_trials
+    restored = restored_from(tmp_path / "searcher.pkl")
+    assert restored.target_accuracy == 0.8 and "a" in restored.trials
     search = config.from_dict({"name": "t", "target_accuracy": 0.5,
                                "backbone": {"dataset": "synthetic", "validation_size": 100},
                                "space": {"alpha": [6, 7], "epochs": [1]}})
@@ -141,8 +150,7 @@ def test_resumed_searcher_adopts_a_trial_asked_before_the_crash(tmp_path):
     assert s.suggest("a")["optuna_trial"] == 0
     s.save(str(tmp_path / "searcher.pkl"))
     orphan = s.suggest("lost")  # asked after the last checkpoint; the driver then dies
-    restored = FeasibleOnlyOptunaSearch(target_accuracy=0.8)
-    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored = restored_from(tmp_path / "searcher.pkl")
     assert restored.suggest("b") == orphan
     restored.on_trial_complete("b", {"precision_bits": 7.0, "accuracy": 0.9, "final": 1})
     fresh = restored.suggest("c")
@@ -163,13 +171,16 @@ def tiny_search(tmp_path, **search_section) -> config.SearchConfig:
 
 @pytest.mark.parametrize("depth", [False, True])
 def test_objectives_go_to_the_searcher_and_asha_gets_its_own_metric(tmp_path, depth):
-    tc = tune_config(tiny_search(tmp_path, depth_objective=depth))
+    search = tiny_search(tmp_path, depth_objective=depth)
+    tc = tune_config(search, strategy_of(search, groups_of(search)))
     assert tc.metric is None and tc.mode is None  # a metric here would make the study single-objective
-    assert tc.search_alg.metric == ["precision_bits", "accuracy"] + (["depth"] if depth else [])
-    assert tc.search_alg.mode == ["min", "max"] + (["min"] if depth else [])
+    assert tc.search_alg.metrics == ["precision_bits", "accuracy"] + (["depth"] if depth else [])
+    assert [d.name for d in tc.search_alg.study.directions] == ["MINIMIZE", "MAXIMIZE"] + (["MINIMIZE"] if depth
+                                                                                          else [])
     assert isinstance(tc.scheduler, ASHAScheduler)
     assert (tc.scheduler.metric, tc.scheduler._max_t) == ("accuracy", 3)
-    assert isinstance(tune_config(tiny_search(tmp_path / "b", early_stopping=False)).scheduler, FIFOScheduler)
+    fifo = tiny_search(tmp_path / "b", early_stopping=False)
+    assert isinstance(tune_config(fifo, strategy_of(fifo, groups_of(fifo))).scheduler, FIFOScheduler)
 
 
 def test_callback_records_pruned_trials_as_killed(tmp_path):

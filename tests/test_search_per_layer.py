@@ -3,19 +3,20 @@ ResNet stage, the cost objective, uniform warm start, the correction ``batchnorm
 and what MLflow records of it."""
 
 import json
+from pathlib import Path
 
 import optuna
 import pytest
 from mlflow import MlflowClient
 
-from pann import spec as pann_spec
-from pann.convert import prepare
-from pann.cost_presets import load_preset
-from pann.models import build_model, save_weights
-from pann.network_cost import network_cost
+from pann.conversion import spec as pann_spec
+from pann.conversion.flow import prepare
+from pann.cost.preset import load_preset
+from pann.models.builders import build_model, save_weights
+from pann.cost.network import network_cost
 from search import config
 from search.runner import run_search
-from tests.test_search_cluster import child_runs, mlflow_server  # noqa: F401 - a fixture
+from tests.helpers import child_runs
 
 
 
@@ -88,7 +89,7 @@ def test_the_answer_is_the_cheapest_confirmed_front_point(outcome):
 
 
 def test_the_answer_is_a_registered_mlflow_model_that_reproduces_its_test_accuracy(outcome):
-    import mlflow.pytorch
+    import mlflow.pyfunc
 
     from pann.evaluate import accuracy
     from search.trial import splits_for
@@ -99,8 +100,14 @@ def test_the_answer_is_a_registered_mlflow_model_that_reproduces_its_test_accura
     assert version.tags["test_accuracy"] == str(result.test_accuracy)
     assert float(version.tags["bootstraps"]) == result.answer.costs["bootstraps"]
     mlflow.set_tracking_uri(search.tracking_uri)
-    model = mlflow.pytorch.load_model(f"models:/stages/{version.version}")
+    loaded = mlflow.pyfunc.load_model(f"models:/stages/{version.version}")
+    model = loaded.get_raw_model()
     assert accuracy(model, splits_for(search).test) == result.test_accuracy
+    images = next(splits_for(search).test.batches(8))[0]
+    assert (loaded.predict(images.numpy()).argmax(1) == model(images).argmax(1).numpy()).all()
+    # Nothing in the model folder is a pickle: it loads its tensors with weights_only=True.
+    folder = Path(mlflow.artifacts.download_artifacts(f"models:/stages/{version.version}"))
+    assert not [p for p in folder.rglob("*") if p.suffix in (".pkl", ".pickle")]
 
 
 def test_export_writes_what_running_the_answer_elsewhere_needs(outcome, tmp_path):
@@ -134,20 +141,21 @@ def test_best_first_walk_runs_in_ray_tune_as_in_the_one_at_a_time_drive(tmp_path
     import ray
     from ray import tune
 
-    from search.searchers import BestFirstSearch
     from search.space import alpha_key
-    from tests.test_searchers import LADDER, drive, uneven
+    from search.strategies.base import WalkSearcher
+    from search.strategies.best_first import BestFirstWalk
+    from tests.helpers import LADDER, drive, uneven
 
     keys = {g: alpha_key(g) for g in "abcd"}
 
     def trainable(config):
         tune.report({"final": 1, "accuracy": 0.95 - uneven(config), "loss": uneven(config)})
 
-    one_at_a_time = BestFirstSearch(list("abcd"), LADDER, keys, 0.897)
+    one_at_a_time = BestFirstWalk(list("abcd"), LADDER, keys, 0.897)
     drive(one_at_a_time, score=lambda p: 0.95 - uneven(p), loss=uneven)
-    two_at_a_time = BestFirstSearch(list("abcd"), LADDER, keys, 0.897, concurrency=2)
+    two_at_a_time = BestFirstWalk(list("abcd"), LADDER, keys, 0.897, concurrency=2)
     asked = drive(two_at_a_time, 2, score=lambda p: 0.95 - uneven(p), loss=uneven)
-    searcher = BestFirstSearch(list("abcd"), LADDER, keys, 0.897, concurrency=2)
+    searcher = WalkSearcher(BestFirstWalk(list("abcd"), LADDER, keys, 0.897, concurrency=2))
     ray.init(address="local", num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         results = tune.Tuner(trainable, tune_config=tune.TuneConfig(search_alg=searcher, num_samples=200,
@@ -156,7 +164,7 @@ def test_best_first_walk_runs_in_ray_tune_as_in_the_one_at_a_time_drive(tmp_path
     finally:
         ray.shutdown()
     assert not results.errors
-    assert searcher.current == one_at_a_time.current == {"a": 7, "b": 5, "c": 4, "d": 4}
+    assert searcher.walk.current == one_at_a_time.current == {"a": 7, "b": 5, "c": 4, "d": 4}
     # The points Tune ran are the ones the two-at-a-time drive proposes, whatever order the trials finished in.
     ran = sorted(repr({k: r.config[k] for k in keys.values()}) for r in results)
     assert ran == sorted(repr(point) for point in asked)

@@ -4,13 +4,13 @@ import contextlib
 import pytest
 import torch
 
-from pann.catalog import relu_for_precision
+from pann.approximation.catalog import relu_for_precision
 from pann.data import synthetic
 from pann.evaluate import MAX_LOSS, accuracies_and_losses, count_correct
-from pann.models import resnet20, save_weights, vgg11_bn
-from pann.modules import PolyReLU
-from pann.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
-from pann.training import ConfigError, TrainConfig, TrainingDiverged, evaluate_loss_accuracy, train
+from pann.models.builders import resnet20, save_weights, vgg11_bn
+from pann.conversion.modules import PolyReLU
+from pann.training.techniques import ApproximationAwareReLU, NegativeNoiseReLU, RandomSlopeReLU
+from pann.training.trainer import ConfigError, TrainConfig, TrainingDiverged, evaluate_loss_accuracy, train
 
 
 def test_random_slope_is_zero_mean_on_negatives_and_vanishes_in_eval():
@@ -149,7 +149,7 @@ def test_bad_configuration_names_every_field(tmp_path):
 
 
 def test_weight_decay_can_spare_norm_and_bias(tmp_path):
-    from pann.optimization import parameter_groups
+    from pann.training.optimization import parameter_groups
 
     model = resnet20()
     groups = parameter_groups(model, tiny(decay_norm_and_bias=False, weight_decay=5e-3))

@@ -7,8 +7,8 @@ import subprocess
 import sys
 import urllib.request
 
-from tests.test_search_cluster import free_port, wait_for
-from tracking.runs import SearchRecorder
+from tests.helpers import free_port, wait_for
+from tracking.recorder import SearchRecorder
 
 
 def own_address() -> str | None:

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from pann import weights
+from pann.models import weights
 from pann.cli import main
 from pann.data import load_dataset
 from pann.evaluate import accuracy
-from pann.models import build_model
-from pann.weights import WEIGHTS, DownloadError
+from pann.models.builders import build_model
+from pann.models.weights import WEIGHTS, DownloadError
 from search import config
 from search.config import SearchConfigError
 

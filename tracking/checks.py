@@ -16,7 +16,8 @@ from typing import Any
 from mlflow import MlflowClient
 from mlflow.entities import Metric
 
-from tracking.runs import _metrics, search_parent_run
+from tracking.records import search_parent_run
+from tracking.schema import metric_values
 
 ANSWER_SPEC = "answer_spec.json"
 CHECK_TAG = "pann.fhe_check"
@@ -51,10 +52,10 @@ def answer_source(client: MlflowClient, run_id: str, folder: str | Path) -> Answ
 
 
 def summary(report: dict[str, Any]) -> dict[str, float]:
-    """The numbers of a check report (see ``pann.fhe_cli.fhe_check``) worth a metric, by name."""
+    """The numbers of a check report (see ``pann.fhe.cli.fhe_check``) worth a metric, by name."""
     results = report["results"]
     n = len(results)
-    return _metrics({"images": n, "agreement": sum(r["agrees"] for r in results) / n,
+    return metric_values({"images": n, "agreement": sum(r["agrees"] for r in results) / n,
                      "max_logit_error": max(r["max_logit_error"] for r in results),
                      "bootstraps": max(r["bootstraps"] for r in results), "levels": report["depth"],
                      "seconds_per_image": sum(r["seconds"] for r in results) / n,

@@ -1,0 +1,234 @@
+"""A PANN under real CKKS encryption, with Orion (``orion-fhe==1.0.2``) as the back end.
+
+>>> report = check(pann, images, "leveled-128")    # report.results: one ImageResult per image
+>>> network = build_network(lower(pann, images))   # the Orion network itself, in cleartext mode
+
+The only module that imports the FHE library, lazily: ``import pann`` never needs it. Each PANN
+ReLU keeps its ``B`` and Chebyshev stages (:func:`pann.fhe.graph.folded_stages`), not Orion's fit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import functools
+import importlib.metadata
+import io
+import logging
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import fx, nn
+
+from pann.fhe.graph import Plan, UnsupportedLayerError, lower, plan_depth
+from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize
+from pann.fhe.reference import ImageResult, compare, plaintext
+from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
+from pann.fhe.progress import CompileLines, Progress, images_left
+from pann.fhe import layers as fhe_layers
+__all__ = ["CheckReport", "FheUnavailable", "ImageResult", "Progress", "UnsupportedLayerError", "build_network", "check", "dry_run",
+           "orion_modules"]
+
+logger = logging.getLogger(__name__)
+
+ORION_VERSION = "1.0.2"
+INSTALL_HINT = "the FHE back end is not installed: pip install 'pann[fhe]'"
+
+
+class FheUnavailable(ImportError):
+    """``orion-fhe`` is missing, or not the pinned version."""
+
+
+def orion_modules():
+    """``(orion, orion.nn)`` of the pinned version; :class:`FheUnavailable` (with the install hint) otherwise."""
+    try:
+        version = importlib.metadata.version("orion-fhe")
+        import orion
+        import orion.nn as on
+    except ImportError as exc:  # PackageNotFoundError is an ImportError
+        raise FheUnavailable(INSTALL_HINT) from exc
+    if version != ORION_VERSION:
+        raise FheUnavailable(f"orion-fhe {version} is installed; pann supports {ORION_VERSION} only: "
+                             "pip install 'pann[fhe]'")
+    return orion, on
+
+
+class _LogWriter(io.TextIOBase):
+    """Orion prints its progress; this turns those lines into debug log records (and hands them to ``lines``)."""
+
+    def __init__(self, lines: Callable[[str], None] | None = None):
+        super().__init__()
+        self.lines = lines
+
+    def write(self, text: str) -> int:
+        for line in text.strip().splitlines():
+            logger.debug("orion: %s", line)
+            if self.lines is not None:
+                self.lines(line)
+        return len(text)
+
+
+def _quiet(lines: Callable[[str], None] | None = None):
+    return contextlib.redirect_stdout(_LogWriter(lines))
+
+
+def build_network(plan: Plan) -> nn.Module:
+    """The Orion network of a lowered PANN (:func:`pann.fhe.graph.lower`), in cleartext mode."""
+    _, on = orion_modules()
+    _install_patches()
+    return fhe_layers.network(on, plan)
+
+
+@functools.cache
+def _install_patches() -> None:
+    """Swap in :mod:`pann.fhe.patches`' sparse diagonalization (the bootstrapper is swapped per scheme)."""
+    from orion.backend.python import bootstrapper
+    from orion.core import packing
+
+    originals = {"orion.core.packing.diagonalize": packing.diagonalize,
+                 "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper":
+                     bootstrapper.NewEvaluator.generate_bootstrapper,
+                 "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap}
+    check_signatures(originals)
+    ORIGINALS.update(originals)
+    packing.diagonalize = sparse_diagonalize
+
+
+def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, folder: Path, lines=None):
+    """Init the scheme, fit ranges on ``calibration``, compile: ``(scheme, input level)``."""
+    orion, _ = orion_modules()
+    from orion.backend.python.bootstrapper import NewEvaluator
+
+    config = copy.deepcopy(params.orion)
+    config.setdefault("orion", {}).update(diags_path=str(folder / "diagonals.h5"), keys_path=str(folder / "keys.h5"))
+    with _quiet(lines):
+        scheme = orion.init_scheme(config)
+        scheme.bootstrapper = single_bootstrapper(NewEvaluator)(scheme)
+        loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration.float()), batch_size=1)
+        network.eval()
+        with torch.no_grad():  # orion.fit runs with autograd on and would keep the whole graph
+            orion.fit(network, loader, batch_size=64)
+            input_level = orion.compile(network)
+        scheme.bootstrapper.build()
+    for module in network.modules():  # the back end holds the transforms now
+        if hasattr(module, "diagonals"):
+            module.diagonals = {}
+    return scheme, input_level
+
+
+@dataclass(frozen=True)
+class CheckReport:
+    """What :func:`check` found: one :class:`ImageResult` per image, the compilation's seconds (keys,
+    diagonals, bootstrapper), the network's depth and the level its input is encrypted at."""
+
+    params: str
+    secure: bool
+    depth: int
+    bootstrapping: bool
+    estimated_gib: float
+    input_level: int
+    compile_seconds: float
+    results: list[ImageResult]
+
+    def to_dict(self) -> dict:
+        return {**{k: v for k, v in asdict(self).items() if k != "results"},
+                "results": [r.to_dict() for r in self.results]}
+
+
+def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128",
+          calibration: torch.Tensor | None = None, workdir: str | Path | None = None,
+          progress: Callable[[Progress], None] | None = None) -> CheckReport:
+    """Encrypt each image, run the PANN under CKKS, decrypt, and compare with the plaintext PANN.
+
+    ``images`` are the PANN's inputs ``(N, C, H, W)``; ``calibration`` (default: ``images``)
+    sets the ranges Orion scales bootstrap inputs by. Keys and matrix diagonals go to a
+    temporary folder under ``workdir`` where the preset says ``io_mode: save``. ``progress``, if
+    given, receives a :class:`~pann.fhe.progress.Progress` at each compile phase and after each
+    layer of each image. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
+    ``ValueError`` for bad parameters or when the memory estimate exceeds this machine's
+    available memory (before any key is made).
+    """
+    params = params if isinstance(params, Params) else load_params(params)
+    orion, _ = orion_modules()
+    plan = lower(pann, images[:1])
+    depth = plan_depth(plan)
+    bootstrapping, need = check_resources(params, depth, available_memory_gib())
+    if not params.secure:
+        logger.warning("FHE parameters %s are INSECURE: for tests only", params.name)
+    logger.info("%d layers, depth %d levels (%d per bootstrap): %s; parameters %s, about %.1f GiB",
+                len(plan.layers), depth, params.levels, "bootstrapping" if bootstrapping else "leveled",
+                params.name, need)
+    logits, inputs = plaintext(pann, images, plan.input)
+    calibration_inputs = inputs if calibration is None else plaintext(pann, calibration, plan.input)[1]
+    network = build_network(plan)
+    start = time.perf_counter()
+    clock = lambda: time.perf_counter() - start  # noqa: E731
+    lines = CompileLines(progress, clock) if progress else None
+    with tempfile.TemporaryDirectory(prefix="pann-fhe-", dir=workdir) as folder:
+        scheme, input_level = _compile(network, params, calibration_inputs, Path(folder), lines)
+        compile_seconds = clock()
+        logger.info("compiled in %.1f s; input at level %d", compile_seconds, input_level)
+        results: list[ImageResult] = []
+        for i in range(len(images)):
+            watch = _Watch(progress, clock, scheme.bootstrapper, i, len(images), results)
+            results.append(_run_one(orion, network, inputs[i:i + 1], logits[i], input_level, i, depth, watch))
+            r = results[-1]
+            logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
+                        "%d bootstraps, %.1f s", i + 1, len(images), r.encrypted_class, r.plaintext_class,
+                        r.max_logit_error, r.bootstraps, r.seconds)
+        orion.delete_scheme()
+    return CheckReport(params.name, params.secure, depth, bootstrapping, need, input_level, compile_seconds, results)
+
+
+def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128") -> dict:
+    """Everything :func:`check` decides before encrypting, and no keys: the layer count, the
+    depth, whether it bootstraps under ``params``, the memory estimate, and the largest logit
+    difference between the built Orion network run in the clear and the float64 PANN."""
+    params = params if isinstance(params, Params) else load_params(params)
+    plan = lower(pann, images[:1])
+    depth = plan_depth(plan)
+    logits, inputs = plaintext(pann, images, plan.input)
+    with torch.no_grad():
+        clear = build_network(plan)(inputs.float()).double()
+    bootstrapping = depth > params.levels
+    return {"layers": len(plan.layers), "relus": sum(layer.kind == "relu" for layer in plan.layers),
+            "depth": depth, "levels_per_bootstrap": params.levels, "bootstrapping": bootstrapping,
+            "estimated_gib": params.estimated_memory_gib(bootstrapping), "images": len(images),
+            "clear_max_logit_error": float((clear - logits).abs().max())}
+
+
+class _Watch:
+    """Counts one image's bootstraps and reports each layer it finishes to ``progress`` (if any)."""
+
+    def __init__(self, progress, clock, bootstrapper, index: int, images: int, done: list[ImageResult]):
+        self.progress, self.clock, self.bootstrapper = progress, clock, bootstrapper
+        self.index, self.images, self.done = index, images, done
+        self.first = bootstrapper.count
+
+    @property
+    def bootstraps(self) -> int:
+        return self.bootstrapper.count - self.first
+
+    def __call__(self, step: int, steps: int, layer: str) -> None:
+        if self.progress is not None:
+            left = images_left([r.seconds for r in self.done], self.images, step / steps)
+            self.progress(Progress("image", step, steps, layer, self.clock(), self.index + 1, self.images,
+                                   self.bootstraps, left))
+
+
+def _run_one(orion, network, x, reference, input_level, index, depth, watch: _Watch) -> ImageResult:
+    start = time.perf_counter()
+    with _quiet():
+        ciphertext = orion.encrypt(orion.encode(x.float(), input_level))
+        network.he()
+        network.on_step = watch
+        try:
+            out = network(ciphertext).decrypt().decode()
+        finally:
+            network.on_step = None
+            network.eval()
+    return compare(index, out, reference, depth, watch.bootstraps, time.perf_counter() - start)

@@ -1,0 +1,101 @@
+"""``pann fhe-check``: a PANN from the command line's model, weights and alpha, checked under CKKS."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import sys
+from collections.abc import Callable
+
+from pann.approximation.catalog import check_alpha, relu_for_precision
+from pann.fhe.params import available_memory_gib, go_memory_limit, load_params
+
+
+def _fhe_pann(args: argparse.Namespace):
+    """``(pann, test images, calibration images)`` from --model/--weights and --alpha or --spec."""
+    from pann.conversion import spec as pann_spec
+    from pann.conversion.flow import convert, prepare
+    from pann.data import NUM_CLASSES, calibration_images, load_dataset
+    from pann.evaluate import calibrated
+    from pann.models.builders import build_model
+
+    from pann.console import weights_file
+
+    model = build_model(args.model, NUM_CLASSES[args.dataset], weights=weights_file(args))
+    train = load_dataset(args.dataset, "train", args.data_dir)
+    test = load_dataset(args.dataset, "test", args.data_dir)
+    calibration = calibration_images(train, args.calibration_size)
+    if args.spec:
+        pann = pann_spec.apply(prepare(model), pann_spec.load(args.spec), compiled=False)
+    else:
+        pann = convert(calibrated(model, calibration), relu_for_precision(check_alpha(args.alpha)), "layer",
+                       args.margin, compiled=False)
+    images = next(test.subset(slice(0, args.images)).batches(args.images))[0]
+    return pann, images, next(calibration.batches(args.fit_images))[0]
+
+
+def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = None) -> None:
+    """``pann fhe-check``: build the PANN, check it encrypted, print one row per image. ``record``, if given,
+    receives the report (JSON-able: parameters, cost model, compile seconds, peak memory, per-image results)."""
+    from pann.fhe import backend as fhe
+    from pann.console import progress_line
+    from pann.user_input import UsageError
+
+    if not args.model:
+        raise UsageError("--model is required with --alpha or --spec")
+    params = load_params(args.params)
+    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
+    os.environ.setdefault("GOMEMLIMIT", go_memory_limit(available_memory_gib()))  # and stays under what is free
+    try:
+        fhe.orion_modules()
+    except fhe.FheUnavailable as exc:
+        raise UsageError(str(exc)) from None
+    pann, images, fit_images = _fhe_pann(args)
+    predicted = _predicted_bootstraps(pann)
+    if args.dry_run:
+        print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
+        return
+    show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
+    check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
+                      progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps))
+    show(None)
+    report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
+              "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
+              "peak_memory_gib": _peak_memory_gib(),
+              "go_runtime": {key: os.environ[key] for key in ("GOGC", "GOMEMLIMIT")}, **check.to_dict()}
+    if record is not None:
+        record(report)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+        return
+    _print_results(check, predicted)
+
+
+def _print_results(check, predicted: int) -> None:
+    print(f"{'image':>5} {'encrypted':>9} {'plaintext':>9} {'max error':>10} {'levels':>6} {'boots':>5} {'seconds':>8}")
+    for r in check.results:
+        print(f"{r.index:>5} {r.encrypted_class:>9} {r.plaintext_class:>9} {r.max_logit_error:>10.3g} "
+              f"{r.levels:>6} {r.bootstraps:>5} {r.seconds:>8.1f}")
+    print(f"{sum(r.agrees for r in check.results)}/{len(check.results)} agree with the plaintext PANN under "
+          f"{check.params}" + ("" if check.secure else " (INSECURE test parameters)")
+          + f"; compiled in {check.compile_seconds:.1f} s, peak memory {_peak_memory_gib():.1f} GiB")
+    print(f"cost model (preset {COST_PRESET}) predicts {predicted} bootstraps per image for this PANN")
+
+
+def _peak_memory_gib() -> float:
+    """This process's peak resident memory (Lattigo's Go heap included: it runs in-process)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
+
+
+COST_PRESET = "orion-resnet"
+
+
+def _predicted_bootstraps(pann) -> int:
+    """Our cost model's bootstrap count for the PANN under the Orion preset, beside what Orion does."""
+    from pann.cost.preset import load_preset
+    from pann.cost.network import network_cost
+
+    return network_cost(pann, load_preset(COST_PRESET)).bootstraps

@@ -1,0 +1,251 @@
+"""Lower a converted PANN (``torch.fx`` graph with :class:`~pann.conversion.modules.PolyReLU`) to the
+layer list an encrypted back end builds from.
+
+Each :class:`Layer` is plain data: a kind (``conv2d``, ``batchnorm``, ``linear``, ``avgpool``,
+``adaptive_avgpool``, ``flatten``, ``add``, ``relu``), its tensors and options, and the names of
+its inputs. What comes before the first layer (the classifier's input normalisation) is
+computed in the clear by the data owner before encryption. The CIFAR ResNets' option-A
+shortcut (``x[:, :, ::2, ::2]`` then zero channels by ``F.pad``) becomes a fixed 1x1
+stride-2 convolution whose extra output channels have zero weights; it reproduces the
+shortcut exactly. Anything else that cannot be expressed raises
+:class:`UnsupportedLayerError` naming every such layer at once.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import operator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+from pann.conversion.modules import PolyMaxPool2d, PolyReLU
+
+
+class UnsupportedLayerError(ValueError):
+    """Layers of the PANN that have no encrypted counterpart."""
+
+
+@dataclass
+class Layer:
+    name: str
+    kind: str
+    inputs: tuple[str, ...]
+    options: dict = field(default_factory=dict)
+
+
+@dataclass
+class Plan:
+    """``layers`` in execution order; the encrypted input is the value of fx node ``input``."""
+
+    input: str
+    layers: list[Layer]
+    output: str
+
+
+_ADD = {operator.add, torch.add}
+_FLATTEN = {torch.flatten}
+
+
+def lower(pann: fx.GraphModule, example: torch.Tensor) -> Plan:
+    """The :class:`Plan` of ``pann`` for inputs shaped like ``example`` (one image suffices)."""
+    if not isinstance(pann, fx.GraphModule):
+        raise TypeError(f"expected a converted PANN (torch.fx.GraphModule), got {type(pann).__name__}")
+    pann = copy.deepcopy(pann)  # shape propagation counts out-of-range inputs: leave the caller's alone
+    for module in pann.modules():
+        if isinstance(module, (PolyReLU, PolyMaxPool2d)):
+            module.compiled = False  # one eager pass; no kernel compilation
+    dtype = next((p.dtype for p in pann.parameters() if p.is_floating_point()), torch.float32)
+    ShapeProp(pann).propagate(example[:1].to(dtype))
+    modules = dict(pann.named_modules())
+    plain: set[str] = set()        # computed in the clear before encryption
+    alias: dict[str, str] = {}     # node -> the layer output it stands for
+    pending: dict[str, tuple[str, int]] = {}  # subsampled node -> (source, stride)
+    layers: list[Layer] = []
+    errors: list[str] = []
+    encrypted_input = None
+    output = None
+    for node in pann.graph.nodes:
+        if node.op in ("placeholder", "get_attr"):
+            plain.add(node.name)
+            continue
+        if node.op == "output":
+            output = alias.get(node.args[0].name, node.args[0].name)
+            continue
+        sources = [a for a in node.all_input_nodes]
+        if node.op != "call_module" and all(s.name in plain for s in sources):
+            plain.add(node.name)
+            continue
+        inputs = []
+        for s in sources:
+            if s.name in plain and s.op != "get_attr":
+                if encrypted_input not in (None, s.name):
+                    errors.append(f"{node.name}: a second clear input ({s.name}) enters the encrypted network")
+                encrypted_input = s.name
+                inputs.append("input")
+            elif s.op != "get_attr":
+                inputs.append(alias.get(s.name, s.name))
+        try:
+            layer = _lower_node(node, modules, tuple(inputs), pending)
+        except UnsupportedLayerError as exc:
+            errors.append(str(exc))
+            continue
+        if layer is None:
+            alias[node.name] = inputs[0] if inputs else node.name
+        elif layer != "pending":
+            layers.append(layer)
+    if errors:
+        raise UnsupportedLayerError("cannot run this PANN encrypted: " + "; ".join(errors))
+    for name, (source, stride) in pending.items():
+        if any(name in layer.inputs for layer in layers) or output == name:
+            raise UnsupportedLayerError(f"cannot run this PANN encrypted: {name}: a strided slice "
+                                        "used other than by a channel pad")
+    return Plan(encrypted_input or "input", layers, output)
+
+
+def _shape(node: fx.Node) -> tuple[int, ...]:
+    return tuple(node.meta["tensor_meta"].shape)
+
+
+def _lower_node(node: fx.Node, modules: dict, inputs: tuple[str, ...], pending: dict):
+    if node.op == "call_module":
+        return _lower_module(node, modules[node.target], inputs)
+    target = node.target
+    if target in _ADD and len(inputs) == 2:
+        return Layer(node.name, "add", inputs)
+    if target is F.adaptive_avg_pool2d:
+        return Layer(node.name, "adaptive_avgpool", inputs, {"output_size": node.args[1]})
+    if target is F.avg_pool2d:
+        kernel = node.args[1] if len(node.args) > 1 else node.kwargs["kernel_size"]
+        return Layer(node.name, "avgpool", inputs, {"kernel_size": kernel, "stride": node.kwargs.get("stride")})
+    if target in _FLATTEN or node.op == "call_method" and target in ("flatten", "view", "reshape"):
+        if len(_shape(node)) == 2:
+            return Layer(node.name, "flatten", inputs)
+    if target is operator.getitem:
+        stride = _subsample_stride(node.args[1])
+        if stride:
+            pending[node.name] = (inputs[0], stride)
+            return "pending"
+    if target is F.pad:
+        return _channel_pad(node, inputs, pending)
+    raise UnsupportedLayerError(f"{node.name} ({getattr(target, '__name__', target)}): an operation the "
+                                "encrypted back end does not have")
+
+
+def _lower_module(node: fx.Node, module: nn.Module, inputs: tuple[str, ...]):
+    name = f"{node.name} ({node.target}, {type(module).__name__})"
+    if isinstance(module, (nn.Identity, nn.Dropout)):
+        return None
+    if isinstance(module, PolyMaxPool2d):
+        raise UnsupportedLayerError(f"{name}: max-pool has no encrypted form here (Orion lacks it)")
+    if isinstance(module, PolyReLU):
+        if module.offset is not None:
+            raise UnsupportedLayerError(f"{name}: per-channel leakage offsets are not supported encrypted")
+        prescale, stages = folded_stages(module.approximation, float(module.bound))
+        return Layer(node.name, "relu", inputs, {
+            "module": node.target, "family": module.approximation.family, "bound": float(module.bound),
+            "degrees": list(module.approximation.degrees), "prescale": prescale, "stages": stages})
+    if isinstance(module, nn.Conv2d):
+        if module.stride[0] != module.stride[1] or module.padding_mode != "zeros" \
+                or isinstance(module.padding, str) or module.padding[0] != module.padding[1]:
+            raise UnsupportedLayerError(f"{name}: only equal strides and equal zero padding are supported")
+        return Layer(node.name, "conv2d", inputs, {
+            "weight": module.weight.detach(), "bias": None if module.bias is None else module.bias.detach(),
+            "stride": module.stride[0], "padding": module.padding[0], "dilation": module.dilation[0],
+            "groups": module.groups})
+    if isinstance(module, (nn.BatchNorm1d, nn.BatchNorm2d)) and module.track_running_stats:
+        return Layer(node.name, "batchnorm", inputs, {
+            "dims": 2 if isinstance(module, nn.BatchNorm2d) else 1, "eps": module.eps,
+            "weight": None if module.weight is None else module.weight.detach(),
+            "bias": None if module.bias is None else module.bias.detach(),
+            "running_mean": module.running_mean.detach(), "running_var": module.running_var.detach()})
+    if isinstance(module, nn.Linear):
+        return Layer(node.name, "linear", inputs, {
+            "weight": module.weight.detach(), "bias": None if module.bias is None else module.bias.detach()})
+    if isinstance(module, nn.AdaptiveAvgPool2d):
+        return Layer(node.name, "adaptive_avgpool", inputs, {"output_size": module.output_size})
+    if isinstance(module, nn.AvgPool2d) and not module.padding:
+        return Layer(node.name, "avgpool", inputs, {"kernel_size": module.kernel_size, "stride": module.stride})
+    if isinstance(module, nn.Flatten) and module.start_dim == 1 and len(_shape(node)) == 2:
+        return Layer(node.name, "flatten", inputs)
+    raise UnsupportedLayerError(f"{name}: no encrypted counterpart")
+
+
+def _subsample_stride(index) -> int | None:
+    """``s`` for an index ``[:, :, ::s, ::s]``, else ``None``."""
+    if not (isinstance(index, tuple) and len(index) == 4 and all(isinstance(i, slice) for i in index)):
+        return None
+    full = slice(None, None, None)
+    (n, c, h, w) = index
+    if n == full and c == full and h == w and h.start is None and h.stop is None and (h.step or 1) > 1:
+        return h.step
+    return None
+
+
+def _channel_pad(node: fx.Node, inputs: tuple[str, ...], pending: dict) -> Layer:
+    """``F.pad(x, (0, 0, 0, 0, a, b))`` (zero channels), after an optional subsample: one fixed 1x1 conv."""
+    pad = tuple(node.args[1] if len(node.args) > 1 else node.kwargs["pad"])
+    mode = node.kwargs.get("mode", "constant")
+    value = node.kwargs.get("value", 0.0) or 0.0
+    if len(pad) != 6 or any(pad[:4]) or mode != "constant" or value != 0:
+        raise UnsupportedLayerError(f"{node.name} (pad {pad}): only zero channel padding is supported")
+    source, stride = pending.pop(inputs[0], (inputs[0], 1))
+    channels = node.all_input_nodes[0].meta["tensor_meta"].shape[1]
+    before, after = pad[4], pad[5]
+    weight = torch.zeros(before + channels + after, channels, 1, 1)
+    weight[before + torch.arange(channels), torch.arange(channels), 0, 0] = 1.0
+    return Layer(node.name, "conv2d", (source,), {"weight": weight, "bias": None, "stride": stride,
+                                                   "padding": 0, "dilation": 1, "groups": 1})
+
+
+def folded_stages(approximation, bound: float) -> tuple[float, list[list[float]]]:
+    """``(prescale, stages)`` of ``B r(x / B)`` for evaluation on ``[-1, 1]``.
+
+    With ``t = prescale * x = x / (B w_1)`` the composite is ``x (1 + p(x / B)) / 2 = t s(t)``
+    where ``s`` chains the stages ``sum_k c_k T_k(u)`` on ``[-1, 1]``: stage ``i``'s coefficients
+    carry the next stage's ``1 / w_{i+1}`` and the last stage's carry ``B (1 + .) / 2``, all
+    exact in the Chebyshev basis. A direct approximation is ``s(t)`` with ``B c_k``.
+    """
+    stages = approximation.stages
+    composite = approximation.family == "composite"
+    folded = []
+    for k, stage in enumerate(stages):
+        coef = np.array(stage.coefficients, dtype=np.float64)
+        if k + 1 < len(stages):
+            coef = coef / stages[k + 1].width
+        elif composite:
+            coef = coef * bound / 2
+            coef[0] += bound / 2
+        else:
+            coef = coef * bound
+        folded.append(coef.tolist())
+    return 1.0 / (bound * stages[0].width), folded
+
+
+def layer_depth(layer: Layer, producers: dict[str, Layer]) -> int:
+    """Levels one layer consumes under CKKS as Orion evaluates it: a linear map 1, a batch norm
+    0 after a convolution or linear layer (folded into it) and 2 otherwise, a ReLU
+    ``1 + sum ceil(log2(d + 1)) (+ 1 for the composite's product)``."""
+    if layer.kind in ("conv2d", "linear", "avgpool", "adaptive_avgpool"):
+        return 1
+    if layer.kind == "batchnorm":
+        parent = producers.get(layer.inputs[0])
+        return 0 if parent is not None and parent.kind in ("conv2d", "linear") else 2
+    if layer.kind == "relu":
+        o = layer.options
+        return 1 + sum(math.ceil(math.log2(len(c))) for c in o["stages"]) + (o["family"] == "composite")
+    return 0
+
+
+def plan_depth(plan: Plan) -> int:
+    """Multiplicative depth of the network: levels on its deepest input-to-output path."""
+    producers = {layer.name: layer for layer in plan.layers}
+    depth = {"input": 0}
+    for layer in plan.layers:
+        depth[layer.name] = max(depth[i] for i in layer.inputs) + layer_depth(layer, producers)
+    return depth[plan.output]

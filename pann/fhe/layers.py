@@ -1,0 +1,121 @@
+"""Orion modules for the layers of a lowered PANN (:class:`pann.fhe.graph.Plan`).
+
+Written against ``orion-fhe==1.0.2``; :mod:`pann.fhe.backend` imports the library and hands its
+``orion.nn`` in, so this module never imports it. A PANN ReLU becomes ``t = x / B`` (Orion's
+``Mult``), our folded Chebyshev stages in Orion's composite-sign evaluation, and ``t * s(t)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pann.fhe.graph import Layer, Plan
+from pann.conversion.modules import chebyshev
+
+
+@functools.cache
+def _classes(on):
+    _Sign = on.activation._Sign
+
+    class Stage(on.Chebyshev):
+        """One polynomial with fixed Chebyshev coefficients on ``[-1, 1]`` (no fit)."""
+
+        def __init__(self, coefficients: Sequence[float]):
+            tensor = torch.tensor(coefficients, dtype=torch.float64)
+            super().__init__(len(coefficients) - 1, lambda x: chebyshev(x, tensor.to(x.dtype)),
+                             within_composite=True)
+            self.set_coeffs(list(coefficients))
+            self.set_depth()
+
+    class Sign(_Sign):
+        """Orion's composite sign evaluation with our stages instead of its own fit."""
+
+        def __init__(self, stages: Sequence[Sequence[float]]):
+            on.Module.__init__(self)
+            self.degrees = [len(c) - 1 for c in stages]
+            self.acts = nn.Sequential(*[Stage(c) for c in stages])
+
+        def fit(self):
+            pass
+
+    class EncryptedReLU(on.ReLU):
+        """``B r(x / B)`` of a PANN ReLU: ``t = x / B``, then ``t * s(t)`` or ``s(t)``."""
+
+        def __init__(self, prescale: float, stages: Sequence[Sequence[float]], composite: bool):
+            on.Module.__init__(self)
+            self.composite = composite
+            self.degrees = [len(c) - 1 for c in stages]
+            self.prescale, self.postscale = prescale, 1
+            self.mult1 = on.Mult()
+            self.sign = Sign(stages) if self.composite else Stage(stages[0])
+            if self.composite:
+                self.mult2 = on.Mult()
+
+        def fit(self):
+            self.input_min, self.input_max = self.mult1.input_min, self.mult1.input_max
+
+        def forward(self, x):
+            t = self.mult1(x, self.prescale)
+            return self.mult2(t, self.sign(t)) if self.composite else self.sign(t)
+
+    class Network(on.Module):
+        """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it; ``on_step``, if
+        set, is called with ``(layers done, layers, name)`` after each (the progress of an encrypted run)."""
+
+        def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, tuple[str, ...]]], output: str):
+            super().__init__()
+            self.layers = nn.ModuleDict(layers)
+            self.steps = steps
+            self.output = output
+            self.on_step = None
+
+        def forward(self, x):
+            env = {"input": x}
+            for done, (layer, inputs) in enumerate(self.steps, 1):
+                env[layer] = self.layers[layer](*(env[i] for i in inputs))
+                if self.on_step is not None:
+                    self.on_step(done, len(self.steps), layer)
+            return env[self.output]
+
+    return Stage, EncryptedReLU, Network
+
+
+def _layer(layer: Layer, on, EncryptedReLU) -> nn.Module:
+    o = layer.options
+    if layer.kind == "conv2d":
+        w = o["weight"]
+        module = on.Conv2d(w.shape[1] * o["groups"], w.shape[0], tuple(w.shape[2:]), o["stride"], o["padding"],
+                           o["dilation"], o["groups"], bias=o["bias"] is not None)
+    elif layer.kind == "linear":
+        module = on.Linear(o["weight"].shape[1], o["weight"].shape[0], bias=o["bias"] is not None)
+    elif layer.kind == "batchnorm":
+        cls = on.BatchNorm2d if o["dims"] == 2 else on.BatchNorm1d
+        module = cls(o["running_mean"].numel(), eps=o["eps"], affine=o["weight"] is not None)
+        module.running_mean.copy_(o["running_mean"])
+        module.running_var.copy_(o["running_var"])
+    elif layer.kind == "relu":
+        return EncryptedReLU(o["prescale"], o["stages"], o["family"] == "composite")
+    elif layer.kind == "avgpool":
+        return on.AvgPool2d(o["kernel_size"], o["stride"])
+    elif layer.kind == "adaptive_avgpool":
+        return on.AdaptiveAvgPool2d(o["output_size"])
+    else:
+        return {"flatten": on.Flatten, "add": on.Add}[layer.kind]()
+    with torch.no_grad():
+        for key in ("weight", "bias"):
+            if o.get(key) is not None:
+                getattr(module, key).copy_(o[key])
+    return module
+
+
+def network(on, plan: Plan) -> nn.Module:
+    """The Orion network (``on`` is ``orion.nn``) running ``plan``'s layers in order, in cleartext mode."""
+    _, EncryptedReLU, Network = _classes(on)
+    layers = {layer.name: _layer(layer, on, EncryptedReLU) for layer in plan.layers}
+    net = Network(layers, [(layer.name, layer.inputs) for layer in plan.layers], plan.output)
+    net.eval()  # Orion's eval() returns None
+    return net

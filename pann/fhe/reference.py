@@ -1,0 +1,68 @@
+"""The plaintext side of the encrypted check: the PANN's float64 logits, the values the
+encrypted network starts from, and the per-image comparison."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import fx
+
+from pann.conversion.modules import PolyReLU
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """One image: encrypted vs plaintext-PANN argmax, the largest logit error, the network's
+    multiplicative depth (levels), the ciphertext bootstraps it took, and the wall time."""
+
+    index: int
+    encrypted_class: int
+    plaintext_class: int
+    max_logit_error: float
+    levels: int
+    bootstraps: int
+    seconds: float
+
+    @property
+    def agrees(self) -> bool:
+        return self.encrypted_class == self.plaintext_class
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "agrees": self.agrees}
+
+
+class _Capture(fx.Interpreter):
+    """Runs a PANN and keeps the value of one node (the encrypted network's input)."""
+
+    def __init__(self, module: fx.GraphModule, name: str):
+        super().__init__(module)
+        self.name, self.value = name, None
+
+    def run_node(self, node):
+        result = super().run_node(node)
+        if node.name == self.name:
+            self.value = result
+        return result
+
+
+def plaintext(pann: fx.GraphModule, images: torch.Tensor, boundary: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, encrypted-network inputs)`` of the PANN in float64, evaluated eagerly."""
+    reference = copy.deepcopy(pann).double().eval()
+    for module in reference.modules():
+        if isinstance(module, PolyReLU):
+            module.dtype, module.compiled = torch.float64, False
+    capture = _Capture(reference, boundary)
+    with torch.no_grad():
+        logits = capture.run(images.double())
+    inputs = images.double() if boundary == "input" or capture.value is None else capture.value
+    return logits, inputs
+
+
+def compare(index: int, encrypted: torch.Tensor, reference: torch.Tensor, levels: int, bootstraps: int,
+            seconds: float) -> ImageResult:
+    """The :class:`ImageResult` of decrypted logits ``encrypted`` against the plaintext ``reference``."""
+    encrypted = encrypted.double().flatten()[:reference.numel()]
+    return ImageResult(index, int(encrypted.argmax()), int(reference.argmax()),
+                       float((encrypted - reference).abs().max()), levels, bootstraps, seconds)

@@ -1,0 +1,104 @@
+"""The base class of a search strategy: what proposes the points a search's trials measure.
+
+A strategy is built from the validated search config and its layer groups, and gives Ray Tune a searcher
+(``suggest`` / ``on_trial_complete``). Every searcher proposes complete points (the searched dimensions and the
+config's constants), so Tune's own ``param_space`` holds only the constants. A subclass with a ``name`` is
+registered under it (the config's ``search.strategy``); see :mod:`search.strategies`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ray.tune.search import Searcher
+
+from search import space
+
+if TYPE_CHECKING:
+    from pann.conversion.groups import LayerGroups
+    from search.config import SearchConfig
+
+_REGISTRY: dict[str, type[Strategy]] = {}
+
+
+class Strategy:
+    """How a search chooses its points. Subclasses set ``name`` and implement :meth:`searcher`; the other methods
+    have defaults that suit a strategy that keeps no records of its own."""
+
+    name: ClassVar[str]
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "name" in cls.__dict__:
+            _REGISTRY[cls.name] = cls
+
+    def __init__(self, search: SearchConfig, groups: LayerGroups):
+        self.search, self.groups = search, groups
+
+    @classmethod
+    def problems(cls, search_fields: dict[str, Any]) -> list[str]:
+        """Config problems this strategy has with the merged config fields (``search.granularity``...), one line
+        each naming its field; none by default."""
+        return []
+
+    def searcher(self) -> Searcher:
+        """The Ray Tune searcher that proposes the points (built once per search)."""
+        raise NotImplementedError
+
+    def cut_off(self, results) -> bool:
+        """Whether trials Tune started were cut off before they reported to the searcher (an interrupt). Tune's
+        results alone tell that for strategies without records of their own: never, by default."""
+        return False
+
+    def close_unfinished(self, ending: str) -> None:
+        """Close what the strategy's own records hold open after the trials ended (``ending``: ``failed``,
+        ``budget``, ``finished``; not called after an interrupt, whose trials a resume runs)."""
+
+
+class WalkSearcher(Searcher):
+    """A walk (:class:`search.strategies.walk.Walk`: plain Python) as a Ray Tune searcher; its state is saved and
+    restored with the Tuner (``--resume``)."""
+
+    def __init__(self, walk):
+        super().__init__(metric="accuracy", mode="max")
+        self.walk = walk
+
+    def suggest(self, trial_id: str) -> dict | None:
+        return self.walk.suggest(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        self.walk.on_trial_complete(trial_id, result, error)
+
+    def save(self, checkpoint_path: str) -> None:
+        self.walk.save(checkpoint_path)
+
+    def restore(self, checkpoint_path: str) -> None:
+        self.walk.restore(checkpoint_path)
+
+
+class WalkStrategy(Strategy):
+    """A deterministic walk over the groups' alphas: subclasses build the walk (:meth:`walk`) from the ladder of
+    alphas, the dimension key of each group and the config's constants."""
+
+    @classmethod
+    def problems(cls, search_fields: dict[str, Any]) -> list[str]:
+        """A walk lowers alphas only: every other dimension of the space must have one value."""
+        varying = [name for name, spec in (search_fields.get("space") or {}).items()
+                   if name != "alpha" and (isinstance(spec, dict) or isinstance(spec, list) and len(spec) > 1)]
+        return [f"space.{name}: the {cls.name} walk searches the alphas only; give one value "
+                f"(or search.strategy: optuna)" for name in varying]
+
+    def walk(self):
+        raise NotImplementedError
+
+    def searcher(self) -> Searcher:
+        return WalkSearcher(self.walk())
+
+    def ladder(self) -> list[float]:
+        return space.alpha_values(self.search.space)
+
+    def keys(self) -> dict[str, str]:
+        return {g: space.dimension(self.groups, g) for g in self.groups}
+
+    def fixed(self) -> dict[str, Any]:
+        return space.constants(self.search.space)
