@@ -203,7 +203,11 @@ def cmd_train(args: argparse.Namespace) -> None:
     from pann.models.builders import save_weights
     from pann.training.trainer import CheckpointError, TrainConfig, TrainingDiverged, train
 
-    config = TrainConfig.from_dict(read_yaml(args.config))
+    fields = read_yaml(args.config)
+    if not fields:  # every default would start a 3-epoch training on the whole training set
+        raise UsageError(f"{args.config} is empty: give the fields of pann.training.TrainConfig to train with "
+                         "(at least model, dataset and epochs; configs/finetune_resnet20_cpu.yaml is an example)")
+    config = TrainConfig.from_dict(fields)
     out = args.out
     if out.exists() and not args.overwrite:
         raise UsageError(f"{out} exists; pass --overwrite to replace it")
@@ -357,13 +361,19 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
     _configure_logging(getattr(args, "verbose", False))
     if quiet_libraries is not None and not getattr(args, "verbose", False):
         quiet_libraries()
+    return exit_code(args.command, lambda: args.run(args))
+
+
+def exit_code(command: str, work: Callable[[], object]) -> int:
+    """Run ``work`` and say how it ended: 0; bad input or an unreachable resource, 2 with its one-line message;
+    an interrupt, 130 with what it says (a search says how far it got)."""
     try:
-        args.run(args)
+        work()
     except (ValueError, OSError) as exc:  # bad input: the message, no traceback
-        print(f"pann {args.command}: error: {exc}", file=sys.stderr)
+        print(f"pann {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:  # Ctrl-C, or a search that stopped before its trials did
-        print(f"pann {args.command}: {exc or 'interrupted'}", file=sys.stderr)
+        print(f"pann {command}: {str(exc) or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

@@ -17,20 +17,53 @@ _FORMATS = (".csv", ".json", ".png", ".html")
 
 
 def cmd_search(args: argparse.Namespace) -> None:
+    from pann.cli import exit_code
     from pann.data import download
     from search import config
-    from search.runner import run_search
+    from search.preflight import check_address
+    from search.supervisor import supervised
 
     search = config.load(args.config)
+    check_address(args.address)  # here, before the driver starts: it waits minutes for a cluster that is not there
     download(search.dataset, search.data_dir)  # once, before the trials read it in parallel
     # A failed trial is one line (the search's log), its traceback in MLflow (tag pann.error) and Tune's error.txt;
     # Tune would also print every traceback here.
     os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")
     # SIGTERM ends a search as Ctrl-C does: Tune stops, records what finished, and --resume continues it.
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
-    outcome = run_search(search, address=args.address, resume=args.resume, progress=progress_line(),
-                         force_new=args.force_new)
+    code = supervised(lambda: exit_code("search", lambda: _drive(args, search)),
+                      lambda why: _close_records(search, why))
+    if code:
+        raise SystemExit(code)
+
+
+def _drive(args: argparse.Namespace, search) -> None:
+    """The search's driver (a child process of ``pann search``, see :mod:`search.supervisor`)."""
+    from search.preflight import SearchFinished
+    from search.runner import run_search
+
+    try:
+        outcome = run_search(search, address=args.address, resume=args.resume, progress=progress_line(),
+                             force_new=args.force_new, sigterm_interrupts=True)
+    except SearchFinished as done:
+        print(f"pann search: {done}")
+        return
     print_outcome(outcome, search)
+
+
+def _close_records(search, why: str) -> None:
+    """After a driver that died without a word: its MLflow runs closed (the parent FAILED, running trials KILLED;
+    Optuna's running trials stay for --resume to adopt), and one line saying so."""
+    from tracking.recorder import SearchRecorder
+
+    done = ""
+    recorder = SearchRecorder(search.tracking_uri, search.experiment)
+    if recorder.search_exists(search.name):
+        recorder.start_search(search.name, {})
+        done = f" after {recorder.finished_trials()} of {search.trials} trials"
+        recorder.finish_search("FAILED")
+    print(f"pann search: search {search.name!r} stopped{done}: its driver {why} (a lost Ray node or out of "
+          "memory?); its records are closed; continue it with --resume", file=sys.stderr)
 
 
 def _costs(point) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,22 @@ def _resolve(path: str | None, *, relative_to: Path | None = None) -> str | None
     return str(p.resolve())
 
 
+def _folder_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a search's storage folder (it, or the folder it would be made in, must take a new
+    folder; tried with a temporary one, removed at once), or None."""
+    base = path
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        return "is not a folder" if base == path else f"cannot be made: {base} is not a folder"
+    try:
+        tempfile.TemporaryDirectory(dir=base).cleanup()
+    except OSError as exc:
+        return f"is not a writable folder ({exc.strerror or exc})" if base == path else \
+            f"cannot be made in {base} ({exc.strerror or exc})"
+    return None
+
+
 def _named_weights(merged: Mapping[str, Any], data_dir: Path, problems: list[str]) -> str:
     """Named weights -> their local file, fetched now so that no trial starts without them."""
     name, url = merged["weights"], merged["weights_url"]
@@ -182,8 +199,11 @@ def check_identity(data: Mapping[str, Any], merged: dict[str, Any], problems: li
         problems.append("tracking.uri: must be a string")
     elif uri_problem(merged["tracking_uri"]):
         problems.append(f"tracking.uri: {uri_problem(merged['tracking_uri'])}")
-    if isinstance(merged["storage"], str):
+    if isinstance(merged["storage"], str) and merged["storage"]:
         merged["storage"] = _resolve(merged["storage"])
+        problem = _folder_problem(Path(merged["storage"]))
+        if problem:
+            problems.append(f"storage: {merged['storage']} {problem}")
 
 
 def check_backbone(merged: dict[str, Any], problems: list[str]) -> None:
@@ -244,7 +264,8 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     need(_is_int(merged["confirmations"]) and merged["confirmations"] >= 1, "search.confirmations",
          "must be an integer >= 1")
     margin, target = merged["validation_margin"], merged.get("target_accuracy")
-    need(_is_number(margin) and 0 <= margin and (not _is_number(target) or target + margin <= 1),
+    target_ok = _is_number(target) and 0 < target <= 1  # else target_accuracy is the field to blame
+    need(_is_number(margin) and 0 <= margin and (not target_ok or target + margin <= 1),
          "search.validation_margin", "must be a number >= 0 with target_accuracy + margin <= 1 "
          "(e.g. 0.005: half a point)")
     per_network = merged["granularity"] in GRANULARITIES and is_per_network(merged["granularity"])

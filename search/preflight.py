@@ -6,10 +6,11 @@ started with) and its MLflow runs. :func:`plan` decides from them whether the se
 
 * new: refused when either record exists (``--resume`` continues it, ``--force-new`` discards it);
 * ``--resume``: continues Tune's experiment, with the config it started with (any other is refused, naming
-  each changed field). A search that left records but never checkpointed a trial (its driver died within
+  each changed field); a search that already finished is left as it is (:class:`SearchFinished`). A search that left records but never checkpointed a trial (its driver died within
   a second, or ``runs/`` is gone) is started again from the beginning when nothing of it finished; when
   trials did finish, only ``--force-new`` goes on;
-* ``--force-new``: deletes ``runs/NAME`` and the search's MLflow runs, then starts anew.
+* ``--force-new``: deletes ``runs/NAME``, the search's MLflow runs and the model versions registered under them,
+  then starts anew.
 """
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from pann.models.builders import build_model
 from search.config import SearchConfig, field_path
 from search.space import measurable_alphas
 from search.splits import Splits
-from tracking.records import discard_runs, recorded_search
+from tracking.recorder import discard_runs
+from tracking.records import finished_search, recorded_search
 from tracking.stores import check_reachable
 
 logger = logging.getLogger(__name__)
@@ -41,6 +43,10 @@ RECORDED_CONFIG = "search.json"
 
 class SearchError(ValueError):
     """A search that cannot start or resume."""
+
+
+class SearchFinished(Exception):
+    """``--resume`` of a search that already ran to its end: nothing to do, nothing changed."""
 
 
 def check_address(address: str | None, timeout_s: float = 5.0) -> None:
@@ -75,8 +81,16 @@ def check_same_config(search: SearchConfig) -> None:
         logger.warning("search %s has no recorded config (%s): its config cannot be compared", search.name, path)
         return
     recorded, now = json.loads(path.read_text()), _as_json(search)
-    changed = [f"{field_path(k)}: {recorded.get(k)!r} when it started, {now.get(k)!r} now"
-               for k in sorted(set(recorded) | set(now)) if recorded.get(k) != now.get(k)]
+    changed = []
+    for key in sorted(set(recorded) | set(now)):
+        before, after = recorded.get(key), now.get(key)
+        if before == after:
+            continue
+        if isinstance(before, dict) and isinstance(after, dict):  # a section: name the fields that changed in it
+            changed += [f"{field_path(key)}.{sub}: {before.get(sub)!r} when it started, {after.get(sub)!r} now"
+                        for sub in sorted(set(before) | set(after)) if before.get(sub) != after.get(sub)]
+        else:
+            changed.append(f"{field_path(key)}: {before!r} when it started, {after!r} now")
     if changed:
         raise SearchError(f"--resume with a changed config ({'; '.join(changed)}): a search resumes with the "
                           "config it started with; restore it, or give the changed search another name")
@@ -111,6 +125,11 @@ def plan(search: SearchConfig, resume: bool, force_new: bool) -> bool:
         if where:
             _discard(search, runs)
         return False
+    done = finished_search(search.tracking_uri, search.experiment, search.name) if resume else None
+    if done:
+        raise SearchFinished(f"search {search.name!r} already finished (MLflow parent run {done}): nothing to "
+                             f"resume, nothing changed; its answer: pann export --run-id {done}; to run it again: "
+                             "--force-new")
     if resume and tune.Tuner.can_restore(str(search.run_dir)):
         check_same_config(search)
         return True

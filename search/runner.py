@@ -9,6 +9,7 @@ trial it stops reaches Optuna as PRUNED.
 from __future__ import annotations
 
 import logging
+import signal
 import time
 
 import ray
@@ -24,6 +25,7 @@ from search.callback import ProgressCallback, TrackingCallback
 from search.config import SearchConfig, SearchConfigError
 from search.preflight import (SearchError, check_address, check_inputs, plan, prepare_approximations,
                               record_config)
+from search.lock import search_lock
 from search.space import constants, max_epochs
 from search.strategies import Strategy, strategy as strategy_named
 from search.trial import run_trial
@@ -111,42 +113,57 @@ def _check_ended(search: SearchConfig, results, ending: str) -> None:
 
 
 def run_search(search: SearchConfig, address: str | None = None, resume: bool = False,
-               progress=None, force_new: bool = False) -> answer.SearchOutcome:
+               progress=None, force_new: bool = False, sigterm_interrupts: bool = False) -> answer.SearchOutcome:
     """Run (or resume) ``search`` on a local Ray instance or the cluster at ``address``. ``progress``, if given,
     is called with a one-line summary after every finished trial (see :class:`ProgressCallback`).
-    ``force_new`` discards an earlier run of the search first (see :func:`search.preflight.plan`)."""
+    ``force_new`` discards an earlier run of the search first (see :func:`search.preflight.plan`). One process at a
+    time runs a search of a given name (:func:`search.lock.search_lock`). With ``sigterm_interrupts`` (the command
+    line's choice) SIGTERM stops the search as Ctrl-C does, also once Ray has put its own handler in place."""
     check_address(address)
     check_inputs(search)
-    resume = plan(search, resume, force_new)
-    prepare_approximations(search)
-    strategy = strategy_of(search, groups_of(search))
-    if address is None:
-        # "local": always a new instance of our own, never another Ray that happens to run here.
-        ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
-    else:
-        ray.init(address=address, log_to_driver=False)
-    try:
-        check_resources(search, ray.cluster_resources())
-        recorder = SearchRecorder(search.tracking_uri, search.experiment)
-        if not resume:
-            record_config(search)
-        logger.info("search %s: %d trials, %d at a time, %d alpha group(s) (%s granularity), cost %s; MLflow: %s",
-                    search.name, search.trials, search.concurrency, len(strategy.groups), search.granularity,
-                    search.cost, search.tracking_uri)
+    with search_lock(search.storage, search.name):
+        resume = plan(search, resume, force_new)
+        prepare_approximations(search)
+        strategy = strategy_of(search, groups_of(search))
+        if address is None:
+            # "local": always a new instance of our own, never another Ray that happens to run here.
+            ray.init(address="local", include_dashboard=False, configure_logging=False, log_to_driver=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+        if sigterm_interrupts:  # Ray's core worker installed a handler that dumps and aborts on SIGTERM
+            signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
         try:
-            started = time.monotonic()
-            results = _tuner(search, strategy, resume, progress).fit()
-            ending = _ending(search, strategy, results, time.monotonic() - started)
-            if ending != "interrupted":
-                strategy.close_unfinished(ending)
-            _check_ended(search, results, ending)
-            outcome = answer.outcome(search, strategy.groups, recorder, results)
-        except BaseException as exc:  # the parent run must not stay RUNNING
-            if recorder.parent_id is not None or recorder.search_exists(search.name):
-                recorder.start_search(search.name, {})
-                recorder.finish_search("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
-            raise
-        recorder.finish_search()
-        return outcome
-    finally:
-        ray.shutdown()
+            return _run(search, strategy, resume, progress)
+        finally:
+            ray.shutdown()
+
+
+def _run(search: SearchConfig, strategy: Strategy, resume: bool, progress) -> answer.SearchOutcome:
+    check_resources(search, ray.cluster_resources())
+    recorder = SearchRecorder(search.tracking_uri, search.experiment)
+    if not resume:
+        record_config(search)
+    logger.info("search %s: %d trials, %d at a time, %d alpha group(s) (%s granularity), cost %s; MLflow: %s",
+                search.name, search.trials, search.concurrency, len(strategy.groups), search.granularity,
+                search.cost, search.tracking_uri)
+    try:
+        started = time.monotonic()
+        results = _tuner(search, strategy, resume, progress).fit()
+        ending = _ending(search, strategy, results, time.monotonic() - started)
+        if ending != "interrupted":
+            strategy.close_unfinished(ending)
+        _check_ended(search, results, ending)
+        outcome = answer.outcome(search, strategy.groups, recorder, results)
+    except BaseException as exc:  # the parent run must not stay RUNNING
+        finished = None
+        if recorder.parent_id is not None or recorder.search_exists(search.name):
+            recorder.start_search(search.name, {})
+            finished = recorder.finished_trials()
+            recorder.finish_search("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SearchInterrupted):
+            # a second Ctrl-C (or SIGTERM) while Tune was stopping: the search stopped all the same
+            done = "" if finished is None else f" after {finished} of {search.trials} trials"
+            raise SearchInterrupted(f"search {search.name!r} interrupted{done}; continue it with --resume") from None
+        raise
+    recorder.finish_search()
+    return outcome

@@ -43,6 +43,24 @@ def listening(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+def descends_from(pid: int, ancestor: int) -> bool:
+    """Whether process ``pid`` is ``ancestor`` or one of its descendants (by the parent PIDs in /proc)."""
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
+def descendants(ancestor: int) -> list[int]:
+    """The processes that descend from ``ancestor`` (a process a test started), by the parent PIDs in /proc."""
+    pids = [int(p.name) for p in Path("/proc").iterdir() if p.name.isdigit()]
+    return [pid for pid in pids if pid != ancestor and descends_from(pid, ancestor)]
+
+
 def stop_group(process: subprocess.Popen) -> None:
     """Stop ``process`` and its process group (started with ``start_new_session``: only what it started)."""
     try:

@@ -2,11 +2,13 @@
 mid-training, a killed driver resumed with ``--resume``, an interrupted search and its resume, a search whose
 every trial fails. The fault tests compare the three records (Tune, Optuna, MLflow) trial by trial."""
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
@@ -14,7 +16,7 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.helpers import child_runs, wait_for, write_config
+from tests.helpers import child_runs, descendants, descends_from, wait_for, write_config
 
 
 
@@ -92,16 +94,8 @@ def test_impossible_resources_fail_before_mlflow(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()
 
 
-def descends_from(pid: int, ancestor: int) -> bool:
-    """Whether process ``pid`` is ``ancestor`` or one of its descendants (by the parent PIDs in /proc)."""
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return False
-    return False
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
 def checkpointed_trial_pid(folder: Path) -> int | None:
@@ -148,9 +142,18 @@ def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_p
             return any(c.info.status == "FINISHED" for c in children)
 
         wait_for(finished, 400, "a finished trial")
+        # The driver is the child of `pann search` (search/supervisor.py), in a process group of its own.
+        (child,) = [pid for pid in descendants(driver.pid) if parent_of(pid) == driver.pid]
+        os.killpg(child, signal.SIGKILL)
+        out, _ = driver.communicate(timeout=120)
     finally:
-        os.killpg(driver.pid, signal.SIGKILL)
-        driver.wait(60)
+        if driver.poll() is None:
+            os.killpg(driver.pid, signal.SIGKILL)
+            driver.wait(60)
+    # The supervisor closed the records the driver left open, and said so in one line.
+    out = out.decode()
+    assert driver.returncode == 1 and "stopped after" in out.strip().splitlines()[-1], out[-2000:]
+    assert child_runs(MlflowClient(uri), "crash")[0].info.status == "FAILED"
 
     resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -213,7 +216,11 @@ def test_weights_of_another_model_fail_before_any_trial(tmp_path):
     assert "Traceback" not in result.stderr and not (tmp_path / "runs").exists()
 
 
-def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
+@pytest.mark.parametrize("stop", ["SIGINT", "SIGTERM", "SIGINT twice"])
+def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path, stop):
+    """Ctrl-C, what schedulers send (SIGTERM, to the process by its PID), and an impatient second Ctrl-C 0.7 s
+    after the first: each ends the search as the README says, with every record closed, and ``--resume`` finishes
+    it with each trial once in all three records."""
     cfg = write_config(tmp_path, "ctrl-c", "")
     data = yaml.safe_load(cfg.read_text())
     data["budget"].update(trials=4, concurrency=1)
@@ -231,14 +238,20 @@ def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
 
     try:
         wait_for(one_finished, 400, "a finished trial")
-        os.kill(driver.pid, signal.SIGINT)
+        os.kill(driver.pid, signal.SIGTERM if stop == "SIGTERM" else signal.SIGINT)
+        if stop == "SIGINT twice":
+            time.sleep(0.7)
+            os.kill(driver.pid, signal.SIGINT)
         out, err = driver.communicate(timeout=300)
     finally:
         if driver.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
             driver.wait(60)
     assert driver.returncode == 130, out[-2000:] + err[-2000:]
-    assert "interrupted after" in err and "--resume" in err and "cheapest" not in out
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pann search: search 'ctrl-c' interrupted after ") and last.endswith(
+        "; continue it with --resume"), err[-2000:]
+    assert "cheapest" not in out and "SIGTERM received" not in err
     parent, _ = child_runs(MlflowClient(uri), "ctrl-c")
     assert parent.info.status == "KILLED"
     cut = three_records(tmp_path, "ctrl-c")
@@ -249,12 +262,15 @@ def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
     assert set(cut.values()) <= {("COMPLETE", "FINISHED", "final"), ("RUNNING", "KILLED", "unfinished"),
                                  ("RUNNING", None, None)}
 
-    # Case 4: a resume with an edited config is refused before Ray starts, naming the field with both values.
-    edited = tmp_path / "edited.yaml"
-    edited.write_text(yaml.safe_dump({**data, "target_accuracy": 0.5}))
-    refused = pann("search", str(edited), "--resume", cwd=tmp_path)
-    assert refused.returncode == 2, refused.stderr[-2000:]
-    assert "target_accuracy: 0.3 when it started, 0.5 now" in refused.stderr.strip().splitlines()[-1]
+    if stop == "SIGINT twice":
+        return  # its records are closed as after one; the resume is the single interrupt's
+    if stop == "SIGINT":
+        # Case 4: a resume with an edited config is refused before Ray starts, naming the field with both values.
+        edited = tmp_path / "edited.yaml"
+        edited.write_text(yaml.safe_dump({**data, "target_accuracy": 0.5}))
+        refused = pann("search", str(edited), "--resume", cwd=tmp_path)
+        assert refused.returncode == 2, refused.stderr[-2000:]
+        assert "target_accuracy: 0.3 when it started, 0.5 now" in refused.stderr.strip().splitlines()[-1]
 
     resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -263,6 +279,48 @@ def test_interrupted_search_says_so_exits_130_and_resumes_to_the_end(tmp_path):
     # The resume completed exactly the trials that had not finished: four trials, each once, in all three records.
     assert list(three_records(tmp_path, "ctrl-c").values()) == [("COMPLETE", "FINISHED", "final")] * 4
     assert not duplicate_steps(tmp_path, "ctrl-c")
+
+
+def test_a_lost_ray_node_ends_the_search_in_one_line_with_its_records_closed(tmp_path):
+    """The search's own raylet killed mid-search: Ray ends the driver at once, without Python cleanup; the
+    supervising ``pann search`` closes the records, says so, and ``--resume`` runs the search to its end."""
+    cfg = write_config(tmp_path, "lost", "")
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].update(trials=4, concurrency=1)
+    cfg.write_text(yaml.safe_dump(data))
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg)], cwd=tmp_path,
+                              env={**os.environ, "RAY_AUTH_MODE": "disabled"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    def one_finished() -> bool:
+        try:
+            return any(c.info.status == "FINISHED" for c in child_runs(MlflowClient(uri), "lost")[1])
+        except Exception:  # noqa: BLE001 - the store or the runs are not there yet
+            return False
+
+    try:
+        wait_for(one_finished, 400, "a finished trial")
+        # The raylet of the search's own Ray instance: a process the driver started.
+        (raylet,) = [pid for pid in descendants(driver.pid) if Path(f"/proc/{pid}/comm").read_text().strip() == "raylet"]
+        os.kill(raylet, signal.SIGKILL)
+        out, err = driver.communicate(timeout=300)
+    finally:
+        if driver.poll() is None:
+            for pid in [driver.pid, *descendants(driver.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            driver.wait(60)
+    assert driver.returncode == 1, out[-2000:] + err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("pann search: search 'lost' stopped after ") and last.endswith(
+        "continue it with --resume"), err[-3000:]
+    parent, children = child_runs(MlflowClient(uri), "lost")
+    assert parent.info.status == "FAILED" and "RUNNING" not in {c.info.status for c in children}
+    resumed = pann("search", str(cfg), "--resume", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert list(three_records(tmp_path, "lost").values()) == [("COMPLETE", "FINISHED", "final")] * 4
+    assert child_runs(MlflowClient(uri), "lost")[0].info.status == "FINISHED"
 
 
 def test_every_trial_failing_fails_the_search_in_one_line_without_rerunning_a_trial(tmp_path):

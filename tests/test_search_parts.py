@@ -52,11 +52,14 @@ def test_searcher_keeps_two_objectives_prunes_unfinished_and_constrains(tmp_path
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
     states = [t.state for t in study.trials]
+    # A failed trial stays RUNNING: a resume may run it again (a lost node's trial); the search's end fails it.
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
-                      optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL]
+                      optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     # The infeasible trial would dominate in precision; the constraint keeps it off the front.
     assert [t.values for t in study.best_trials] == [[8.0, 0.85]]
     assert study.trials[2].constraints == {"accuracy": pytest.approx(0.3)}
+    s.on_trial_complete("failed", {"precision_bits": 7.0, "accuracy": 0.9, "final": 1})  # its rerun finished
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[3].state == optuna.trial.TrialState.COMPLETE
 
 
 def test_searcher_and_callback_survive_tune_checkpointing(tmp_path):

@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID, MLFLOW_RUN_NAME
 from tracking.schema import (CURVE_PREFIX, ERROR_TAG, SEARCH_TAG, TRIAL_TAG, metric_values, param, param_values)
 from tracking.stores import artifact_location, check_reachable
 
-__all__ = ["SearchRecorder"]
+__all__ = ["SearchRecorder", "discard_runs"]
 
 
 class SearchRecorder:
@@ -136,6 +136,26 @@ class SearchRecorder:
             self.client.set_terminated(run.info.run_id, "KILLED")
         return len(running)
 
+    def finished_trials(self) -> int:
+        """How many trial runs of the search opened by :meth:`start_search` FINISHED."""
+        return sum(r.info.status == RunStatus.to_string(RunStatus.FINISHED)
+                   for r in self._find({MLFLOW_PARENT_RUN_ID: self.parent_id}))
+
     def finish_search(self, status: str = "FINISHED") -> None:
         self.close_dangling()
         self.client.set_terminated(self.parent_id, status)
+
+
+def discard_runs(uri: str, run_ids: list[str]) -> None:
+    """Delete runs (MLflow's soft delete: they leave every search and listing, the store's garbage collection
+    removes them for good) and every registered model version logged under them, so that the registry never
+    offers a discarded answer (a registered model left without versions is deleted too)."""
+    client = MlflowClient(uri)
+    discarded = set(run_ids)
+    for version in client.search_model_versions():
+        if version.run_id in discarded:
+            client.delete_model_version(version.name, version.version)
+            if not client.search_model_versions(f"name = '{version.name}'"):
+                client.delete_registered_model(version.name)
+    for run_id in run_ids:
+        client.delete_run(run_id)

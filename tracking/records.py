@@ -14,7 +14,7 @@ from pann.cost.objectives import COST_METRICS, OBJECTIVES
 from tracking.front import Point
 from tracking.schema import CURVE_ACCURACY, CURVE_PREFIX, SEARCH_TAG, TRIAL_TAG
 
-__all__ = ["discard_runs", "find_search", "recorded_search", "search_parent_run", "trial_points"]
+__all__ = ["find_search", "finished_search", "recorded_search", "search_parent_run", "trial_points"]
 
 _ALPHA = OBJECTIVES["alpha"].metric  # a trial's mean precision
 
@@ -100,9 +100,13 @@ def recorded_search(uri: str, experiment: str, name: str) -> tuple[list[str], in
     return [r.info.run_id for r in parents + children], finished
 
 
-def discard_runs(uri: str, run_ids: list[str]) -> None:
-    """Delete runs (MLflow's soft delete: they leave every search and listing, the store's garbage
-    collection removes them for good)."""
+def finished_search(uri: str, experiment: str, name: str) -> str | None:
+    """Read only: the parent run id of search ``name`` in ``experiment`` when that search ran to its end (its parent
+    run FINISHED, its answer recorded); None otherwise."""
+    if not _store_exists(uri):
+        return None
     client = MlflowClient(uri)
-    for run_id in run_ids:
-        client.delete_run(run_id)
+    found = client.get_experiment_by_name(experiment)
+    parents = client.search_runs([found.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}'") if found else []
+    done = [r for r in parents if r.info.status == RunStatus.to_string(RunStatus.FINISHED)]
+    return done[0].info.run_id if done else None

@@ -68,16 +68,20 @@ class OptunaSearcher(Searcher):
         trial = self.trials.get(trial_id)
         if trial is None or trial_id in self.told:
             return
+        if error:
+            # Left RUNNING: a resume runs an errored trial again (a lost node's trials), and the search's end tells
+            # Optuna FAIL for those that stay so (OptunaStrategy.close_unfinished).
+            return
         self.told.add(trial_id)
         if self.study.get_trials(deepcopy=False)[trial.number].state.is_finished():
             # A resume ran again a trial that had finished after Tune's last checkpoint: Optuna has its result
             # already (telling it again would raise), and MLflow keeps its first record.
             return
-        if result and result.get("final") and not error:
+        if result and result.get("final"):
             trial.set_constraint("accuracy", self.target_accuracy - result["accuracy"])
             values, state = [result[m] for m in self.metrics], TrialState.COMPLETE
         else:
-            values, state = None, TrialState.FAIL if error else TrialState.PRUNED
+            values, state = None, TrialState.PRUNED
         try:
             self.study.tell(trial, values, state=state)
         except (ValueError, RuntimeError) as exc:  # e.g. a NaN objective
@@ -126,11 +130,11 @@ class OptunaStrategy(Strategy):
         return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     def cut_off(self, results) -> bool:
-        """A trial Tune started that the study still holds RUNNING was cut off (ASHA's stops are told, PRUNED),
-        and so were the trials never started."""
+        """A trial Tune started, without an error, that the study still holds RUNNING was cut off (ASHA's stops
+        are told, PRUNED), and so were the trials never started."""
         running = {t.number for t in self._running()}
         return len(results) < self.search.trials or any(
-            (r.config or {}).get("optuna_trial") in running for r in results)
+            r.error is None and (r.config or {}).get("optuna_trial") in running for r in results)
 
     def close_unfinished(self, ending: str) -> None:
         """Trials still RUNNING in the study: PRUNED when the time budget stopped them (Tune tells the searcher
