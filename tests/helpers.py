@@ -4,6 +4,7 @@ config, reading a search's MLflow runs, and driving a per-layer walk with a know
 Fixtures live in conftest.py; test modules import helpers from here, never from one another.
 """
 
+import json
 import os
 import signal
 import socket
@@ -12,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import yaml
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
@@ -101,6 +103,41 @@ def child_runs(client: MlflowClient, search: str) -> tuple:
                                   f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parent[0].info.run_id}'")
     return parent[0], children
 
+
+
+def tune_records(folder: Path) -> dict[int, str]:
+    """Tune's record of each trial, by Optuna trial number: ``final`` (its last report), ``error`` or
+    ``unfinished``."""
+    records = {}
+    for trial in (t for t in folder.iterdir() if (t / "params.json").is_file()):
+        results = trial / "result.json"
+        lines = results.read_text().splitlines() if results.is_file() else []
+        number = json.loads((trial / "params.json").read_text())["optuna_trial"]
+        records[number] = "final" if any(json.loads(line).get("final") for line in lines) else \
+            "error" if (trial / "error.txt").is_file() else "unfinished"
+    return records
+
+
+def three_records(folder: Path, name: str) -> dict[int, tuple[str, str, str]]:
+    """(Optuna state, MLflow run status, Tune record) of every Optuna trial of search ``name``."""
+    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'runs' / name / 'optuna.db'}")
+    _, children = child_runs(MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), name)
+    mlflow = {int(c.data.tags["pann.trial_id"].removeprefix("optuna-")): c.info.status for c in children}
+    assert len(mlflow) == len(children), "one MLflow run per trial"
+    tune = tune_records(folder / "runs" / name)
+    return {t.number: (t.state.name, mlflow.get(t.number), tune.get(t.number)) for t in study.trials}
+
+
+def duplicate_steps(folder: Path, name: str) -> list[tuple[str, str]]:
+    """(trial, metric) pairs whose MLflow history holds a step twice."""
+    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
+    found = []
+    for run in child_runs(client, name)[1]:
+        for key in run.data.metrics:
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
+            if len(steps) != len(set(steps)):
+                found.append((run.data.tags["pann.trial_id"], key))
+    return found
 
 
 # Per-layer walks driven by a known accuracy function (no Ray needed).

@@ -13,9 +13,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+import yaml
 from mlflow import MlflowClient
 
-from tests.helpers import BIN, child_runs, free_port, listening, stop_group, wait_for, write_config
+from tests.helpers import (BIN, child_runs, descends_from, free_port, listening, stop_group, three_records,
+                           wait_for, write_config)
 
 
 def ray_env(tmp: Path) -> dict:
@@ -50,7 +52,8 @@ def two_node_cluster():
         wait_for(lambda: listening(dashboard), 120, "Ray dashboard")
         # The second raylet registers with the head asynchronously after `ray start` returns.
         wait_for(lambda: alive_nodes(f"127.0.0.1:{port}", env) >= 2, 120, "the second node to join")
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
+               "worker": nodes[1]}
     finally:
         for node in reversed(nodes):
             stop_group(node)
@@ -91,3 +94,39 @@ def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflo
         parent.info.run_id, "pareto/front.json", str(tmp_path))).read_text())["front"]
     finished = {c.info.run_id for c in children if c.info.status == "FINISHED"}
     assert front and {p["run_id"] for p in front} <= finished
+
+
+def trial_running_on(node: subprocess.Popen, folder: Path) -> int | None:
+    """PID of a trial that has reported an epoch, not yet its end, from a process of ``node`` (a ``ray start``
+    this module started), from the ``pid`` Tune adds to every result."""
+    for results in folder.glob("*/result.json"):
+        lines = results.read_text().splitlines()
+        if lines and not any(json.loads(line).get("final") for line in lines):
+            pid = int(json.loads(lines[-1])["pid"])
+            if descends_from(pid, node.pid):
+                return pid
+    return None
+
+
+def test_losing_the_worker_node_costs_only_the_trials_it_ran(two_node_cluster, tmp_path):
+    """Last of this module: it stops the cluster's second node while one of its trials trains. Tune runs that
+    trial again on the head from its checkpoint; the search ends normally with every record in agreement."""
+    cfg = write_config(tmp_path, "lose-worker", f"sqlite:///{tmp_path / 'mlflow.db'}", epochs=[3])
+    data = yaml.safe_load(cfg.read_text())
+    data["budget"].update(trials=4, concurrency=2, max_failures=1)
+    data["training"]["train_limit"] = 512  # epochs long enough to stop the node between two of them
+    cfg.write_text(yaml.safe_dump(data))
+    driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg), "--address",
+                               two_node_cluster["address"]], cwd=tmp_path, env=two_node_cluster["env"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        wait_for(lambda: trial_running_on(two_node_cluster["worker"], tmp_path / "runs" / "lose-worker"), 300,
+                 "a trial training on the worker node")
+        stop_group(two_node_cluster["worker"])
+        out, err = driver.communicate(timeout=600)
+    finally:
+        if driver.poll() is None:
+            stop_group(driver)
+    assert driver.returncode == 0, out[-2000:] + err[-3000:]
+    assert list(three_records(tmp_path, "lose-worker").values()) == [("COMPLETE", "FINISHED", "final")] * 4
+    assert child_runs(MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}"), "lose-worker")[0].info.status == "FINISHED"

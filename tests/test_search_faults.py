@@ -16,7 +16,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.helpers import child_runs, descendants, descends_from, wait_for, write_config
+from tests.helpers import (child_runs, descendants, descends_from, duplicate_steps, three_records, wait_for,
+                           write_config)
 
 
 
@@ -26,41 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 def pann(*args, cwd: Path, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=600, env={**os.environ, "RAY_AUTH_MODE": "disabled"}, **kwargs)
-
-
-def tune_records(folder: Path) -> dict[int, str]:
-    """Tune's record of each trial, by Optuna trial number: ``final`` (its last report), ``error`` or
-    ``unfinished``."""
-    records = {}
-    for trial in (t for t in folder.iterdir() if (t / "params.json").is_file()):
-        results = trial / "result.json"
-        lines = results.read_text().splitlines() if results.is_file() else []
-        number = json.loads((trial / "params.json").read_text())["optuna_trial"]
-        records[number] = "final" if any(json.loads(line).get("final") for line in lines) else \
-            "error" if (trial / "error.txt").is_file() else "unfinished"
-    return records
-
-
-def three_records(folder: Path, name: str) -> dict[int, tuple[str, str, str]]:
-    """(Optuna state, MLflow run status, Tune record) of every Optuna trial of search ``name``."""
-    study = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'runs' / name / 'optuna.db'}")
-    _, children = child_runs(MlflowClient(f"sqlite:///{folder / 'mlflow.db'}"), name)
-    mlflow = {int(c.data.tags["pann.trial_id"].removeprefix("optuna-")): c.info.status for c in children}
-    assert len(mlflow) == len(children), "one MLflow run per trial"
-    tune = tune_records(folder / "runs" / name)
-    return {t.number: (t.state.name, mlflow.get(t.number), tune.get(t.number)) for t in study.trials}
-
-
-def duplicate_steps(folder: Path, name: str) -> list[tuple[str, str]]:
-    """(trial, metric) pairs whose MLflow history holds a step twice."""
-    client = MlflowClient(f"sqlite:///{folder / 'mlflow.db'}")
-    found = []
-    for run in child_runs(client, name)[1]:
-        for key in run.data.metrics:
-            steps = [m.step for m in client.get_metric_history(run.info.run_id, key)]
-            if len(steps) != len(set(steps)):
-                found.append((run.data.tags["pann.trial_id"], key))
-    return found
 
 
 def test_invalid_config_lists_every_problem_and_creates_nothing(tmp_path):
