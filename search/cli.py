@@ -270,7 +270,7 @@ def build_full_parser() -> argparse.ArgumentParser:
 def _quiet_libraries() -> None:
     """What a command shows of the stack without ``--verbose``: its warnings, not its notices, tables and progress
     bars (MLflow's INFO lines and download bars, Optuna's "A new study created", Tune's experiment table and
-    TensorBoard hint, Ray's token-authentication notice for the local instance)."""
+    TensorBoard hint, Ray's token-authentication notice for the local instance, torch's CUDA_HOME notice)."""
     import logging
 
     import optuna.logging
@@ -281,6 +281,8 @@ def _quiet_libraries() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("alembic").setLevel(logging.WARNING)
     logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
+    # torch's compiler, on a machine without CUDA, on where it looked for CUDA_HOME: nothing a CPU search uses
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

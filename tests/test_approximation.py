@@ -39,6 +39,7 @@ def test_composite_stages_map_onto_next_interval():
     assert np.abs(stages[1](image) - 1).max() < np.abs(image - 1).max()
 
 
+@pytest.mark.slow
 def test_relu_for_precision_is_cheapest_and_no_deeper_than_lee():
     for alpha in range(4, 15):
         # Solved from scratch (the session's cache is empty) in every CPU, as the CLI and the search driver do:

@@ -74,6 +74,7 @@ def test_negative_margin_is_rejected_by_the_parser():
     assert result.returncode == 2 and "must be positive" in result.stderr
 
 
+@pytest.mark.slow
 def test_train_from_yaml_writes_loadable_weights(tmp_path):
     config = tmp_path / "train.yaml"
     config.write_text("model: resnet20\ndataset: synthetic\nepochs: 1\nbatch_size: 64\ntrain_limit: 128\n"

@@ -168,6 +168,7 @@ def pann_pareto(*args, cwd) -> subprocess.CompletedProcess:
                           text=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_pareto_command_by_run_id(store, tmp_path):
     uri, ids = store
     out = tmp_path / "front.json"

@@ -68,6 +68,7 @@ def test_shared_pretrained_resnets_load_strictly(shared_data, depth):
         assert torch.equal(loaded[key], value), key
 
 
+@pytest.mark.slow
 def test_shared_resnet20_backbone_accuracy(shared_data):
     model = resnet20(weights=shared_data / "resnet20_cifar10.pt")
     test = load_dataset("cifar10", "test", shared_data)

@@ -10,14 +10,17 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow import MlflowClient
 
-from tests.helpers import (BIN, child_runs, descends_from, free_port, listening, stop_group, three_records,
+from tests.helpers import (BIN, child_runs, descendants, free_port, listening, stop_group, three_records,
                            wait_for, write_config)
+
+pytestmark = pytest.mark.slow  # searches on real Ray: minutes (pytest -m 'not slow' skips them)
 
 
 def ray_env(tmp: Path) -> dict:
@@ -96,15 +99,16 @@ def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflo
     assert front and {p["run_id"] for p in front} <= finished
 
 
-def trial_running_on(node: subprocess.Popen, folder: Path) -> int | None:
-    """PID of a trial that has reported an epoch, not yet its end, from a process of ``node`` (a ``ray start``
-    this module started), from the ``pid`` Tune adds to every result."""
-    for results in folder.glob("*/result.json"):
-        lines = results.read_text().splitlines()
-        if lines and not any(json.loads(line).get("final") for line in lines):
-            pid = int(json.loads(lines[-1])["pid"])
-            if descends_from(pid, node.pid):
-                return pid
+def trial_running_on(node: subprocess.Popen) -> int | None:
+    """PID of a Ray worker of ``node`` (a ``ray start`` this module started) that is running a task, by its process
+    title (``ray::...``, not ``ray::IDLE``): on the worker node, only the search's trials run."""
+    for pid in descendants(node.pid):
+        try:
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        if title.startswith("ray::") and not title.startswith("ray::IDLE"):
+            return pid
     return None
 
 
@@ -119,9 +123,15 @@ def test_losing_the_worker_node_costs_only_the_trials_it_ran(two_node_cluster, t
     driver = subprocess.Popen([sys.executable, "-m", "search.cli", "search", str(cfg), "--address",
                                two_node_cluster["address"]], cwd=tmp_path, env=two_node_cluster["env"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    def on_worker() -> int | None:
+        if driver.poll() is not None:
+            raise AssertionError("the search ended before a trial trained on the worker node:\n"
+                                 + "".join(driver.communicate())[-3000:])
+        return trial_running_on(two_node_cluster["worker"])
+
     try:
-        wait_for(lambda: trial_running_on(two_node_cluster["worker"], tmp_path / "runs" / "lose-worker"), 300,
-                 "a trial training on the worker node")
+        wait_for(on_worker, 300, "a trial training on the worker node")
+        time.sleep(3)  # into its training
         stop_group(two_node_cluster["worker"])
         out, err = driver.communicate(timeout=600)
     finally:

@@ -19,6 +19,8 @@ from mlflow import MlflowClient
 from tests.helpers import (child_runs, descendants, descends_from, duplicate_steps, three_records, wait_for,
                            write_config)
 
+pytestmark = pytest.mark.slow  # searches on real Ray: minutes (pytest -m 'not slow' skips them)
+
 
 
 ROOT = Path(__file__).resolve().parents[1]

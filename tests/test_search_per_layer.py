@@ -18,6 +18,8 @@ from search import config
 from search.runner import run_search
 from tests.helpers import child_runs
 
+pytestmark = pytest.mark.slow  # searches on real Ray: minutes (pytest -m 'not slow' skips them)
+
 
 
 

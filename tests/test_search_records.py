@@ -19,6 +19,8 @@ from search.lock import search_lock
 from search.preflight import SearchError, check_same_config, record_config
 from tests.helpers import child_runs
 
+pytestmark = pytest.mark.slow  # searches on real Ray: minutes (pytest -m 'not slow' skips them)
+
 
 def pann(*args, cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=cwd, capture_output=True, text=True,

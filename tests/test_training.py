@@ -113,6 +113,7 @@ def test_non_finite_logits_count_as_wrong():
     assert (accuracy, loss) == (0.5, pytest.approx((right + MAX_LOSS) / 2))
 
 
+@pytest.mark.slow
 def test_training_learns_synthetic_data():
     result = train(tiny(epochs=3, train_limit=None), progress=False)
     assert result.history[-1]["val_accuracy"] > 0.5

@@ -1,3 +1,4 @@
+import pytest
 """``pann ui``: the MLflow UI for the store in the current folder, reachable on loopback only."""
 
 import os
@@ -31,6 +32,7 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+@pytest.mark.slow
 def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
     SearchRecorder(f"sqlite:///{tmp_path / 'mlflow.db'}", "pann-search").start_search("s", {"target_accuracy": 0.5})
     port = free_port()
