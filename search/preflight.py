@@ -6,9 +6,9 @@ started with) and its MLflow runs. :func:`plan` decides from them whether the se
 
 * new: refused when either record exists (``--resume`` continues it, ``--force-new`` discards it);
 * ``--resume``: continues Tune's experiment, with the config it started with (any other is refused, naming
-  each changed field); a search that already finished is left as it is (:class:`SearchFinished`). A search that left records but never checkpointed a trial (its driver died within
-  a second, or ``runs/`` is gone) is started again from the beginning when nothing of it finished; when
-  trials did finish, only ``--force-new`` goes on;
+  each changed field); a search that already finished is left as it is (:class:`SearchFinished`). A search that
+  left records but never checkpointed a trial (its driver died within a second, or ``runs/`` is gone) is started
+  again from the beginning when nothing of it finished; when trials did finish, only ``--force-new`` goes on;
 * ``--force-new``: deletes ``runs/NAME``, the search's MLflow runs and the model versions registered under them,
   then starts anew.
 """

@@ -132,7 +132,7 @@ def test_resources_refuse_a_preset_too_large_or_too_shallow():
 
 
 def test_go_heap_limit_leaves_the_python_side_its_room():
-    assert go_memory_limit(22.6) == "18GiB"  # the encrypted ResNet-20 of results section 9
+    assert go_memory_limit(22.6) == "18GiB"  # the encrypted ResNet-20 of docs/results.md, "What does it cost under encryption?"
     assert go_memory_limit(13.9, python_side_gib=2.0) == "11GiB"
     assert go_memory_limit(3.0) == "1GiB"
 

@@ -85,7 +85,8 @@ def _stage_degrees() -> tuple[int, ...]:
     odd = range(3, MAX_DEGREE + 1, 2)
     return tuple(d for d in odd
                  if not any(polynomial_cost.polynomial_depth(h) == polynomial_cost.polynomial_depth(d)
-                            and polynomial_cost.polynomial_multiplications(h) <= polynomial_cost.polynomial_multiplications(d)
+                            and polynomial_cost.polynomial_multiplications(h)
+                            <= polynomial_cost.polynomial_multiplications(d)
                             for h in odd if h > d))
 
 

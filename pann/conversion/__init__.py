@@ -13,6 +13,7 @@ from pann.conversion.groups import LayerGroups, layer_groups
 from pann.conversion.modules import PolyMaxPool2d, PolyReLU
 from pann.conversion.spec import PannSpec, SpecError, apply, load, spec_of
 
-__all__ = ["CORRECTIONS", "Correction", "CorrectionData", "LayerGroups", "NonPolynomialError", "PannSpec", "PolyMaxPool2d", "PolyReLU",
+__all__ = ["CORRECTIONS", "Correction", "CorrectionData", "LayerGroups", "NonPolynomialError", "PannSpec",
+           "PolyMaxPool2d", "PolyReLU",
            "SpecError", "apply", "apply_correction", "calibrate", "convert", "layer_groups", "load", "observers",
            "out_of_range_rate", "poly_modules", "prepare", "reset_out_of_range", "spec_of"]

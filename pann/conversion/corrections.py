@@ -80,7 +80,8 @@ def reestimate_batchnorm(pann: nn.Module, batches: Iterable[torch.Tensor], in_ra
 
     With ``in_range`` the images that :func:`in_range_images` rejects under ``pann`` as given (its
     statistics before the re-estimation) are left out first: on deep networks (ResNet-56) the few
-    augmented images that leave an interval decide the statistics otherwise (docs/results.md, section 6).
+    augmented images that leave an interval decide the statistics otherwise (docs/results.md, "What do the
+    corrections buy?").
     """
     inputs = list(batches)
     if not inputs:
@@ -129,7 +130,8 @@ def recalibrate_bounds(pann: nn.Module, batches: Iterable[torch.Tensor], margin:
     on the inputs that the recalibrated layers before it produce. This is what a backbone trained with
     polynomials in the loop (approximation-aware training) needs: with exact ReLUs, where
     :func:`pann.conversion.flow.calibrate` observes the ranges, it can be a different network (a ResNet-20 trained
-    with alpha-5 polynomials in 12 of its 19 ReLUs scores 10% with exact ReLUs; docs/results.md, section 7).
+    with alpha-5 polynomials in 12 of its 19 ReLUs scores 10% with exact ReLUs; docs/results.md, "What does training
+    buy?").
     Raises ``ValueError`` without data or polynomial layers.
     """
     images = list(batches)

@@ -212,7 +212,8 @@ def apply(observed: nn.Module, spec: PannSpec, **options: Any) -> nn.Module:
     """The PANN of a prepared model with each layer's approximation and ``B`` taken from ``spec``.
 
     Raises ``ValueError`` naming the layers of the spec that the model lacks and those it has that the spec
-    lacks, or a layer whose kind differs. ``options`` go to :func:`pann.conversion.flow.convert` (``dtype``, ``compiled``).
+    lacks, or a layer whose kind differs. ``options`` go to :func:`pann.conversion.flow.convert` (``dtype``,
+    ``compiled``).
     The spec's batch-norm statistics, if any, replace the model's (``ValueError`` when they do not fit).
     """
     found = observers(observed)

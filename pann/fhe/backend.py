@@ -30,8 +30,8 @@ from pann.fhe.reference import ImageResult, compare, plaintext
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
 from pann.fhe.progress import CompileLines, Progress, images_left
 from pann.fhe import layers as fhe_layers
-__all__ = ["CheckReport", "FheUnavailable", "ImageResult", "Progress", "UnsupportedLayerError", "build_network", "check", "dry_run",
-           "orion_modules"]
+__all__ = ["CheckReport", "FheUnavailable", "ImageResult", "Progress", "UnsupportedLayerError", "build_network", "check",
+           "dry_run", "orion_modules"]
 
 logger = logging.getLogger(__name__)
 

@@ -133,14 +133,16 @@ def available_memory_gib(meminfo: str | Path = "/proc/meminfo") -> float:
 
 
 # What the process holds outside Lattigo's Go heap (Python, torch, Orion's network and data), with room to spare:
-# measured 1.5 GiB beside an 18 GiB Go heap for the encrypted ResNet-20 (docs/results.md section 9).
+# measured 1.5 GiB beside an 18 GiB Go heap for the encrypted ResNet-20 (docs/results.md, "What does it cost under
+# encryption?").
 PYTHON_SIDE_GIB = 4.0
 
 
 def go_memory_limit(available_gib: float, python_side_gib: float = PYTHON_SIDE_GIB) -> str:
     """``GOMEMLIMIT`` for Lattigo's Go runtime: what is available less what the Python side holds, in whole GiB
     (at least 1). Near this soft limit Go collects and returns freed memory to the system at once; without it the
-    heap that compilation leaves behind plus the bootstrapper outgrew a 23 GiB machine (results section 9)."""
+    heap that compilation leaves behind plus the bootstrapper outgrew a 23 GiB machine (docs/results.md, "What does it
+    cost under encryption?")."""
     return f"{max(1, math.floor(available_gib - python_side_gib))}GiB"
 
 
