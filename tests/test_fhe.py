@@ -5,6 +5,7 @@ Tests that need ``orion-fhe`` skip with the reason where it is not installed
 """
 
 import importlib.util
+import os
 import subprocess
 import sys
 
@@ -225,3 +226,27 @@ def test_cli_explains_bad_input_in_one_line(params, blocked, expected):
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert expected in run.stderr
+
+
+def test_a_dead_checks_work_folder_is_removed_by_the_next_and_a_live_ones_is_kept(tmp_path, caplog):
+    import json
+    import socket
+
+    from pann.fhe.workdir import PREFIX, clean_leftovers, work_folder
+
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)  # a process that has ended
+    for name, pid in (("dead", dead_pid), ("live", os.getpid())):
+        folder = tmp_path / f"{PREFIX}{name}"
+        (folder / "keys").mkdir(parents=True)
+        (folder / "keys" / "diagonals.bin").write_bytes(b"\0" * 4096)
+        (folder / "owner.json").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "started": "t"}))
+    (tmp_path / f"{PREFIX}anonymous").mkdir()  # no owner record: named, not removed
+    with caplog.at_level("WARNING", logger="pann.fhe.workdir"):
+        with work_folder(tmp_path) as mine:
+            assert json.loads((mine / "owner.json").read_text())["pid"] == os.getpid()
+            left = sorted(p.name for p in tmp_path.iterdir())
+        assert not mine.exists()
+    assert left == sorted([f"{PREFIX}anonymous", f"{PREFIX}live", mine.name])
+    assert f"removed {tmp_path / (PREFIX + 'dead')}" in caplog.text and "names no owner" in caplog.text
+    assert clean_leftovers(tmp_path) == []  # the live run's folder stays

@@ -15,7 +15,6 @@ import functools
 import importlib.metadata
 import io
 import logging
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -29,6 +28,7 @@ from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, s
 from pann.fhe.reference import ImageResult, compare, plaintext
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
 from pann.fhe.progress import CompileLines, Progress, images_left
+from pann.fhe.workdir import work_folder
 from pann.fhe import layers as fhe_layers
 __all__ = ["CheckReport", "FheUnavailable", "ImageResult", "Progress", "UnsupportedLayerError", "build_network", "check",
            "dry_run", "orion_modules"]
@@ -146,7 +146,8 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
 
     ``images`` are the PANN's inputs ``(N, C, H, W)``; ``calibration`` (default: ``images``)
     sets the ranges Orion scales bootstrap inputs by. Keys and matrix diagonals go to a
-    temporary folder under ``workdir`` where the preset says ``io_mode: save``. ``progress``, if
+    work folder under ``workdir`` where the preset says ``io_mode: save`` (:mod:`pann.fhe.workdir`: removed after
+    the check, and by the next check when this one dies). ``progress``, if
     given, receives a :class:`~pann.fhe.progress.Progress` at each compile phase and after each
     layer of each image. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
     ``ValueError`` for bad parameters or when the memory estimate exceeds this machine's
@@ -168,8 +169,8 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     start = time.perf_counter()
     clock = lambda: time.perf_counter() - start  # noqa: E731
     lines = CompileLines(progress, clock) if progress else None
-    with tempfile.TemporaryDirectory(prefix="pann-fhe-", dir=workdir) as folder:
-        scheme, input_level = _compile(network, params, calibration_inputs, Path(folder), lines)
+    with work_folder(workdir) as folder:
+        scheme, input_level = _compile(network, params, calibration_inputs, folder, lines)
         compile_seconds = clock()
         logger.info("compiled in %.1f s; input at level %d", compile_seconds, input_level)
         results: list[ImageResult] = []
