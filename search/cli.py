@@ -56,12 +56,8 @@ def _close_records(search, why: str) -> None:
     Optuna's running trials stay for --resume to adopt), and one line saying so."""
     from tracking.recorder import SearchRecorder
 
-    done = ""
-    recorder = SearchRecorder(search.tracking_uri, search.experiment)
-    if recorder.search_exists(search.name):
-        recorder.start_search(search.name, {})
-        done = f" after {recorder.finished_trials()} of {search.trials} trials"
-        recorder.finish_search("FAILED")
+    finished = SearchRecorder(search.tracking_uri, search.experiment).close_search(search.name, "FAILED")
+    done = "" if finished is None else f" after {finished} of {search.trials} trials"
     print(f"pann search: search {search.name!r} stopped{done}: its driver {why} (a lost Ray node or out of "
           "memory?); its records are closed; continue it with --resume", file=sys.stderr)
 

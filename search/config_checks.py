@@ -339,5 +339,6 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
         problems.append(f"space.epochs: granularity {merged['granularity']!r} searches post-training "
                         "approximations; epochs must be 0")
     merged["space"] = dict(space)
-    if merged.get("strategy") in strategies():
-        problems += strategies()[merged["strategy"]].problems(merged)
+    strategy = strategies().get(merged.get("strategy"))
+    if strategy is not None:
+        problems += strategy.problems(merged)

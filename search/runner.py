@@ -8,8 +8,10 @@ trial it stops reaches Optuna as PRUNED.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
+import threading
 import time
 
 import ray
@@ -135,7 +137,23 @@ def run_search(search: SearchConfig, address: str | None = None, resume: bool = 
         try:
             return _run(search, strategy, resume, progress)
         finally:
-            ray.shutdown()
+            with _uninterrupted():
+                ray.shutdown()
+
+
+@contextlib.contextmanager
+def _uninterrupted():
+    """Closing the records and stopping Ray, a later Ctrl-C or SIGTERM (an impatient second one) is ignored: the
+    search is stopping already, and an interrupt here would leave the records half closed."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _run(search: SearchConfig, strategy: Strategy, resume: bool, progress) -> answer.SearchOutcome:
@@ -155,11 +173,8 @@ def _run(search: SearchConfig, strategy: Strategy, resume: bool, progress) -> an
         _check_ended(search, results, ending)
         outcome = answer.outcome(search, strategy.groups, recorder, results)
     except BaseException as exc:  # the parent run must not stay RUNNING
-        finished = None
-        if recorder.parent_id is not None or recorder.search_exists(search.name):
-            recorder.start_search(search.name, {})
-            finished = recorder.finished_trials()
-            recorder.finish_search("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
+        with _uninterrupted():
+            finished = recorder.close_search(search.name, "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED")
         if isinstance(exc, KeyboardInterrupt) and not isinstance(exc, SearchInterrupted):
             # a second Ctrl-C (or SIGTERM) while Tune was stopping: the search stopped all the same
             done = "" if finished is None else f" after {finished} of {search.trials} trials"

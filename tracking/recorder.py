@@ -141,6 +141,16 @@ class SearchRecorder:
         return sum(r.info.status == RunStatus.to_string(RunStatus.FINISHED)
                    for r in self._find({MLFLOW_PARENT_RUN_ID: self.parent_id}))
 
+    def close_search(self, name: str, status: str) -> int | None:
+        """Close the records of search ``name`` that stopped before its end (``status``: KILLED or FAILED; trial
+        runs still RUNNING become KILLED); how many of its trials had FINISHED, None when it has no records."""
+        if self.parent_id is None and not self.search_exists(name):
+            return None
+        self.start_search(name, {})
+        finished = self.finished_trials()
+        self.finish_search(status)
+        return finished
+
     def finish_search(self, status: str = "FINISHED") -> None:
         self.close_dangling()
         self.client.set_terminated(self.parent_id, status)

@@ -84,18 +84,26 @@ def _store_exists(uri: str) -> bool:
     return not uri.startswith("sqlite:///") or Path(uri.removeprefix("sqlite:///")).is_file()
 
 
-def recorded_search(uri: str, experiment: str, name: str) -> tuple[list[str], int] | None:
-    """Read only (a sqlite store that is not there is not created): the run ids of search ``name`` in
-    ``experiment`` (its parent first, then its trials' runs) and how many trial runs FINISHED; None if none."""
+def _parent_runs(uri: str, experiment: str, name: str) -> tuple[MlflowClient | None, str | None, list]:
+    """Read only (a sqlite store that is not there is not created): a client, the experiment's id and the parent
+    runs of search ``name`` in ``experiment`` (none when either is missing)."""
     if not _store_exists(uri):
-        return None
+        return None, None, []
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
-    parents = client.search_runs([found.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}'") if found else []
+    if found is None:
+        return client, None, []
+    return client, found.experiment_id, client.search_runs([found.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}'")
+
+
+def recorded_search(uri: str, experiment: str, name: str) -> tuple[list[str], int] | None:
+    """Read only: the run ids of search ``name`` in ``experiment`` (its parent first, then its trials' runs) and
+    how many trial runs FINISHED; None if none."""
+    client, experiment_id, parents = _parent_runs(uri, experiment, name)
     if not parents:
         return None
     children = [r for p in parents for r in client.search_runs(
-        [found.experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{p.info.run_id}'")]
+        [experiment_id], f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{p.info.run_id}'")]
     finished = sum(r.info.status == RunStatus.to_string(RunStatus.FINISHED) for r in children)
     return [r.info.run_id for r in parents + children], finished
 
@@ -103,10 +111,5 @@ def recorded_search(uri: str, experiment: str, name: str) -> tuple[list[str], in
 def finished_search(uri: str, experiment: str, name: str) -> str | None:
     """Read only: the parent run id of search ``name`` in ``experiment`` when that search ran to its end (its parent
     run FINISHED, its answer recorded); None otherwise."""
-    if not _store_exists(uri):
-        return None
-    client = MlflowClient(uri)
-    found = client.get_experiment_by_name(experiment)
-    parents = client.search_runs([found.experiment_id], f"tags.`{SEARCH_TAG}` = '{name}'") if found else []
-    done = [r for r in parents if r.info.status == RunStatus.to_string(RunStatus.FINISHED)]
+    done = [r for r in _parent_runs(uri, experiment, name)[2] if r.info.status == RunStatus.to_string(RunStatus.FINISHED)]
     return done[0].info.run_id if done else None

@@ -125,22 +125,24 @@ class OptunaStrategy(Strategy):
     def _storage(self) -> str:
         return f"sqlite:///{self.search.run_dir / 'optuna.db'}"
 
-    def _running(self) -> list[optuna.trial.FrozenTrial]:
-        study = optuna.load_study(study_name=self.search.name, storage=self._storage())
+    def _study(self) -> optuna.Study:
+        return optuna.load_study(study_name=self.search.name, storage=self._storage())
+
+    def _running(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
         return study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
     def cut_off(self, results) -> bool:
         """A trial Tune started, without an error, that the study still holds RUNNING was cut off (ASHA's stops
         are told, PRUNED), and so were the trials never started."""
-        running = {t.number for t in self._running()}
+        running = {t.number for t in self._running(self._study())}
         return len(results) < self.search.trials or any(
             r.error is None and (r.config or {}).get("optuna_trial") in running for r in results)
 
     def close_unfinished(self, ending: str) -> None:
         """Trials still RUNNING in the study: PRUNED when the time budget stopped them (Tune tells the searcher
         nothing then), FAIL otherwise (asked for, never run)."""
-        study = optuna.load_study(study_name=self.search.name, storage=self._storage())
+        study = self._study()
         state = TrialState.PRUNED if ending == "budget" else TrialState.FAIL
-        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for trial in self._running(study):
             study.tell(trial.number, state=state)
 
