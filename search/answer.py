@@ -8,12 +8,19 @@ import json
 import logging
 from dataclasses import dataclass, field
 
+from pann.approximation.catalog import relu_for_precision
+from pann.conversion.flow import prepare
+from pann.cost.network import level_trace, network_cost
 from pann.cost.objectives import COST_METRICS
+from pann.cost.preset import load_preset
 from pann.data import NUM_CLASSES
+from pann.models.builders import build_model
 from search.callback import run_key, search_params
 from search.config import SearchConfig
+from search.space import group_alphas
 from search.trial import answer_pann, backbone_for, measure, splits_for
 from tracking.answer_model import log_answer_model
+from tracking.answer_picture import answer_picture
 from tracking.front import Point, pareto_front
 from tracking.front_export import export_front
 from tracking.recorder import SearchRecorder
@@ -80,7 +87,7 @@ def _confirm(search: SearchConfig, groups, points: list[Point]) -> tuple[Point |
         return (candidates[0] if candidates else None), None, []
     checked = []
     for point in candidates:
-        backbone = backbone_for(search, point.params)
+        backbone = backbone_for(search, groups, point.params)
         score = measure(search, groups, point.params, backbone, "confirmation", neighbours=False)[0]["accuracy"]
         checked.append((point, score))
         logger.info("  confirming %s (alpha %.2f): %.2f%% on %d confirmation images", point.trial, point.alpha,
@@ -101,6 +108,32 @@ def _register(search: SearchConfig, groups, answer: Point, parent_id: str, spec:
     logger.info("answer registered as %s", uri)
 
 
+def _uniform_reference(search: SearchConfig, groups, points: list[Point]) -> Point | None:
+    """The cheapest validation-feasible point with one alpha everywhere (what a per-layer answer must beat);
+    None at granularity network, where every point is uniform."""
+    if groups.per_network:
+        return None
+    uniform = [p for p in points if p.accuracy >= search.validation_target
+               and len(set(group_alphas(p.params, groups).values())) == 1]
+    return min(uniform, key=lambda p: (p.cost(search.cost), -p.accuracy), default=None)
+
+
+def draw_answer(search: SearchConfig, groups, answer: Point, reference: Point | None, path) -> None:
+    """The picture of ``answer`` (:func:`tracking.answer_picture.answer_picture`) beside ``reference``."""
+    observed = prepare(build_model(search.model, NUM_CLASSES[search.dataset]))
+    preset = load_preset(search.preset)
+    drawn = []
+    for label, point in (("answer", answer), ("uniform", reference)):
+        if point is None:
+            continue
+        alphas = groups.expand(group_alphas(point.params, groups))
+        approximations = {name: relu_for_precision(a) for name, a in alphas.items()}
+        cost = network_cost(observed, preset, approximations)
+        drawn.append((f"{label} ({100 * point.accuracy:.2f}% validation)", alphas,
+                      level_trace(observed, preset, approximations), cost.bootstraps, cost.polynomial_levels))
+    answer_picture(path, drawn, f"{search.name}: the answer under {search.preset}")
+
+
 def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> SearchOutcome:
     parent_id = recorder.start_search(search.name, search_params(search))
     points = _points(results, recorder.trial_run_ids)
@@ -109,7 +142,7 @@ def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> 
     answer, confirmation, checked = _confirm(search, groups, points)
     test_accuracy = None
     if answer is not None:
-        record = measure(search, groups, answer.params, backbone_for(search, answer.params), "test",
+        record = measure(search, groups, answer.params, backbone_for(search, groups, answer.params), "test",
                          neighbours=False)[0]
         test_accuracy = record["accuracy"]
         metrics = {"lowest_alpha": answer.alpha, "answer_validation_accuracy": answer.accuracy,
@@ -124,6 +157,9 @@ def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> 
                                  "trial": answer.trial, "config": dict(answer.params)}, "answer.json")
         recorder.log_dict(None, record["spec"], "answer_spec.json")
         _register(search, groups, answer, parent_id, record["spec"], test_accuracy)
+        picture = search.run_dir / "answer.png"
+        draw_answer(search, groups, answer, _uniform_reference(search, groups, points), picture)
+        recorder.client.log_artifact(parent_id, str(picture))
     export_dir = search.run_dir / "pareto"
     for suffix in ("csv", "json", "png", "html"):
         export_front(export_dir / f"front.{suffix}", points, search.validation_target, title=search.name,

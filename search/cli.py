@@ -131,6 +131,10 @@ def cmd_export(args: argparse.Namespace) -> None:
     except Exception as exc:  # noqa: BLE001 - MLflow raises several types for a missing run or artifact
         raise ValueError(f"run {args.run_id} has no answer (answer.json) in {uri}: {exc}".splitlines()[0]) from None
     client.download_artifacts(args.run_id, "answer_spec.json", str(args.out))
+    artifacts = {a.path for a in client.list_artifacts(args.run_id)}
+    picture = "answer.png" in artifacts  # the answer drawn (searches since the picture was added)
+    if picture:
+        client.download_artifacts(args.run_id, "answer.png", str(args.out))
     backbone = answer["config"].get("backbone")
     if backbone:
         shutil.copy(backbone, args.out / "backbone.pt")
@@ -140,7 +144,7 @@ def cmd_export(args: argparse.Namespace) -> None:
         mlflow.artifacts.download_artifacts(f"models:/{versions[0].name}/{versions[0].version}",
                                             dst_path=str(args.out / "mlflow_model"))
     print(f"answer of run {args.run_id} written to {args.out}: answer.json, answer_spec.json"
-          + (", backbone.pt" if backbone else "") + (", mlflow_model/" if versions else "")
+          + (", answer.png" if picture else "") + (", backbone.pt" if backbone else "") + (", mlflow_model/" if versions else "")
           + f"; rebuild with: pann evaluate --model {model} "
           f"--weights {args.out / 'backbone.pt'} --spec {args.out / 'answer_spec.json'}")
 

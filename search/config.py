@@ -15,7 +15,7 @@ from typing import Any
 from pann.files import read_yaml
 from pann.training.trainer import TrainConfig
 from pann.user_input import ProblemsError
-from search.config_checks import (TRAINING_DIMENSIONS, check_backbone, check_budget, check_identity, check_search,
+from search.config_checks import (AT_POINT, TRAINING_DIMENSIONS, check_backbone, check_budget, check_identity, check_search,
                                   check_space, check_training, field_path, flatten)  # noqa: F401 (field_path)
 
 class SearchConfigError(ProblemsError):
@@ -97,15 +97,32 @@ class SearchConfig:
         """Trained backbones, keyed by their training settings, shared by every search in ``storage``."""
         return Path(self.storage) / "backbones"
 
-    def train_config(self, point: Mapping[str, Any]) -> TrainConfig | None:
-        """The training run a sampled point needs, or None when it uses the pretrained weights as they are."""
-        if point.get("epochs", self.training.get("epochs", 0)) == 0:
+    def trains(self, point: Mapping[str, Any]) -> bool:
+        """Whether a sampled point trains its backbone (``epochs`` > 0) rather than converting the pretrained one."""
+        return point.get("epochs", self.training.get("epochs", 0)) != 0
+
+    def trains_at_point(self, point: Mapping[str, Any]) -> bool:
+        """Whether a point's candidate is trained with its own polynomials in the loop (``leakage_alpha: point``):
+        every layer at the alpha the point gives it. Such a network is good at that configuration only."""
+        return self.trains(point) and point.get("leakage_alpha") == AT_POINT
+
+    def train_config(self, point: Mapping[str, Any], layer_alphas: Mapping[str, float] | None = None) -> TrainConfig | None:
+        """The training run a sampled point needs, or None when it uses the pretrained weights as they are.
+        A point trained at its own alphas (:meth:`trains_at_point`) needs them, by activation layer, in
+        ``layer_alphas``."""
+        if not self.trains(point):
             return None
         settings = {**self.training, "model": self.model, "dataset": self.dataset, "data_dir": self.data_dir,
                     "pretrained": self.weights, "validation_size": self.validation_size}
         for name in TRAINING_DIMENSIONS:
             if name in point:
                 settings["alpha" if name == "leakage_alpha" else name] = point[name]
+        if self.trains_at_point(point):
+            if not layer_alphas:
+                raise ValueError("a point trained at its own alphas needs them (layer_alphas)")
+            alphas = sorted(set(layer_alphas.values()))
+            # One alpha everywhere trains (and is stored) as the uniform network it is.
+            settings.update(alpha=alphas[-1], layer_alphas=dict(layer_alphas) if len(alphas) > 1 else None)
         return TrainConfig(**settings)
 
 

@@ -40,6 +40,9 @@ TRAINING_DIMENSIONS = ("epochs", "lr", "weight_decay", "mixup_alpha", "leakage",
                        "noise_factor", "slope", "distill_weight", "distill_temperature", "alpha_start",
                        "alpha_granularity")
 APPROXIMATION_DIMENSIONS = ("alpha", "scope", "margin", "correction")
+# space.leakage_alpha: [point] trains each candidate with its own polynomials in the loop, every layer at the alpha
+# the point gives it (a network trained at one configuration is good at that one only).
+AT_POINT = "point"
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
 # dimension of the search space overrides the training section's value.
 _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", "validation_size"}
@@ -129,6 +132,8 @@ def _value_problems(name: str, value: Any, base: Mapping[str, Any]) -> list[str]
         return [] if _is_number(value) and value > 0 else [f"{where}: {value!r} must be positive"]
     if name == "correction":
         return [] if value in CORRECTIONS else [f"{where}: {value!r} is not one of {', '.join(CORRECTIONS)}"]
+    if name == "leakage_alpha" and value == AT_POINT:
+        return []
     # A training dimension: let TrainConfig judge the value.
     field_name = "alpha" if name == "leakage_alpha" else name
     trial = TrainConfig(**{**base, field_name: value})
@@ -269,13 +274,17 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
          "search.validation_margin", "must be a number >= 0 with target_accuracy + margin <= 1 "
          "(e.g. 0.005: half a point)")
     per_network = merged["granularity"] in GRANULARITIES and is_per_network(merged["granularity"])
+    at_point = _trains_at_point(merged.get("space"))
     if merged["neighbours"] is None:
-        merged["neighbours"] = 1 if per_network else 0
+        merged["neighbours"] = 1 if per_network and not at_point else 0
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",
          "must be an integer >= 0")
     if not per_network and merged["neighbours"]:
         problems.append(f"search.neighbours: must be 0 with granularity {merged['granularity']!r} "
                         "(neighbouring alphas shift the whole network)")
+    elif at_point and merged["neighbours"]:
+        problems.append("search.neighbours: must be 0 when candidates train at their own alphas (space.leakage_alpha: "
+                        "[point]): a network trained at one alpha is good at that one only")
     try:  # every trial reports its network cost under the preset
         load_preset(merged["preset"])
     except (ValueError, FileNotFoundError) as exc:
@@ -302,6 +311,32 @@ def check_training(merged: dict[str, Any], problems: list[str]) -> dict[str, Any
             "pretrained": merged["weights"] if merged.get("weights") and Path(merged["weights"]).is_file() else None}
     problems += [f"training.{p}" for p in TrainConfig(**base).problems()]
     return base
+
+
+def _trains_at_point(space: Any) -> bool:
+    return isinstance(space, Mapping) and AT_POINT in _dimension_values("leakage_alpha", space.get("leakage_alpha"))[0]
+
+
+def _at_point_problems(space: Mapping[str, Any], merged: Mapping[str, Any], trains: bool, per_layer: bool) -> list[str]:
+    """Training at the point's own alphas: only with approximation-aware training, not mixed with fixed
+    training alphas; a per-layer search that trains must train that way."""
+    if not _trains_at_point(space):
+        if per_layer and trains:
+            return [f"space.epochs: granularity {merged['granularity']!r} trains each candidate at its own alphas: "
+                    "add space.leakage_alpha: [point] and space.leakage: [approximation-aware] (or set epochs to 0 "
+                    "for a post-training search)"]
+        return []
+    problems = []
+    if _dimension_values("leakage_alpha", space["leakage_alpha"])[0] != [AT_POINT]:
+        problems.append(f"space.leakage_alpha: {AT_POINT!r} (every candidate trained at its own alphas) cannot be "
+                        "mixed with fixed training alphas")
+    leakage = _dimension_values("leakage", space.get("leakage", [merged["training"].get("leakage", "none")]))[0]
+    if leakage != ["approximation-aware"]:
+        problems.append("space.leakage: training at the point's own alphas needs [approximation-aware] "
+                        f"(got {leakage!r})")
+    if not trains:
+        problems.append(f"space.leakage_alpha: {AT_POINT!r} trains each candidate; give space.epochs a value > 0")
+    return problems
 
 
 def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[str]) -> None:
@@ -335,9 +370,8 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
     epochs, _ = _dimension_values("epochs", space.get("epochs", [merged["training"].get("epochs", 0)]))
     if merged["weights"] is None and any(e == 0 for e in epochs if _is_number(e)):
         problems.append("space.epochs: 0 (no training) needs backbone.weights")
-    if per_layer and any(e != 0 for e in epochs if _is_number(e)):
-        problems.append(f"space.epochs: granularity {merged['granularity']!r} searches post-training "
-                        "approximations; epochs must be 0")
+    trains = any(e != 0 for e in epochs if _is_number(e))
+    problems += _at_point_problems(space, merged, trains, per_layer)
     merged["space"] = dict(space)
     strategy = strategies().get(merged.get("strategy"))
     if strategy is not None:

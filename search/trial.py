@@ -23,7 +23,7 @@ from ray import tune
 from pann.approximation.catalog import relu_for_precision
 from pann.conversion.flow import (calibrate, convert, observers, out_of_range_rate, poly_modules, prepare,
                           reset_out_of_range)
-from pann.conversion.corrections import CORRECTIONS, CorrectionData, apply_correction
+from pann.conversion.corrections import CORRECTIONS, CorrectionData, apply_correction, recalibrate_bounds
 from pann.cost.preset import load_preset
 from pann.data import NUM_CLASSES
 from pann.evaluate import accuracies_and_losses, accuracy
@@ -69,10 +69,12 @@ def batchnorm_batches(search: SearchConfig) -> list[torch.Tensor]:
     return _memoized(("batchnorm", *_splits_key(search), search.seed), make)
 
 
-def backbone_for(search: SearchConfig, point: Mapping[str, Any], report=None) -> Backbone:
-    """The backbone a point needs: the pretrained weights, or the store's backbone for its training settings.
-    Outside a trial (``report=None``) it never trains."""
-    config = search.train_config(point)
+def backbone_for(search: SearchConfig, groups: LayerGroups, point: Mapping[str, Any], report=None) -> Backbone:
+    """The backbone a point needs: the pretrained weights, or the store's backbone for its training settings
+    (for a point trained at its own alphas, those alphas are training settings). Outside a trial
+    (``report=None``) it never trains."""
+    at_point = groups.expand(group_alphas(point, groups)) if search.trains_at_point(point) else None
+    config = search.train_config(point, at_point)
     if config is None:
         model = build_model(search.model, NUM_CLASSES[search.dataset], search.weights)
         return Backbone(model, Path(search.weights) if search.weights else None)
@@ -122,11 +124,16 @@ def correction_data(search: SearchConfig, margin: float = 1.0) -> CorrectionData
 def build_pann(observed: torch.nn.Module, layer_alphas: Mapping[str, float], point: Mapping[str, Any],
                search: SearchConfig, compiled: bool) -> torch.nn.Module:
     """The PANN of a point: each layer at its alpha, the point's interval scope and margin, and its correction
-    (one of :data:`pann.conversion.corrections.CORRECTIONS`, measured on :func:`correction_data`)."""
+    (one of :data:`pann.conversion.corrections.CORRECTIONS`, measured on :func:`correction_data`). A network
+    trained at its own alphas has its intervals measured under the PANN first: its exact-ReLU version, which
+    ``observed`` was calibrated on, is a different network."""
     approximations = {name: relu_for_precision(alpha) for name, alpha in layer_alphas.items()}
     margin = point.get("margin", 1.0)
     pann = convert(observed, approximations, point.get("scope", "layer"), margin, compiled=compiled).eval()
-    apply_correction(pann, point.get("correction", "none"), correction_data(search, margin))
+    data = correction_data(search, margin)
+    if search.trains_at_point(point):
+        recalibrate_bounds(pann, data.calibration(), margin)
+    apply_correction(pann, point.get("correction", "none"), data)
     reset_out_of_range(pann)  # count only the scored images
     return pann
 
@@ -171,7 +178,7 @@ def answer_pann(search: SearchConfig, groups: LayerGroups, point: Mapping[str, A
     """The PANN of a point, eager (``compiled=False``: portable, it is pickled into an MLflow model), with its
     correction measured as the trials measured it (on the compiled PANN when the search compiles): the same
     batch-norm statistics as its spec, the same leakage offsets and bounds."""
-    observed = observed_model(backbone_for(search, point), splits_for(search), search)
+    observed = observed_model(backbone_for(search, groups, point), splits_for(search), search)
     layer_alphas = groups.expand(group_alphas(point, groups))
     measured = build_pann(observed, layer_alphas, point, search, search.compile)
     if not search.compile:
@@ -189,7 +196,8 @@ def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base
     def report(model, epoch: int, metrics: dict[str, float], state_dir: Path) -> None:
         main = measure(search, groups, {**point, "correction": "none"}, Backbone(model, None))[0]
         tune.report({**base, "epoch": epoch, "train_loss": metrics["train_loss"], "val_loss": metrics["val_loss"],
-                     "backbone_accuracy": metrics["val_accuracy"], "accuracy": main["accuracy"]},
+                     "backbone_accuracy": metrics["val_accuracy"], "accuracy": main["accuracy"],
+                     "loss": main["loss"]},
                     checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
     return report
 
@@ -221,7 +229,7 @@ def measure_point(point: dict[str, Any], search: SearchConfig, groups: LayerGrou
     layer_alphas = groups.expand(sampled)
     base = {OBJECTIVES["alpha"].metric: sum(layer_alphas.values()) / len(layer_alphas),
             "depth": max(relu_for_precision(a).depth for a in sampled.values())}
-    backbone = backbone_for(search, point, _epoch_reporter(search, groups, point, base))
+    backbone = backbone_for(search, groups, point, _epoch_reporter(search, groups, point, base))
     records = measure(search, groups, point, backbone)
     main = next(r for r in records if r["group_alphas"] == sampled)
     splits = splits_for(search)

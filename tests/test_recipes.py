@@ -79,6 +79,25 @@ def test_precision_schedule_swaps_the_polynomial_of_every_aware_relu():
         PrecisionSchedule(resnet20(), 4, 2, 1, 3)
 
 
+def test_a_per_layer_schedule_lowers_every_layer_from_the_start_to_its_own_alpha():
+    model = replace_activations(resnet20(), lambda: ApproximationAwareReLU(relu_for_precision(2)),
+                                require_polynomial=False)
+    names = [n for n, m in model.named_modules() if isinstance(m, ApproximationAwareReLU)]
+    targets = {n: 2 if i % 2 else 3 for i, n in enumerate(names)}
+    schedule = PrecisionSchedule(model, 4, targets, epochs=3, steps_per_epoch=1)
+    modules = dict(model.named_modules())
+    seen = []
+    for epoch in range(3):
+        mean = schedule.step(epoch, 0)
+        alphas = {n: modules[n].polynomial.approximation for n in names}
+        seen.append([alphas[names[0]], alphas[names[1]]])
+        assert mean == pytest.approx(sum(schedule.current.values()) / len(names))
+    # 4 -> 3 over 3 epochs for the first layer (4, 3, 3); 4 -> 2 for the second (4, 3, 2)
+    assert seen == [[relu_for_precision(a) for a in pair] for pair in ([4, 4], [3, 3], [3, 2])]
+    with pytest.raises(ValueError, match="no target alpha for"):
+        PrecisionSchedule(model, 4, {names[0]: 2}, epochs=1, steps_per_epoch=1)
+
+
 @pytest.fixture
 def weights(tmp_path):
     path = tmp_path / "untrained.pt"
@@ -229,5 +248,18 @@ def test_layer_alphas_reach_training_and_bad_ones_are_listed():
             TrainConfig.from_dict(dict(leakage="approximation-aware", layer_alphas=bad))
     with pytest.raises(ConfigError, match="per-layer alphas need leakage 'approximation-aware'"):
         TrainConfig.from_dict(dict(layer_alphas={"stem": 6}))
-    with pytest.raises(ConfigError, match="precision schedule .* not supported"):
-        TrainConfig.from_dict(dict(leakage="approximation-aware", alpha=6, alpha_start=8, layer_alphas={"stem": 6}))
+    with pytest.raises(ConfigError, match=r"every alpha must be at most alpha_start \(8\)"):
+        TrainConfig.from_dict(dict(leakage="approximation-aware", alpha=6, alpha_start=8, layer_alphas={"stem": 9}))
+
+
+def test_a_per_layer_network_lowers_progressively_and_draws_fresh_images_each_epoch():
+    aware = dict(leakage="approximation-aware", alpha=2, alpha_start=4, layer_alphas={"stem": 3},
+                 epochs=2, train_limit=256, epoch_images=64)
+    history = train(tiny(**aware), progress=False).history  # one step an epoch: 4 everywhere, then 3 and 2
+    assert [m["alpha"] for m in history] == [4, (3 + 18 * 2) / 19]
+    again = train(tiny(**aware), progress=False).history
+    assert [m["train_loss"] for m in again] == [m["train_loss"] for m in history]  # seeded draws
+    whole = train(tiny(**{**aware, "epoch_images": None}), progress=False).history
+    assert whole[0]["train_loss"] != history[0]["train_loss"]
+    with pytest.raises(ConfigError, match="epoch_images: must be a positive integer"):
+        tiny(epoch_images=0)

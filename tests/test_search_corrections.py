@@ -59,11 +59,11 @@ def test_a_trial_pann_gets_the_statistics_of_its_norm_inputs_on_augmented_traini
     generator = torch.Generator().manual_seed(search.seed)
     images = torch.cat([x for x, _ in splits.batchnorm.batches(500, augment=True, generator=generator)])
     assert len(images) == 120
-    observed = observed_model(backbone_for(search, POINT), splits_for(search), search)
+    observed = observed_model(backbone_for(search, groups, POINT), splits_for(search), search)
     layer_alphas = expand(groups, {g: POINT[f"alpha.{g}"] for g in groups})
     plain = build_pann(observed, layer_alphas, {**POINT, "correction": "none"}, search, compiled=False)
     corrected = build_pann(observed, layer_alphas, POINT, search, compiled=False)
-    backbone_norms = norms(backbone_for(search, POINT).model)
+    backbone_norms = norms(backbone_for(search, groups, POINT).model)
     assert len(norms(corrected)) == 19
     changed = 0
     # Under the corrected PANN, every norm's input has exactly the mean and variance the norm now holds.
@@ -82,7 +82,7 @@ def test_a_trial_pann_gets_the_statistics_of_its_norm_inputs_on_augmented_traini
 
 def test_the_answer_its_spec_and_a_rebuild_from_spec_and_weights_carry_the_same_correction(search, groups):
     test = splits_for(search).test
-    record = measure(search, groups, POINT, backbone_for(search, POINT), "test", neighbours=False)[0]
+    record = measure(search, groups, POINT, backbone_for(search, groups, POINT), "test", neighbours=False)[0]
     assert (record["spec"]["version"], record["spec"]["correction"]) == (2, "batchnorm")
     spec = pann_spec.from_dict(record["spec"])
     answer = answer_pann(search, groups, POINT)  # what is registered in MLflow
@@ -94,7 +94,7 @@ def test_the_answer_its_spec_and_a_rebuild_from_spec_and_weights_carry_the_same_
     rebuilt = pann_spec.apply(prepare(build_model("resnet20", 10, search.weights)), spec, compiled=False)
     x = next(test.batches(50))[0]
     torch.testing.assert_close(rebuilt(x), answer(x), rtol=0, atol=0)
-    plain = measure(search, groups, {**POINT, "correction": "none"}, backbone_for(search, POINT), "test",
+    plain = measure(search, groups, {**POINT, "correction": "none"}, backbone_for(search, groups, POINT), "test",
                     neighbours=False)[0]
     assert (plain["spec"]["version"], plain["spec"]["correction"]) == (1, "none") and "batchnorm" not in plain["spec"]
     assert not torch.equal(pann_spec.apply(prepare(build_model("resnet20", 10, search.weights)),
@@ -105,7 +105,7 @@ def test_in_range_correction_reestimates_on_the_augmented_images_inside_every_in
     splits = Splits.for_search(search)
     generator = torch.Generator().manual_seed(search.seed)
     images = torch.cat([x for x, _ in splits.batchnorm.batches(500, augment=True, generator=generator)])
-    observed = observed_model(backbone_for(search, POINT), splits_for(search), search)
+    observed = observed_model(backbone_for(search, groups, POINT), splits_for(search), search)
     layer_alphas = expand(groups, {g: POINT[f"alpha.{g}"] for g in groups})
     point = {**POINT, "correction": "batchnorm-in-range"}
     corrected = build_pann(observed, layer_alphas, point, search, compiled=False)
@@ -119,7 +119,7 @@ def test_in_range_correction_reestimates_on_the_augmented_images_inside_every_in
         assert torch.equal(norm.running_var, norms(expected)[name].running_var)
     last = "net.layer3.2.bn2"
     assert not torch.equal(norms(corrected)[last].running_var, norms(all_images)[last].running_var)
-    record = measure(search, groups, point, backbone_for(search, point), "test", neighbours=False)[0]
+    record = measure(search, groups, point, backbone_for(search, groups, point), "test", neighbours=False)[0]
     assert (record["spec"]["version"], record["spec"]["correction"]) == (2, "batchnorm-in-range")
     assert record["spec"]["batchnorm"][last]["running_var"] == norms(corrected)[last].running_var.tolist()
 
@@ -128,7 +128,7 @@ def test_bounds_correction_recalibrates_every_b_under_the_pann_and_the_answer_an
     point = {**POINT, "correction": "bounds", "margin": 1.1}
     calibration = torch.cat([x for x, _ in splits_for(search).calibration.batches(500)])
     assert len(calibration) == 100
-    observed = observed_model(backbone_for(search, point), splits_for(search), search)
+    observed = observed_model(backbone_for(search, groups, point), splits_for(search), search)
     layer_alphas = expand(groups, {g: point[f"alpha.{g}"] for g in groups})
     corrected = build_pann(observed, layer_alphas, point, search, compiled=False)
     as_converted = build_pann(observed, layer_alphas, {**point, "correction": "none"}, search, compiled=False)
@@ -148,7 +148,7 @@ def test_bounds_correction_recalibrates_every_b_under_the_pann_and_the_answer_an
         torch.testing.assert_close(module.bound, 1.1 * captured[name].abs().max(), rtol=1e-6, atol=0)
         moved += not torch.allclose(module.bound, dict(as_converted.named_modules())[name].bound, rtol=1e-3)
     assert moved >= 15  # the stem's input is the same under both; most others see the polynomials' errors
-    record = measure(search, groups, point, backbone_for(search, point), "test", neighbours=False)[0]
+    record = measure(search, groups, point, backbone_for(search, groups, point), "test", neighbours=False)[0]
     assert record["spec"]["correction"] == "bounds"
     spec = pann_spec.from_dict(record["spec"])
     assert spec.bounds == pytest.approx({name: float(m.bound) for name, m in layers.items()}, rel=1e-6)

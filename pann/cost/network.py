@@ -15,13 +15,14 @@ of many earlier outputs) are refused with an error naming the node.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 
 from torch import fx, nn
 
 from pann.approximation.composite import ReluApproximation
-from pann.cost.bootstrap_placement import depth, operations, place_bootstraps
+from pann.cost.bootstrap_placement import Boot, Op, Parallel, Series, depth, operations, place_bootstraps
 from pann.conversion.flow import prepare
 from pann.cost.preset import CostPreset
 from pann.cost.level_graph import ACTIVATIONS, level_graph
@@ -77,6 +78,51 @@ def network_cost(model: nn.Module, preset: CostPreset,
                        polynomial_levels=sum(op.levels for op in ops if op.activation),
                        multiplications=sum(op.multiplications for op in ops), latency=latency,
                        bootstrap_sites=tuple(sites))
+
+
+@dataclass(frozen=True)
+class LevelStep:
+    """One operation along a network's deepest path: its label, the levels left after it, whether it is a
+    polynomial activation, and whether a bootstrap refreshed the ciphertext just before it."""
+
+    label: str
+    levels_left: int
+    activation: bool
+    bootstrapped: bool
+
+
+def level_trace(model: nn.Module, preset: CostPreset,
+                approximations: ReluApproximation | Mapping[str, ReluApproximation] | None = None) -> list[LevelStep]:
+    """The levels left along ``model``'s deepest path under ``preset``, with the bootstraps of
+    :func:`network_cost` (same arguments): at a fork-join (a residual block, a composite ReLU's final product)
+    the branch that ends lowest is followed, as the join takes both branches at their lowest level. Operations
+    that consume no level are left out. For pictures of an answer: where the levels go, where bootstraps fall."""
+    graph = model if isinstance(model, fx.GraphModule) else prepare(model)
+    root = level_graph(graph, preset, _approximations(graph, approximations))
+    chosen = Counter(place_bootstraps(root, preset.levels.fresh_input, preset.levels.bootstrap))
+
+    def walk(block, level: int, pending: bool) -> tuple[int, bool, list[LevelStep]]:
+        if isinstance(block, Op):
+            if block.levels == 0:
+                return level, pending, []
+            level -= block.levels
+            return level, False, [LevelStep(block.label, level, block.activation, pending)]
+        if isinstance(block, Boot):
+            if chosen[block.site]:
+                chosen[block.site] -= 1
+                return preset.levels.bootstrap, True, []
+            return level, pending, []
+        if isinstance(block, Series):
+            steps = []
+            for item in block.items:
+                level, pending, more = walk(item, level, pending)
+                steps += more
+            return level, pending, steps
+        if isinstance(block, Parallel):
+            return min((walk(branch, level, pending) for branch in block.branches), key=lambda r: r[0])
+        return level, pending, []
+
+    return walk(root, preset.levels.fresh_input, False)[2]
 
 
 def _approximations(graph: fx.GraphModule, given) -> dict[str, ReluApproximation]:

@@ -49,6 +49,10 @@ class TrainConfig:
       stage (``{"stem": 6, "layer3": 5}``) or per activation layer (names as :func:`pann.conversion.flow.observers`
       gives them), the layers not named at ``alpha`` (:func:`pann.conversion.groups.alphas_by_layer`).
 
+    With ``alpha_start`` and ``layer_alphas`` together every layer steps down from ``alpha_start`` to its own alpha
+    (progressive lowering). ``epoch_images`` makes an epoch a fresh random draw of that many training images
+    (a unit of training that a search's early stopping compares; every image, once, by default).
+
     ``validation_size=0`` trains on the whole training set (no validation metrics).
     """
 
@@ -81,6 +85,7 @@ class TrainConfig:
     layer_alphas: dict[str, float] | None = None
     validation_size: int = 5000
     train_limit: int | None = None
+    epoch_images: int | None = None
     seed: int = 0
     amp: bool = True
     device: str | None = None
@@ -140,6 +145,8 @@ class TrainConfig:
              "must be an integer >= 0")
         need(self.train_limit is None or isinstance(self.train_limit, int) and self.train_limit >= 1,
              "train_limit", "must be a positive integer or null")
+        need(self.epoch_images is None or isinstance(self.epoch_images, int) and self.epoch_images >= 1,
+             "epoch_images", "must be a positive integer or null")
         if self.pretrained is not None and not Path(self.pretrained).is_file():
             p.append(f"pretrained: weights file not found ({self.pretrained!r})")
         return p
@@ -155,8 +162,9 @@ class TrainConfig:
             return [f"layer_alphas: the alphas of {', '.join(bad)} must lie in 2..16"]
         if self.leakage != "approximation-aware":
             return ["layer_alphas: per-layer alphas need leakage 'approximation-aware'"]
-        if self.alpha_start is not None:
-            return ["layer_alphas: a precision schedule (alpha_start) with per-layer alphas is not supported"]
+        if self.alpha_start is not None and _number(self.alpha_start) and max(self.layer_alphas.values()) > self.alpha_start:
+            return [f"layer_alphas: every alpha must be at most alpha_start ({self.alpha_start:g}), where the "
+                    "precision schedule starts"]
         if self.model not in model_names():
             return []
         from pann.conversion.groups import alphas_by_layer

@@ -2,12 +2,15 @@
 
 :func:`alpha_at` is the schedule itself, a pure function of the training position;
 :class:`PrecisionSchedule` applies it to the :class:`~pann.training.techniques.ApproximationAwareReLU`
-modules of a network as training advances.
+modules of a network as training advances: one target for every layer, or a target per layer (progressive
+lowering of a per-layer PANN: every layer steps down from the same start to its own alpha, SmartPAF's idea).
 """
 
 from __future__ import annotations
 
 import math
+
+from collections.abc import Mapping
 
 from torch import nn
 
@@ -46,32 +49,38 @@ def alpha_at(position: int, total: int, start: float, target: float) -> float:
 class PrecisionSchedule:
     """Sets the alpha of every approximation-aware ReLU of ``model`` from :func:`alpha_at`.
 
-    ``granularity='epoch'`` moves once per epoch (position = epoch), ``'step'`` at every
-    optimiser step (position = global step).
+    ``target`` is one alpha for every layer, or a mapping from the names of ``model``'s approximation-aware
+    ReLUs to their own targets (every one named). ``granularity='epoch'`` moves once per epoch (position =
+    epoch), ``'step'`` at every optimiser step (position = global step).
     """
 
-    def __init__(self, model: nn.Module, start: float, target: float, epochs: int, steps_per_epoch: int,
-                 granularity: str = "epoch"):
+    def __init__(self, model: nn.Module, start: float, target: float | Mapping[str, float], epochs: int,
+                 steps_per_epoch: int, granularity: str = "epoch"):
         if granularity not in SCHEDULE_UNITS:
             raise ValueError(f"precision schedule granularity must be one of {', '.join(SCHEDULE_UNITS)}, "
                              f"got {granularity!r}")
-        self.modules = [m for m in model.modules() if isinstance(m, ApproximationAwareReLU)]
-        if not self.modules:
+        modules = {n: m for n, m in model.named_modules() if isinstance(m, ApproximationAwareReLU)}
+        if not modules:
             raise ValueError("a precision schedule needs approximation-aware ReLUs in the model")
-        self.start, self.target, self.granularity = float(start), float(target), granularity
+        targets = target if isinstance(target, Mapping) else dict.fromkeys(modules, target)
+        missing = sorted(set(modules) - set(targets))
+        if missing:
+            raise ValueError(f"precision schedule: no target alpha for {', '.join(missing)}")
+        self.targets = {modules[n]: float(targets[n]) for n in modules}
+        self.start, self.granularity = float(start), granularity
         self.epochs, self.steps_per_epoch = epochs, steps_per_epoch
-        self.current: float | None = None
+        self.current: dict[nn.Module, float] = {}
 
     def step(self, epoch: int, step_in_epoch: int) -> float:
-        """Apply the alpha of this step (swapping the polynomials only when it changes); return it."""
+        """Apply the alphas of this step (swapping a layer's polynomial only when its alpha changes); return
+        their mean."""
         if self.granularity == "epoch":
-            alpha = alpha_at(epoch, self.epochs, self.start, self.target)
+            position, total = epoch, self.epochs
         else:
-            alpha = alpha_at(epoch * self.steps_per_epoch + step_in_epoch, self.epochs * self.steps_per_epoch,
-                             self.start, self.target)
-        if alpha != self.current:
-            approximation = relu_for_precision(alpha)
-            for module in self.modules:
-                module.set_approximation(approximation)
-            self.current = alpha
-        return alpha
+            position, total = epoch * self.steps_per_epoch + step_in_epoch, self.epochs * self.steps_per_epoch
+        for module, target in self.targets.items():
+            alpha = alpha_at(position, total, self.start, target)
+            if alpha != self.current.get(module):
+                module.set_approximation(relu_for_precision(alpha))
+                self.current[module] = alpha
+        return sum(self.current.values()) / len(self.current)

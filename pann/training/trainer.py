@@ -67,13 +67,14 @@ def leakage_module(config: TrainConfig) -> Callable[[], nn.Module] | None:
     return None
 
 
-def _set_layer_alphas(model: nn.Module, backbone: nn.Module, config: TrainConfig) -> None:
-    """Give every approximation-aware ReLU of ``model`` its alpha of ``config.layer_alphas``."""
+def _set_layer_alphas(model: nn.Module, backbone: nn.Module, config: TrainConfig) -> dict[str, float]:
+    """Give every approximation-aware ReLU of ``model`` its alpha of ``config.layer_alphas``; return them."""
     alphas = alphas_by_layer(prepare(backbone), config.layer_alphas, config.alpha)
     for name, module in model.named_modules():
         if isinstance(module, ApproximationAwareReLU):
             module.set_approximation(relu_for_precision(alphas[name]))
     logger.info("approximation-aware training per layer: %s", alphas)
+    return alphas
 
 
 def _seed_everything(seed: int) -> torch.Generator:
@@ -176,6 +177,8 @@ def _train_epoch(loop: _Loop, train_set: ImageSet, config: TrainConfig, epoch: i
     schedule). Raises :class:`TrainingDiverged` on a non-finite loss."""
     loop.model.train()
     total_loss, seen, alphas = 0.0, 0, []
+    if config.epoch_images:  # a fresh draw of the training images every epoch
+        train_set = train_set.subset(torch.randperm(len(train_set), generator=loop.generator)[:config.epoch_images])
     batches = train_set.batches(config.batch_size, shuffle=True, augment=config.augment, generator=loop.generator)
     for step, (x, y) in enumerate(tqdm(batches, total=-(-len(train_set) // config.batch_size),
                                        desc=f"epoch {epoch + 1}/{config.epochs}", leave=False, disable=not progress)):
@@ -197,14 +200,16 @@ def _train_epoch(loop: _Loop, train_set: ImageSet, config: TrainConfig, epoch: i
     return {"train_loss": total_loss / seen, **({"alpha": sum(alphas) / len(alphas)} if alphas else {})}
 
 
-def _recipes(config: TrainConfig, model: nn.Module, steps_per_epoch: int,
-             device: torch.device) -> tuple[Teacher | None, PrecisionSchedule | None]:
-    """The distillation teacher (the pretrained backbone) and the precision schedule, where the config asks."""
+def _recipes(config: TrainConfig, model: nn.Module, steps_per_epoch: int, device: torch.device,
+             layer_alphas: dict[str, float] | None) -> tuple[Teacher | None, PrecisionSchedule | None]:
+    """The distillation teacher (the pretrained backbone) and the precision schedule (to ``config.alpha``, or
+    to each layer's own alpha), where the config asks."""
     teacher = None
     if config.distill_weight > 0:
         teacher = Teacher(build_model(config.model, NUM_CLASSES[config.dataset], weights=config.pretrained).to(device))
     precision = None if config.alpha_start is None else PrecisionSchedule(
-        model, config.alpha_start, config.alpha, config.epochs, steps_per_epoch, config.alpha_granularity)
+        model, config.alpha_start, layer_alphas or config.alpha, config.epochs, steps_per_epoch,
+        config.alpha_granularity)
     return teacher, precision
 
 
@@ -222,15 +227,14 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
     backbone, train_set, validation = _backbone_and_data(config)
     factory = leakage_module(config)
     model = replace_activations(backbone, factory, require_polynomial=False) if factory else backbone
-    if config.layer_alphas:
-        _set_layer_alphas(model, backbone, config)
+    layer_alphas = _set_layer_alphas(model, backbone, config) if config.layer_alphas else None
     model = model.to(device)
     optimizer = _optimizer(model, config)
-    steps_per_epoch = -(-len(train_set) // config.batch_size)
+    steps_per_epoch = -(-min(len(train_set), config.epoch_images or len(train_set)) // config.batch_size)
     scheduler = _scheduler(optimizer, config, steps_per_epoch)
     use_amp = config.amp and device.type == "cuda"
     loop = _Loop(model, optimizer, scheduler, torch.amp.GradScaler(device.type, enabled=use_amp), generator,
-                 device, use_amp, *_recipes(config, model, steps_per_epoch, device))
+                 device, use_amp, *_recipes(config, model, steps_per_epoch, device, layer_alphas))
     history: list[dict[str, float]] = []
     start_epoch = 0
     checkpoint = Path(checkpoint) if checkpoint else None

@@ -1,0 +1,87 @@
+"""A trained per-layer search end to end on a local Ray instance with the embedded MLflow store: every candidate
+fine-tunes at its own alphas (one per ResNet stage), reports as it trains, ASHA stops the ones that fall behind
+(PRUNED in Optuna, KILLED in MLflow, unfinished in Tune), and the answer is the trained network with its spec:
+exported and rebuilt, it scores what the search reported."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pann.conversion import spec as pann_spec
+from pann.conversion.flow import prepare
+from pann.evaluate import accuracy
+from pann.models.builders import build_model
+from search import config
+from search.runner import run_search
+from search.space import group_alphas
+from search.trial import splits_for
+from tests.helpers import three_records
+
+pytestmark = pytest.mark.slow  # searches on real Ray: minutes (pytest -m 'not slow' skips them)
+
+STAGES = ["stem", "layer1", "layer2", "layer3"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("trained")
+    search = config.from_dict({
+        "name": "trained", "target_accuracy": 0.15,
+        "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_from": "test", "validation_size": 100,
+                     "confirmation_size": 100, "calibration_size": 100},
+        "training": {"batch_size": 32, "train_limit": 512, "epoch_images": 64, "lr": 0.05, "amp": False},
+        "space": {"alpha": [6, 5], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
+        # One trial at a time: ASHA's decisions, hence which trials are pruned, do not depend on timing.
+        "budget": {"trials": 6, "concurrency": 1, "max_failures": 0},
+        "search": {"granularity": "stage", "cost": "levels", "compile": False, "seed": 0, "early_stopping": True,
+                   "grace_period": 1},
+        "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}",
+                                                      "experiment": "trained-test"}})
+    return folder, search, run_search(search)
+
+
+def test_every_candidate_trains_at_its_own_alphas(trained):
+    _, search, result = trained
+    groups = {p.trial: group_alphas(p.params, _groups(search)) for p in result.points}
+    assert groups, "no trial finished"
+    for point in result.points:
+        stored = torch.load(point.params["backbone"], weights_only=True)["config"]
+        alphas = set(groups[point.trial].values())
+        if len(alphas) == 1:  # one alpha everywhere trains as the uniform network it is
+            assert stored["layer_alphas"] is None and stored["alpha"] == alphas.pop()
+        else:
+            assert stored["layer_alphas"] == _groups(search).expand(groups[point.trial])
+        assert stored["leakage"] == "approximation-aware" and stored["epoch_images"] == 64
+
+
+def test_pruned_trials_are_pruned_in_all_three_records(trained):
+    folder, _, result = trained
+    records = three_records(folder, "trained")
+    assert len(records) == 6
+    assert set(records.values()) <= {("COMPLETE", "FINISHED", "final"), ("PRUNED", "KILLED", "unfinished")}, records
+    pruned = [n for n, r in records.items() if r[0] == "PRUNED"]
+    assert pruned, "ASHA stopped no trial: the test shows nothing"
+    assert len(result.points) == 6 - len(pruned)
+
+
+def test_the_trained_answer_exported_and_rebuilt_scores_what_the_search_reported(trained, tmp_path):
+    folder, search, result = trained
+    assert result.answer is not None and result.test_accuracy is not None
+    out = tmp_path / "answer"
+    done = subprocess.run([sys.executable, "-m", "search.cli", "export", "--run-id", result.parent_run_id, "--out",
+                           str(out), "--tracking-uri", search.tracking_uri], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert {"answer.json", "answer_spec.json", "answer.png", "backbone.pt"} <= {p.name for p in out.iterdir()}
+    assert (out / "answer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    spec = pann_spec.load(out / "answer_spec.json")
+    rebuilt = pann_spec.apply(prepare(build_model("resnet20", 10, out / "backbone.pt")), spec, compiled=False)
+    assert accuracy(rebuilt, splits_for(search).test) == result.test_accuracy
+    # The exported weights are the trained network's, not the pretrained or untrained backbone's.
+    assert torch.load(out / "backbone.pt", weights_only=True)["config"]["leakage"] == "approximation-aware"
+
+
+def _groups(search):
+    from search.runner import groups_of
+    return groups_of(search)
