@@ -349,6 +349,9 @@ def check_space(merged: dict[str, Any], base: Mapping[str, Any], problems: list[
     if space and "alpha" not in space:
         problems.append("space.alpha: required (the precisions to search)")
     varying, alphas = 0, []
+    if _trains_at_point(space):  # the training values are judged with the approximation-aware training they join
+        ladder = [a for a in _dimension_values("alpha", space.get("alpha"))[0] if _is_number(a)]
+        base = {**base, "leakage": "approximation-aware", **({"alpha": min(ladder)} if ladder else {})}
     for dim, spec in space.items():
         if dim not in TRAINING_DIMENSIONS + APPROXIMATION_DIMENSIONS:
             continue

@@ -122,8 +122,8 @@ def test_every_shipped_search_config_is_checked():
 def test_shipped_configs_are_valid(name, shared_data, monkeypatch):
     monkeypatch.setenv("PANN_DATA_DIR", str(shared_data))
     search = config.load(ROOT / "configs" / name)
-    # The CPU configs fine-tune the shared pretrained ResNet-20; the paper-scale one trains from scratch.
-    assert (search.weights is not None) == ("gpu" not in name)
+    # Every config fine-tunes the shared pretrained ResNet-20 but the paper-scale one, which trains from scratch.
+    assert (search.weights is not None) == (name != "resnet20_cifar10_gpu.yaml")
     assert search.weights is None or Path(search.weights).is_file()
     assert yaml.safe_load((ROOT / "configs" / name).read_text())["name"] == search.name
 
@@ -217,3 +217,37 @@ def test_batchnorm_images_are_training_images_sized_when_the_correction_is_used(
     seen = {bytes(x.numpy()) for x in splits.batchnorm.images}
     assert not seen & {bytes(x.numpy()) for x in splits.validation.images}
     assert not seen & {bytes(x.numpy()) for x in splits.test.images}
+
+
+def test_candidates_trained_at_their_own_alphas_are_checked_at_the_edge():
+    from search.runner import groups_of
+
+    at_point = {"alpha": [5, 6], "epochs": [2], "leakage": ["approximation-aware"], "leakage_alpha": ["point"],
+                "alpha_start": [None, 7]}
+    search = config.from_dict(minimal(space=at_point, search={"granularity": "stage"}))
+    assert search.neighbours == 0
+    groups = groups_of(search)
+    point = {"alpha.stem": 6, "alpha.layer1": 5, "alpha.layer2": 5, "alpha.layer3": 5, "epochs": 2,
+             "leakage": "approximation-aware", "leakage_alpha": "point", "alpha_start": 7}
+    trained = search.train_config(point, groups.expand({"stem": 6, "layer1": 5, "layer2": 5, "layer3": 5}))
+    assert trained.layer_alphas["net_relu"] == 6 and trained.layer_alphas["net_layer3_2_relu_18"] == 5
+    assert (trained.alpha, trained.alpha_start) == (6, 7)
+    uniform = search.train_config(point, groups.expand(dict.fromkeys(groups, 5.0)))
+    assert uniform.layer_alphas is None and uniform.alpha == 5  # stored as the uniform network it is
+    with pytest.raises(ValueError, match="needs them"):
+        search.train_config(point)
+    # At granularity network it trains the uniform candidate at its alpha, without neighbours.
+    assert config.from_dict(minimal(space=at_point)).neighbours == 0
+    # Every problem at once, each naming its field.
+    found = problems(minimal(space={"alpha": [5, 6], "epochs": [0], "leakage": ["noise"],
+                                    "leakage_alpha": ["point", 6]}, search={"neighbours": 1}))
+    assert "space.leakage_alpha: 'point' (every candidate trained at its own alphas) cannot be mixed with fixed " \
+           "training alphas" in found
+    assert "space.leakage: training at the point's own alphas needs [approximation-aware] (got ['noise'])" in found
+    assert "space.leakage_alpha: 'point' trains each candidate; give space.epochs a value > 0" in found
+    assert "search.neighbours: must be 0 when candidates train at their own alphas (space.leakage_alpha: [point]): " \
+           "a network trained at one alpha is good at that one only" in found
+    # A per-layer search that trains must train each candidate at its own alphas.
+    assert "space.epochs: granularity 'stage' trains each candidate at its own alphas: add space.leakage_alpha: " \
+           "[point] and space.leakage: [approximation-aware] (or set epochs to 0 for a post-training search)" in \
+        problems(minimal(search={"granularity": "stage"}))

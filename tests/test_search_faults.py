@@ -79,13 +79,16 @@ def checkpointed_trial_pid(folder: Path) -> int | None:
     return None
 
 
-def test_killed_driver_resumes_without_duplicates_and_killed_trial_retries(tmp_path):
+def test_a_killed_trained_search_resumes_without_duplicates_and_its_killed_trial_from_its_checkpoint(tmp_path):
     cfg = write_config(tmp_path, "crash", "", epochs=[3, 4])
     data = yaml.safe_load(cfg.read_text())
     # One trial at a time: with two, the other one may wait for the same backbone, and after the kill
     # whichever takes the backbone's lock first trains it (from scratch when it is not the checkpointed one).
     data["budget"].update(trials=4, concurrency=1, max_failures=2)
     data["training"]["train_limit"] = 512  # epochs long enough to kill a trial between two of them
+    # Trained per-layer candidates: each trains at its own alphas (one per stage), from its checkpoint after a kill.
+    data["space"].update(leakage=["approximation-aware"], leakage_alpha=["point"])
+    data["search"].update(granularity="stage", neighbours=0)
     data["storage"] = "runs"  # relative: must land under the search's working directory
     cfg.write_text(yaml.safe_dump(data))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
