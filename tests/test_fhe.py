@@ -156,17 +156,25 @@ def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match
 
 
 @needs_orion
-def test_orion_network_in_the_clear_computes_the_pann(cnn_pann):
+def test_orion_network_in_the_clear_computes_the_pann_with_and_without_folded_prescales(cnn_pann):
     from pann.fhe import backend as fhe
+    from pann.fhe.graph import fold_prescales
     from pann.fhe.reference import plaintext
 
     pann, data = cnn_pann
     plan = lower(pann, data[:1])
+    folded, kept = fold_prescales(plan)
+    # The stem's ReLU follows a batch norm that feeds it alone: folded. The block's follows a residual add: kept.
+    assert kept == ["_3_relu"] and [l.options.get("folded", False) for l in folded.layers if l.kind == "relu"] == \
+        [True, False]
+    assert plan_depth(folded) == plan_depth(plan) - 1
+    assert not any(l.options.get("folded") for l in plan.layers)  # the given plan is left as it was
     logits, inputs = plaintext(pann, data[:4], plan.input)
-    network = fhe.build_network(plan)
-    with torch.no_grad():
-        clear = network(inputs.float()).double()
-    torch.testing.assert_close(clear, logits, rtol=0, atol=1e-5)
+    for lowered in (plan, folded):
+        network = fhe.build_network(lowered)
+        with torch.no_grad():
+            clear = network(inputs.float()).double()
+        torch.testing.assert_close(clear, logits, rtol=0, atol=1e-5)
 
 
 @needs_orion
@@ -176,7 +184,9 @@ def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
     seen = []
     report = fhe.check(pann, data[:1], "insecure-test", calibration=data, progress=seen.append)
     (result,) = report.results
-    assert result.levels == report.depth == 16 and result.bootstraps >= 1 and report.bootstrapping
+    # 16 levels with every ReLU's 1/B multiplied in; the stem's is folded into its batch norm, the block's is not.
+    assert result.levels == report.depth == 15 and result.bootstraps >= 1 and report.bootstrapping
+    assert report.prescales_kept == 1
     assert result.agrees and result.max_logit_error < TOLERANCE
     # Progress: Orion's five compile phases in order, then every layer of the image, the last with its bootstraps.
     phases = [p.step for p in seen if p.stage == "compile"]

@@ -104,7 +104,9 @@ def test_run_id_checks_the_answer_encrypted_and_records_it_under_the_run(store, 
     report = json.loads(out)  # stdout holds the report alone; where it was recorded goes to stderr
     assert f"recorded under MLflow run {ids['found']}" in err
     results = report["results"]
-    assert [r["bootstraps"] for r in results] == [0, 0] and report["depth"] == 10 and not report["secure"]
+    # Depth 9: the MLP's ReLU takes its input from a linear layer alone, which takes its 1/B (10 levels unfolded).
+    assert [r["bootstraps"] for r in results] == [0, 0] and report["depth"] == 9 and not report["secure"]
+    assert report["prescales_kept"] == 0
     assert all(r["agrees"] and r["max_logit_error"] < TOLERANCE for r in results)
 
     client = MlflowClient(uri)

@@ -7,7 +7,9 @@ Level costs (all from the :class:`~pann.cost.preset.CostPreset`):
   a multiplication by a constant that does not feed one, a strided subsample (a mask): ``levels.scale``;
   additions, padding, reshapes: free.
 * polynomial ReLU ``x (1 + p(x / B)) / 2`` with ``p = p_k o ... o p_1``: a fork-join whose sign branch
-  costs ``levels.scale`` for the ``1/B`` prescale unless ``prescale_folded``, then
+  costs ``levels.scale`` for the ``1/B`` prescale unless it is folded (``prescale_folded``: always, never, or
+  ``after-linear``: where the ReLU's input is the output of a convolution, batch norm or linear layer that
+  feeds nothing else, as ``pann fhe-check`` folds it; a ReLU after a residual add keeps its prescale), then
   ``ceil(log2(d_i + 1))`` and :func:`~pann.approximation.polynomial_cost.polynomial_multiplications` per stage, and
   whose join (the final multiplication) costs one level and one multiplication; a direct
   polynomial of degree ``d`` costs ``ceil(log2(d + 1))`` (+ the prescale).
@@ -31,7 +33,7 @@ from torch import fx, nn
 from pann.approximation import polynomial_cost
 from pann.approximation.composite import ReluApproximation
 from pann.cost.bootstrap_placement import Boot, Op, Parallel, Series
-from pann.cost.preset import CostPreset
+from pann.cost.preset import AFTER_LINEAR, CostPreset
 from pann.conversion.modules import ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU
 
 ACTIVATIONS = (PolyReLU, PolyMaxPool2d, ObservedReLU, ObservedMaxPool2d)
@@ -58,10 +60,11 @@ def level_graph(graph: fx.GraphModule, preset: CostPreset,
     return _LevelGraph(graph, preset, approximations).build()
 
 
-def _relu(name: str, approx: ReluApproximation, preset: CostPreset) -> list:
-    """The blocks of one polynomial ReLU (see the module docstring)."""
+def _relu(name: str, approx: ReluApproximation, preset: CostPreset, folded: bool | None = None) -> list:
+    """The blocks of one polynomial ReLU (see the module docstring); ``folded`` says whether its 1/B prescale is
+    folded into the layer before (default: the preset's ``prescale_folded`` when it is true or false)."""
     sign: list = [Boot(f"{name}: before its polynomial")]
-    if not preset.prescale_folded:
+    if not (preset.prescale_folded is True if folded is None else folded):
         sign += [Op(f"{name} 1/B prescale", preset.levels.scale, "scale", activation=True),
                  Boot(f"{name}: after the 1/B prescale")]
     for i, degree in enumerate(approx.degrees, 1):
@@ -180,13 +183,23 @@ class _LevelGraph:
         return len(users) == 1 and users[0].op == "call_module" and \
             isinstance(self.modules[users[0].target], _WEIGHTED)
 
+    def _prescale_folded(self, node: fx.Node) -> bool:
+        """Whether the preset folds this ReLU's 1/B into the layer before it."""
+        if self.preset.prescale_folded != AFTER_LINEAR:
+            return bool(self.preset.prescale_folded)
+        (source,) = [i for i in node.all_input_nodes if i in self.data]
+        if source.op != "call_module" or len(self.users[source]) != 1:
+            return False
+        module = self.modules[source.target]
+        return isinstance(module, _WEIGHTED) or isinstance(module, _NORMS) and module.affine
+
     def _blocks(self, node: fx.Node) -> list | None:
         """The blocks of one operation, or ``None`` for an operation the cost model does not know."""
         levels, label = self.preset.levels, self._label(node)
         if node.op == "call_module":
             module = self.modules[node.target]
             if isinstance(module, (PolyReLU, ObservedReLU)):
-                return _relu(label, self.approximations[node.target], self.preset)
+                return _relu(label, self.approximations[node.target], self.preset, self._prescale_folded(node))
             if isinstance(module, (PolyMaxPool2d, ObservedMaxPool2d)):
                 return _maxpool(label, module, self.approximations[node.target], self.preset)
             if isinstance(module, _WEIGHTED):

@@ -6,7 +6,8 @@ name (:func:`preset_names`, files in ``pann/cost/presets/``) or the path of a us
     name: my-params
     description: one line for tables (optional)
     source: where the numbers come from (papers, measurements)
-    prescale_folded: true      # 1/B of a polynomial ReLU folded into the previous layer
+    prescale_folded: true      # 1/B of a polynomial ReLU folded into the previous layer (true, false,
+                               # or after-linear: where its input is a linear layer's, used by it alone)
     levels:
       bootstrap: 16            # levels available after a bootstrap
       fresh_input: 18          # levels of a freshly encrypted input
@@ -61,13 +62,16 @@ class OperationTimes:
     scale_level: float
 
 
+AFTER_LINEAR = "after-linear"  # prescale_folded: folded where a ReLU's input is a linear layer's output used only by it
+
+
 @dataclass(frozen=True)
 class CostPreset:
     """A CKKS parameter set as the cost model sees it (see the module docstring for the fields)."""
 
     name: str
     source: str
-    prescale_folded: bool
+    prescale_folded: bool | str  # True, False or AFTER_LINEAR
     levels: LevelCosts
     times: OperationTimes
     description: str = ""
@@ -100,7 +104,8 @@ _TEXT: _Check = (lambda v: isinstance(v, str) and v.strip() != "", "must be non-
 _MAPPING: _Check = (lambda v: isinstance(v, Mapping), "must be a mapping of fields")
 _TOP: dict[str, _Check] = {"name": _TEXT, "source": _TEXT, "description": _TEXT, "levels": _MAPPING,
                            "times": _MAPPING,
-                           "prescale_folded": (lambda v: isinstance(v, bool), "must be true or false")}
+                           "prescale_folded": (lambda v: isinstance(v, bool) or v == AFTER_LINEAR,
+                                               f"must be true, false or {AFTER_LINEAR}")}
 _LEVELS: dict[str, _Check] = {f.name: (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
                               for f in fields(LevelCosts)}
 _LEVELS["bootstrap"] = (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")

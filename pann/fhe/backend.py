@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import fx, nn
 
-from pann.fhe.graph import Plan, UnsupportedLayerError, lower, plan_depth
+from pann.fhe.graph import Plan, UnsupportedLayerError, fold_prescales, lower, plan_depth
 from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize
 from pann.fhe.reference import ImageResult, compare, plaintext
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
@@ -133,10 +133,22 @@ class CheckReport:
     input_level: int
     compile_seconds: float
     results: list[ImageResult]
+    prescales_kept: int = 0  # ReLUs whose 1/B could not be folded into the layer before (after a residual add)
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "results"},
                 "results": [r.to_dict() for r in self.results]}
+
+
+def encrypted_plan(pann: fx.GraphModule, example: torch.Tensor) -> tuple[Plan, list[str]]:
+    """The plan :func:`check` runs: ``pann`` lowered, every ReLU's ``1/B`` folded into the layer before where that
+    is exact (:func:`pann.fhe.graph.fold_prescales`); and the ReLUs that kept theirs."""
+    plan, kept = fold_prescales(lower(pann, example[:1]))
+    relus = sum(layer.kind == "relu" for layer in plan.layers)
+    logger.info("1/B folded into the layer before in %d of %d ReLUs%s", relus - len(kept), relus,
+                f"; kept (input not a linear layer's alone, e.g. after a residual add): {', '.join(kept)}"
+                if kept else "")
+    return plan, kept
 
 
 def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128",
@@ -155,7 +167,7 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     """
     params = params if isinstance(params, Params) else load_params(params)
     orion, _ = orion_modules()
-    plan = lower(pann, images[:1])
+    plan, kept = encrypted_plan(pann, images)
     depth = plan_depth(plan)
     bootstrapping, need = check_resources(params, depth, available_memory_gib())
     if not params.secure:
@@ -182,7 +194,8 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
                         "%d bootstraps, %.1f s", i + 1, len(images), r.encrypted_class, r.plaintext_class,
                         r.max_logit_error, r.bootstraps, r.seconds)
         orion.delete_scheme()
-    return CheckReport(params.name, params.secure, depth, bootstrapping, need, input_level, compile_seconds, results)
+    return CheckReport(params.name, params.secure, depth, bootstrapping, need, input_level, compile_seconds, results,
+                       len(kept))
 
 
 def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128") -> dict:
@@ -190,13 +203,14 @@ def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dic
     depth, whether it bootstraps under ``params``, the memory estimate, and the largest logit
     difference between the built Orion network run in the clear and the float64 PANN."""
     params = params if isinstance(params, Params) else load_params(params)
-    plan = lower(pann, images[:1])
+    plan, kept = encrypted_plan(pann, images)
     depth = plan_depth(plan)
     logits, inputs = plaintext(pann, images, plan.input)
     with torch.no_grad():
         clear = build_network(plan)(inputs.float()).double()
     bootstrapping = depth > params.levels
     return {"layers": len(plan.layers), "relus": sum(layer.kind == "relu" for layer in plan.layers),
+            "prescales_kept": len(kept),
             "depth": depth, "levels_per_bootstrap": params.levels, "bootstrapping": bootstrapping,
             "estimated_gib": params.estimated_memory_gib(bootstrapping), "images": len(images),
             "clear_max_logit_error": float((clear - logits).abs().max())}

@@ -227,10 +227,44 @@ def folded_stages(approximation, bound: float) -> tuple[float, list[list[float]]
     return 1.0 / (bound * stages[0].width), folded
 
 
+def fold_prescales(plan: Plan) -> tuple[Plan, list[str]]:
+    r"""Fold each ReLU's ``1 / (B w_1)`` into the layer that produces its input, where that is exact: a
+    convolution, a linear layer or an affine batch norm whose output feeds only this ReLU. Then
+
+    .. math:: c\,(W x + b) = (c W) x + c b, \qquad c\,(\gamma \hat{x} + \beta) = (c \gamma) \hat{x} + c \beta
+
+    and the ReLU starts from ``t`` directly, saving the level its own multiplication by ``c`` costs. A ReLU
+    after a residual add (whose inputs also feed other layers) keeps its prescale. Returns the new plan (the
+    given one is not changed) and the names of the ReLUs that kept theirs."""
+    consumers: dict[str, int] = {}
+    for layer in plan.layers:
+        for name in layer.inputs:
+            consumers[name] = consumers.get(name, 0) + 1
+    layers = [Layer(l.name, l.kind, l.inputs, dict(l.options)) for l in plan.layers]
+    producers = {layer.name: layer for layer in layers}
+    kept = []
+    for layer in layers:
+        if layer.kind != "relu":
+            continue
+        source = producers.get(layer.inputs[0])
+        foldable = source is not None and consumers[source.name] == 1 and source.name != plan.output and (
+            source.kind in ("conv2d", "linear") or source.kind == "batchnorm" and source.options["weight"] is not None)
+        if not foldable:
+            kept.append(layer.name)
+            continue
+        c = layer.options["prescale"]
+        for key in ("weight", "bias"):
+            if source.options.get(key) is not None:
+                source.options[key] = source.options[key] * c
+        layer.options.update(prescale=1.0, folded=True)
+    return Plan(plan.input, layers, plan.output), kept
+
+
 def layer_depth(layer: Layer, producers: dict[str, Layer]) -> int:
     """Levels one layer consumes under CKKS as Orion evaluates it: a linear map 1, a batch norm
     0 after a convolution or linear layer (folded into it) and 2 otherwise, a ReLU
-    ``1 + sum ceil(log2(d + 1)) (+ 1 for the composite's product)``."""
+    ``sum ceil(log2(d + 1)) (+ 1 for the composite's product)``, plus 1 for its ``1/B`` unless that is folded
+    into the layer before (:func:`fold_prescales`)."""
     if layer.kind in ("conv2d", "linear", "avgpool", "adaptive_avgpool"):
         return 1
     if layer.kind == "batchnorm":
@@ -238,7 +272,8 @@ def layer_depth(layer: Layer, producers: dict[str, Layer]) -> int:
         return 0 if parent is not None and parent.kind in ("conv2d", "linear") else 2
     if layer.kind == "relu":
         o = layer.options
-        return 1 + sum(math.ceil(math.log2(len(c))) for c in o["stages"]) + (o["family"] == "composite")
+        return (not o.get("folded")) + sum(math.ceil(math.log2(len(c))) for c in o["stages"]) \
+            + (o["family"] == "composite")
     return 0
 
 

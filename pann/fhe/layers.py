@@ -2,7 +2,8 @@
 
 Written against ``orion-fhe==1.0.2``; :mod:`pann.fhe.backend` imports the library and hands its
 ``orion.nn`` in, so this module never imports it. A PANN ReLU becomes ``t = x / B`` (Orion's
-``Mult``), our folded Chebyshev stages in Orion's composite-sign evaluation, and ``t * s(t)``.
+``Mult``; nothing where :func:`pann.fhe.graph.fold_prescales` folded it into the layer before), our folded
+Chebyshev stages in Orion's composite-sign evaluation, and ``t * s(t)``.
 """
 
 from __future__ import annotations
@@ -22,7 +23,23 @@ def _classes(on):
     _Sign = on.activation._Sign
 
     class Stage(on.Chebyshev):
-        """One polynomial with fixed Chebyshev coefficients on ``[-1, 1]`` (no fit)."""
+        """One polynomial with fixed Chebyshev coefficients on ``[-1, 1]`` (no fit).
+
+        Orion fuses a Chebyshev into the batch norm or linear layer before it by multiplying in the
+        polynomial's own input map and then lowers its depth by the level that map cost. A stage has no such
+        map (its input is already ``t``: its prescale is 1), so a fused stage keeps its depth; without this a
+        ReLU whose ``1/B`` is folded into its batch norm would be counted a level short, and its ciphertext
+        would reach the next bootstrap below the level Orion planned for it."""
+
+        @property
+        def depth(self):
+            return self._depth
+
+        @depth.setter
+        def depth(self, value):
+            if getattr(self, "fused", False) and value < self._depth:
+                return  # the fuser's "prescale no longer consumes a level": there was none
+            self._depth = value
 
         def __init__(self, coefficients: Sequence[float]):
             tensor = torch.tensor(coefficients, dtype=torch.float64)
@@ -43,11 +60,13 @@ def _classes(on):
             pass
 
     class EncryptedReLU(on.ReLU):
-        """``B r(x / B)`` of a PANN ReLU: ``t = x / B``, then ``t * s(t)`` or ``s(t)``."""
+        """``B r(x / B)`` of a PANN ReLU: ``t = x / B`` (given as ``t`` when ``folded``), then ``t * s(t)`` or
+        ``s(t)``."""
 
-        def __init__(self, prescale: float, stages: Sequence[Sequence[float]], composite: bool):
+        def __init__(self, prescale: float, stages: Sequence[Sequence[float]], composite: bool,
+                     folded: bool = False):
             on.Module.__init__(self)
-            self.composite = composite
+            self.composite, self.folded = composite, folded
             self.degrees = [len(c) - 1 for c in stages]
             self.prescale, self.postscale = prescale, 1
             self.mult1 = on.Mult()
@@ -56,10 +75,12 @@ def _classes(on):
                 self.mult2 = on.Mult()
 
         def fit(self):
-            self.input_min, self.input_max = self.mult1.input_min, self.mult1.input_max
+            first = self.sign.acts[0] if self.composite else self.sign
+            source = first if self.folded else self.mult1
+            self.input_min, self.input_max = source.input_min, source.input_max
 
         def forward(self, x):
-            t = self.mult1(x, self.prescale)
+            t = x if self.folded else self.mult1(x, self.prescale)
             return self.mult2(t, self.sign(t)) if self.composite else self.sign(t)
 
     class Network(on.Module):
@@ -98,7 +119,7 @@ def _layer(layer: Layer, on, EncryptedReLU) -> nn.Module:
         module.running_mean.copy_(o["running_mean"])
         module.running_var.copy_(o["running_var"])
     elif layer.kind == "relu":
-        return EncryptedReLU(o["prescale"], o["stages"], o["family"] == "composite")
+        return EncryptedReLU(o["prescale"], o["stages"], o["family"] == "composite", o.get("folded", False))
     elif layer.kind == "avgpool":
         return on.AvgPool2d(o["kernel_size"], o["stride"])
     elif layer.kind == "adaptive_avgpool":
