@@ -115,6 +115,8 @@ def test_run_id_checks_the_answer_encrypted_and_records_it_under_the_run(store, 
     assert metrics["fhe_check/insecure-test/agreement"] == 1.0 and metrics["fhe_check/insecure-test/images"] == 2
     assert metrics["fhe_check/insecure-test/max_logit_error"] == max(r["max_logit_error"] for r in results)
     assert metrics["fhe_check/insecure-test/peak_memory_gib"] > 0
+    assert metrics["fhe_check/insecure-test/estimated_seconds_100_images"] == pytest.approx(
+        report["compile_seconds"] + 100 * sum(r["seconds"] for r in results) / 2)
     history = client.get_metric_history(ids["found"], "fhe_check/insecure-test/image_seconds")
     assert sorted((m.step, m.value) for m in history) == [(0, results[0]["seconds"]), (1, results[1]["seconds"])]
     assert run.data.tags[CHECK_TAG] == "2/2 images agree under insecure-test (INSECURE test parameters)"

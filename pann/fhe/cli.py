@@ -82,7 +82,13 @@ def _print_results(check, predicted: int) -> None:
     print(f"{sum(r.agrees for r in check.results)}/{len(check.results)} agree with the plaintext PANN under "
           f"{check.params}" + ("" if check.secure else " (INSECURE test parameters)")
           + f"; compiled in {check.compile_seconds:.1f} s, peak memory {_peak_memory_gib():.1f} GiB")
-    print(f"cost model (preset {COST_PRESET}) predicts {predicted} bootstraps per image for this PANN")
+    per_image = sum(r.seconds for r in check.results) / len(check.results)
+    print(f"{per_image:.1f} s per image; 100 images would take about {check.compile_seconds + 100 * per_image:.0f} s "
+          "(one compilation, then each image)")
+    print(f"cost model (preset {COST_PRESET}) predicts {predicted} bootstraps per image for this PANN; "
+          + (f"{check.prescales_kept} ReLU(s) kept their 1/B (input not a linear layer's alone, e.g. after a "
+             "residual add), the others have it folded into the layer before" if check.prescales_kept
+             else "every ReLU has its 1/B folded into the layer before"))
 
 
 def _peak_memory_gib() -> float:
