@@ -11,7 +11,7 @@ from torch import nn
 
 from pann import cli
 from pann.cost.bootstrap_placement import Boot, Op, Parallel, Series, depth, place_bootstraps
-from pann.approximation.catalog import get_approximation
+from pann.approximation.catalog import get_approximation, relu_for_precision
 from pann.conversion.flow import calibrate, convert, prepare
 from pann.cost.preset import CostPreset, PresetError, load_preset, preset_names
 from pann.models.builders import build_model
@@ -305,3 +305,20 @@ def test_cli_cost_table(capsys):
     assert row["bootstraps"] == len(row["bootstrap_sites"]) > 0
     assert cli.main(["cost", "--model", "resnet20", "--alphas", "4", "--preset", "no-such"]) == 2
     assert "unknown cost preset 'no-such'" in capsys.readouterr().err
+
+
+def test_the_level_trace_follows_the_deepest_path_with_the_placed_bootstraps():
+    from pann.cost.network import level_trace
+
+    mpcnn = load_preset("mpcnn")
+    model = prepare(build_model("resnet20"))
+    for alpha in (5, 8):
+        approximation = relu_for_precision(alpha)
+        trace = level_trace(model, mpcnn, approximation)
+        cost = network_cost(model, mpcnn, approximations=approximation)
+        assert sum(s.bootstrapped for s in trace) == cost.bootstraps
+        assert min(s.levels_left for s in trace) >= 0 and trace[0].levels_left < mpcnn.levels.fresh_input
+        # Between two bootstraps the levels only go down, by what each operation consumes.
+        for before, after in zip(trace, trace[1:]):
+            assert after.bootstrapped or after.levels_left < before.levels_left
+        assert sum(s.activation for s in trace) > 0 and trace[-1].label == "net.linear"

@@ -28,30 +28,51 @@ def answer_picture(path: str | Path, networks: Sequence[Drawn], title: str) -> P
 
     if not networks:
         raise ValueError("answer_picture: nothing to draw")
-    fig = Figure(figsize=(10, 6.5), layout="constrained")
-    top, bottom = fig.subplots(2, 1, height_ratios=(1, 1.3))
+    fig = Figure(figsize=(10, 7), layout="constrained")
+    top, bottom = fig.subplots(2, 1, sharex=True)
     layers = list(networks[0][1])
     width = 0.8 / len(networks)
     colours = ("tab:red", "tab:blue", "tab:green", "tab:orange")
+    highest = max(max(alphas.values()) for _, alphas, *_ in networks)
     for i, (label, alphas, trace, bootstraps, poly_levels) in enumerate(networks):
         colour = colours[i % len(colours)]
         legend = f"{label}: {bootstraps} bootstraps, {poly_levels} polynomial levels"
         top.bar([k + (i - (len(networks) - 1) / 2) * width for k in range(len(layers))],
                 [alphas[layer] for layer in layers], width, color=colour, label=legend)
-        x = list(range(len(trace)))
-        bottom.step(x, [s.levels_left for s in trace], where="post", color=colour, label=legend)
+        x = _positions(trace, layers)
+        on_top = 2 * (len(networks) - i)  # the answer drawn over its reference
+        bottom.step(x, [s.levels_left for s in trace], where="post", color=colour, label=legend, zorder=on_top)
         boots = [k for k, s in enumerate(trace) if s.bootstrapped]
-        bottom.scatter(boots, [trace[k].levels_left for k in boots], marker="^", s=40, color=colour, zorder=3)
-    top.set_xticks(range(len(layers)), [_short(layer) for layer in layers], rotation=60, fontsize=7)
-    top.set(ylabel="alpha (bits)", title=title)
-    top.legend(loc="lower left", fontsize=8)
-    bottom.set(xlabel="operations along the deepest path (those that consume levels)", ylabel="levels left",
-               title="levels left; ▲ a bootstrap")
-    bottom.legend(loc="upper right", fontsize=8)
+        bottom.scatter([x[k] for k in boots], [trace[k].levels_left for k in boots], marker="^", s=40, color=colour,
+                       zorder=on_top + 1)
+    top.set(ylabel="alpha (bits)", title=title, ylim=(0, highest * 1.45))
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set_xticks(range(len(layers)), [_short(layer) for layer in layers], rotation=60, fontsize=7)
+    bottom.set(xlabel="activation layers, in order (the linear layers before each sit half a step to its left)",
+               ylabel="levels left", title="levels left along the deepest path; ▲ the first operation after a bootstrap")
+    bottom.legend(loc="lower left", fontsize=8)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     write_bytes_atomic(path, buffer.getvalue())
     return Path(path)
+
+
+def _positions(trace: Sequence[LevelStep], layers: list[str]) -> list[float]:
+    """Where each step of ``trace`` sits on the activation-layer axis: the steps of activation layer ``k`` spread
+    over ``[k - 0.4, k + 0.4]``, the other operations at ``k - 0.5`` for the next activation layer ``k``."""
+    index = {layer: k for k, layer in enumerate(layers)}
+    owner = [index.get(step.label.split(" ")[0]) if step.activation else None for step in trace]
+    positions, following = [0.0] * len(trace), float(len(layers))
+    for k in reversed(range(len(trace))):  # the next activation layer of each non-activation step
+        if owner[k] is not None:
+            following = owner[k]
+        else:
+            positions[k] = following - 0.5
+    for layer in set(o for o in owner if o is not None):
+        steps = [k for k, o in enumerate(owner) if o == layer]
+        for j, k in enumerate(steps):
+            positions[k] = layer - 0.4 + 0.8 * j / max(len(steps) - 1, 1)
+    return positions
 
 
 def _short(layer: str) -> str:
