@@ -100,7 +100,8 @@ class ProgressCallback(tune.Callback):
     feasible point so far (by the search's cost), elapsed time and an estimate of the time left.
 
     ``report`` receives each line (the CLI rewrites one terminal line with it); the estimate assumes the
-    remaining trials take as long as the finished ones did on average.
+    remaining trials take as long as the finished ones did on average, and never exceeds what is left of the
+    search's time budget (``budget.time_s``).
     """
 
     def __init__(self, search: SearchConfig, report):
@@ -115,6 +116,8 @@ class ProgressCallback(tune.Callback):
     def _line(self, running: int) -> str:
         elapsed = time.monotonic() - self.started
         left = elapsed / self.done * (self.search.trials - self.done) if self.done else float("nan")
+        if self.search.time_s is not None and not left <= self.search.time_s - elapsed:
+            left = max(self.search.time_s - elapsed, 0.0)  # the time budget ends the search first
         best = "none feasible yet" if self.best is None else \
             f"best feasible {self.search.cost} {self.best[0]:g} at {100 * self.best[1]:.2f}%"
         return (f"{self.done}/{self.search.trials} trials done, {running} running, {best}, "

@@ -163,11 +163,15 @@ def test_resumed_searcher_adopts_a_trial_asked_before_the_crash(tmp_path):
                                                optuna.trial.TrialState.RUNNING]
 
 
+def _tiny_data(tmp_path) -> dict:
+    return {"name": "t", "target_accuracy": 0.5, "storage": str(tmp_path / "runs"),
+            "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+            "backbone": {"dataset": "synthetic", "validation_size": 100},
+            "space": {"alpha": [6, 7], "epochs": [1, 2]}}
+
+
 def tiny_search(tmp_path, **search_section) -> config.SearchConfig:
-    search = config.from_dict({"name": "t", "target_accuracy": 0.5, "storage": str(tmp_path / "runs"),
-                               "tracking": {"uri": f"sqlite:///{tmp_path / 'mlflow.db'}"},
-                               "backbone": {"dataset": "synthetic", "validation_size": 100},
-                               "space": {"alpha": [6, 7], "epochs": [1, 2]}, "search": search_section})
+    search = config.from_dict({**_tiny_data(tmp_path), "search": search_section})
     search.run_dir.mkdir(parents=True)
     return search
 
@@ -224,3 +228,7 @@ def test_progress_line_counts_trials_and_keeps_the_cheapest_feasible_point(tmp_p
     assert len(lines) == 3 and lines[0].startswith("1/20 trials done") and "none feasible yet" in lines[0]
     assert "best feasible alpha 7 at 80.00%" in lines[1] and "left" in lines[1]
     assert lines[2].startswith("3/20 trials done") and "best feasible alpha 7 at 80.00%" in lines[2]
+    # With a time budget the estimate is what is left of it when the trials would take longer.
+    budgeted = ProgressCallback(config.from_dict({**_tiny_data(tmp_path / "b"), "budget": {"time_s": 60}}), None)
+    budgeted.done, budgeted.started = 1, budgeted.started - 30.5  # 30 s for 1 trial of 20: 9.5 min at that pace
+    assert budgeted._line(1).endswith("0m30s elapsed, ~0m29s left")
