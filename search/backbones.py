@@ -42,8 +42,9 @@ def backbone_key(config: TrainConfig) -> str:
     defaults = TrainConfig()
     settings = {k: v for k, v in dataclasses.asdict(config).items()
                 if k not in _NOT_WEIGHTS and v != getattr(defaults, k)}
-    if settings.get("pretrained"):  # the weights, not the path they were read from
-        settings["pretrained"] = file_digest(settings["pretrained"])
+    for name in ("pretrained", "initial"):  # the weights, not the path they were read from
+        if settings.get(name):
+            settings[name] = file_digest(settings[name])
     text = json.dumps({"version": KEY_VERSION, **settings}, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 

@@ -43,6 +43,8 @@ APPROXIMATION_DIMENSIONS = ("alpha", "scope", "margin", "correction")
 # space.leakage_alpha: [point] trains each candidate with its own polynomials in the loop, every layer at the alpha
 # the point gives it (a network trained at one configuration is good at that one only).
 AT_POINT = "point"
+# A point's key (set by a strategy, not a dimension) naming the weights its training starts from.
+INITIAL = "initial"
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
 # dimension of the search space overrides the training section's value.
 _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", "validation_size"}

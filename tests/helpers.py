@@ -148,9 +148,10 @@ def accuracy(point: dict) -> float:
     return 0.95 - 0.1 * sum(max(0, need[g] - point[alpha_key(g)]) for g in need)
 
 
-def drive(searcher, concurrency: int = 1, score=accuracy, finishing=0, loss=None) -> list[dict]:
+def drive(searcher, concurrency: int = 1, score=accuracy, finishing=0, loss=None, extra=None) -> list[dict]:
     """Run the searcher to its end; ``finishing`` is the index among the running trials of the one that finishes
-    next (0: the oldest, -1: the newest); ``loss(point)``, when given, is reported as the trial's loss."""
+    next (0: the oldest, -1: the newest); ``loss(point)``, when given, is reported as the trial's loss, and
+    ``extra(point)`` (a dict) with every result."""
     asked, running = [], []
     for number in range(500):
         while len(running) < concurrency:
@@ -163,7 +164,8 @@ def drive(searcher, concurrency: int = 1, score=accuracy, finishing=0, loss=None
             return asked
         trial_id, point = running.pop(finishing)
         searcher.on_trial_complete(trial_id, {"final": 1, "accuracy": score(point),
-                                              **({"loss": loss(point)} if loss else {})})
+                                              **({"loss": loss(point)} if loss else {}),
+                                              **(extra(point) if extra else {})})
     raise AssertionError("the greedy search did not finish")
 
 

@@ -251,3 +251,11 @@ def test_candidates_trained_at_their_own_alphas_are_checked_at_the_edge():
     assert "space.epochs: granularity 'stage' trains each candidate at its own alphas: add space.leakage_alpha: " \
            "[point] and space.leakage: [approximation-aware] (or set epochs to 0 for a post-training search)" in \
         problems(minimal(search={"granularity": "stage"}))
+
+
+def test_the_lowering_walk_needs_candidates_trained_at_their_own_alphas():
+    assert "space.leakage_alpha: the lowering walk trains each step at its own alphas from the network it lowers; " \
+           "set it to [point] (with space.leakage: [approximation-aware] and space.epochs > 0)" in \
+        problems(minimal(search={"strategy": "lowering", "granularity": "stage"}))
+    at_point = {"alpha": [5, 6], "epochs": [2], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]}
+    assert config.from_dict(minimal(space=at_point, search={"strategy": "lowering", "granularity": "stage"}))

@@ -85,3 +85,43 @@ def test_the_trained_answer_exported_and_rebuilt_scores_what_the_search_reported
 def _groups(search):
     from search.runner import groups_of
     return groups_of(search)
+
+
+@pytest.fixture(scope="module")
+def lowered(tmp_path_factory):
+    from pann.models.builders import save_weights
+    from pann.training.trainer import TrainConfig, train
+
+    folder = tmp_path_factory.mktemp("lowered")
+    weights = folder / "synthetic.pt"  # a backbone that has learnt the synthetic classes, for the walk to lower
+    save_weights(train(TrainConfig(dataset="synthetic", epochs=3, batch_size=32, train_limit=512, validation_size=100,
+                                   lr=0.05, augment=False, amp=False), progress=False).model, weights)
+    search = config.from_dict({
+        "name": "lowered", "target_accuracy": 0.3,
+        "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(weights), "validation_from": "test",
+                     "validation_size": 100, "confirmation_size": 100, "calibration_size": 100},
+        "training": {"batch_size": 32, "train_limit": 512, "epoch_images": 64, "lr": 0.01, "amp": False},
+        # Uniform alpha 2 ruins the network: uniform 6 is the walk's start, from which it steps down group by group.
+        "space": {"alpha": [6, 2], "epochs": [1], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
+        "budget": {"trials": 8, "concurrency": 2, "max_failures": 0},
+        "search": {"granularity": "stage", "cost": "levels", "strategy": "lowering", "compile": False, "seed": 0,
+                   "early_stopping": False},
+        "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}",
+                                                      "experiment": "lowered-test"}})
+    return search, run_search(search)
+
+
+def test_each_lowering_step_trains_from_the_network_it_lowers(lowered):
+    search, result = lowered
+    groups = _groups(search)
+    by_alphas = {tuple(sorted(group_alphas(p.params, groups).items())): p for p in result.points}
+    steps = [p for p in result.points if p.params.get("initial")]
+    assert steps, "the walk took no step"
+    for step in steps:
+        stored = torch.load(step.params["backbone"], weights_only=True)["config"]
+        assert stored["initial"] == step.params["initial"] != stored["pretrained"]
+        parent = next(p for p in by_alphas.values() if p.params["backbone"] == step.params["initial"])
+        changed = [g for g, a in group_alphas(step.params, groups).items() if group_alphas(parent.params, groups)[g] != a]
+        assert len(changed) == 1 and parent.accuracy >= search.validation_target
+    assert result.answer is not None and result.test_accuracy is not None
+    assert result.answer.params["backbone"] in {p.params["backbone"] for p in result.points}

@@ -1,5 +1,7 @@
 """The per-layer walks (greedy, best-first), driven by a known accuracy function (no Ray cluster needed)."""
 
+import pytest
+
 from pann.conversion.groups import LayerGroups
 from search.space import alpha_key, param_space, uniform_points
 from search.strategies.best_first import BestFirstWalk
@@ -134,3 +136,25 @@ def test_best_first_walk_saved_halfway_and_restored_ends_where_it_would_have(tmp
     assert restored.target == 0.897 and restored.proposals == first.proposals
     drive(restored, 2, score=lambda p: 0.95 - uneven(p), loss=uneven)
     assert restored.current == whole.current == {"a": 7, "b": 5, "c": 4, "d": 4}
+
+
+@pytest.mark.parametrize("concurrency", [1, 2])
+def test_the_lowering_walk_is_the_greedy_walk_each_step_starting_from_the_network_it_lowers(concurrency):
+    from search.strategies.lowering import LoweringWalk
+
+    keys = {g: alpha_key(g) for g in "abc"}
+    trained = lambda point: {"backbone": "store/" + "-".join(str(point[keys[g]]) for g in "abc") + ".pt"}  # noqa: E731
+    greedy = drive(GreedyWalk(["a", "b", "c"], [4, 5, 6, 7, 8], keys, 0.9, {"epochs": 2}), concurrency,
+                   extra=trained)
+    walk = LoweringWalk(["a", "b", "c"], [4, 5, 6, 7, 8], keys, 0.9, {"epochs": 2})
+    lowering = drive(walk, concurrency, extra=trained)
+    assert [{k: v for k, v in p.items() if k != "initial"} for p in lowering] == greedy
+    uniform = [p for p in lowering if len({p[keys[g]] for g in "abc"}) == 1]
+    assert uniform and all("initial" not in p for p in uniform)  # from the pretrained backbone
+    for point in lowering:
+        if "initial" in point:
+            # One group one rung lower than the point whose trained weights it starts from.
+            parent = [float(a) for a in point["initial"].removeprefix("store/").removesuffix(".pt").split("-")]
+            lowered = [(parent[i], point[keys[g]]) for i, g in enumerate("abc") if parent[i] != point[keys[g]]]
+            assert len(lowered) == 1 and lowered[0][1] == lowered[0][0] - 1
+    assert walk.current == {"a": 7, "b": 5, "c": 4}

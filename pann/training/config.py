@@ -53,6 +53,9 @@ class TrainConfig:
     (progressive lowering). ``epoch_images`` makes an epoch a fresh random draw of that many training images
     (a unit of training that a search's early stopping compares; every image, once, by default).
 
+    ``initial`` starts training from other weights than ``pretrained`` (e.g. a network trained at other alphas,
+    lowered further); ``pretrained`` stays the teacher of distillation.
+
     ``validation_size=0`` trains on the whole training set (no validation metrics).
     """
 
@@ -60,6 +63,7 @@ class TrainConfig:
     dataset: str = "cifar10"
     data_dir: str | None = None
     pretrained: str | None = None
+    initial: str | None = None
     epochs: int = 3
     batch_size: int = 128
     optimizer: str = "nesterov"
@@ -147,8 +151,9 @@ class TrainConfig:
              "train_limit", "must be a positive integer or null")
         need(self.epoch_images is None or isinstance(self.epoch_images, int) and self.epoch_images >= 1,
              "epoch_images", "must be a positive integer or null")
-        if self.pretrained is not None and not Path(self.pretrained).is_file():
-            p.append(f"pretrained: weights file not found ({self.pretrained!r})")
+        for name in ("pretrained", "initial"):
+            if getattr(self, name) is not None and not Path(getattr(self, name)).is_file():
+                p.append(f"{name}: weights file not found ({getattr(self, name)!r})")
         return p
 
     def _layer_alpha_problems(self) -> list[str]:

@@ -143,15 +143,15 @@ class _Loop:
 
 
 def _backbone_and_data(config: TrainConfig) -> tuple[Classifier, ImageSet, ImageSet | None]:
-    """The backbone to train (pretrained when asked) and the (train, validation) split of the training set
-    (no validation images with ``validation_size=0``)."""
+    """The backbone to train (from ``initial``, else ``pretrained``, when asked) and the (train, validation) split
+    of the training set (no validation images with ``validation_size=0``)."""
     problems = config.problems()
     if problems:
         raise ConfigError("invalid training config: " + "; ".join(problems))
     try:
-        backbone = build_model(config.model, NUM_CLASSES[config.dataset], weights=config.pretrained)
+        backbone = build_model(config.model, NUM_CLASSES[config.dataset], weights=config.initial or config.pretrained)
     except ValueError as exc:
-        raise ConfigError(f"invalid training config: pretrained: {exc}") from exc
+        raise ConfigError(f"invalid training config: {'initial' if config.initial else 'pretrained'}: {exc}") from exc
     train_set, validation = load_dataset(config.dataset, "train", config.data_dir), None
     if config.validation_size:
         train_set, validation = split_train(train_set, config.validation_size, config.seed)
@@ -216,7 +216,7 @@ def _recipes(config: TrainConfig, model: nn.Module, steps_per_epoch: int, device
 def train(config: TrainConfig, checkpoint: str | Path | None = None,
           callback: Callable[[int, dict[str, float]], bool | None] | None = None,
           progress: bool = True) -> TrainResult:
-    """Train (or fine-tune from ``config.pretrained``) and return the backbone with exact ReLUs.
+    """Train (or fine-tune from ``config.initial`` or ``config.pretrained``) and return the backbone with exact ReLUs.
 
     With ``checkpoint`` the state is saved there after every epoch and, if the file
     exists, training resumes from it. Raises :class:`TrainingDiverged` on a non-finite
