@@ -6,7 +6,9 @@ converts it with the sampled alpha of every layer group, applies the point's pos
 reports the PANN's validation accuracy and loss (mean cross-entropy) and its network cost under the search's
 CKKS preset. The correction is applied the same way when the answer is confirmed, tested and registered;
 batch-norm statistics re-estimated under the PANN travel in its spec. Training trials report after every epoch
-too (what ASHA compares); the last report carries ``final``. Post-training trials are cheap: they run the fused
+too (what ASHA compares); the last report carries ``final``. A point trained at its own alphas
+(``leakage_alpha: point``) trains with its polynomials in the loop, and its every B is measured under its PANN
+before it is scored (its exact-ReLU version is a different network). Post-training trials are cheap: they run the fused
 compiled kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
 """
 
