@@ -150,7 +150,7 @@ def test_best_first_strategy_walks_with_the_search_concurrency_and_unknown_strat
     walk = strategy_of(search, LayerGroups("stage", {"stem": ["net_relu"], "layer1": ["a", "b"]})).searcher().walk
     assert isinstance(walk, BestFirstWalk) and walk.concurrency == 3
     assert walk.target == pytest.approx(0.502) and walk.groups == ["stem", "layer1"]
-    assert "search.strategy: expected one of best-first, greedy, optuna (got 'steepest')" in \
+    assert "search.strategy: expected one of best-first, greedy, lowering, optuna (got 'steepest')" in \
         problems(minimal(search={"strategy": "steepest"}))
 
 
