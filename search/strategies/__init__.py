@@ -1,10 +1,12 @@
 """Search strategies: what proposes the points a search's trials measure (the config's ``search.strategy``).
 
 * ``optuna``: Optuna's multi-objective TPE sampler with the target accuracy as a constraint
-  (:mod:`search.strategies.optuna`);
+  (:mod:`search.strategies.optuna_study`);
 * ``greedy``: the deterministic per-layer baseline, round robin over the groups (:mod:`search.strategies.greedy`);
 * ``best-first``: the per-layer walk that takes the step losing the least validation loss
-  (:mod:`search.strategies.best_first`).
+  (:mod:`search.strategies.best_first`);
+* ``lowering``: the greedy walk with training, each step fine-tuning the trained network it lowers
+  (:mod:`search.strategies.lowering`).
 
 Each is one module holding a subclass of :class:`~search.strategies.base.Strategy` with its ``name``. The modules of
 this package are imported by :func:`strategies`, so adding a strategy is one new module here (and its test): the
