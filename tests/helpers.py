@@ -19,6 +19,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
 from search.space import alpha_key
+from search.strategies.optuna_study import DUPLICATE
 from search.strategies.walk import FINISHED
 
 BIN = Path(sys.executable).parent
@@ -125,7 +126,9 @@ def three_records(folder: Path, name: str) -> dict[int, tuple[str, str, str]]:
     mlflow = {int(c.data.tags["pann.trial_id"].removeprefix("optuna-")): c.info.status for c in children}
     assert len(mlflow) == len(children), "one MLflow run per trial"
     tune = tune_records(folder / "runs" / name)
-    return {t.number: (t.state.name, mlflow.get(t.number), tune.get(t.number)) for t in study.trials}
+    # A study trial that repeated an earlier one's point was told its outcome and never run (no Tune trial, no run).
+    return {t.number: (t.state.name, mlflow.get(t.number), tune.get(t.number)) for t in study.trials
+            if DUPLICATE not in t.user_attrs}
 
 
 def duplicate_steps(folder: Path, name: str) -> list[tuple[str, str]]:

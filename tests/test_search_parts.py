@@ -18,7 +18,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search.runner import check_resources, groups_of, strategy_of, tune_config
 from search.space import param_space
-from search.strategies.optuna_study import OptunaSearcher
+from search.strategies.optuna_study import DUPLICATE, OptunaSearcher
 from tracking.recorder import SearchRecorder
 from tracking.records import trial_points
 from tracking.stores import TrackingUnavailable, check_reachable
@@ -51,15 +51,37 @@ def test_searcher_keeps_two_objectives_prunes_unfinished_and_constrains(tmp_path
 
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
     assert study.directions == [optuna.study.StudyDirection.MINIMIZE, optuna.study.StudyDirection.MAXIMIZE]
-    states = [t.state for t in study.trials]
+    measured = [t for t in study.trials if DUPLICATE not in t.user_attrs]  # the points the four trials measure
+    states = [t.state for t in measured]
     # A failed trial stays RUNNING: a resume may run it again (a lost node's trial); the search's end fails it.
     assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.COMPLETE,
                       optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING]
     # The infeasible trial would dominate in precision; the constraint keeps it off the front.
     assert [t.values for t in study.best_trials] == [[8.0, 0.85]]
-    assert study.trials[2].constraints == {"accuracy": pytest.approx(0.3)}
+    assert measured[2].constraints == {"accuracy": pytest.approx(0.3)}
     s.on_trial_complete("failed", {"precision_bits": 7.0, "accuracy": 0.9, "final": 1})  # its rerun finished
-    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[3].state == optuna.trial.TrialState.COMPLETE
+    assert optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}").trials[
+        measured[3].number].state == optuna.trial.TrialState.COMPLETE
+
+
+def test_a_point_the_sampler_repeats_is_told_the_earlier_outcome_not_measured_again(tmp_path):
+    distributions = OptunaSearch.convert_search_space(param_space({"alpha": [6, 7]}))
+    s = OptunaSearcher(distributions, {}, ["precision_bits", "accuracy"], ["minimize", "maximize"],
+                       f"sqlite:///{tmp_path / 'optuna.db'}", "d", seed=0, target_accuracy=0.8)
+    first, second = s.suggest("a"), s.suggest("b")
+    assert {first["alpha"], second["alpha"]} == {6, 7}  # the second is never the point the first is measuring
+    s.on_trial_complete("a", {"precision_bits": float(first["alpha"]), "accuracy": 0.9, "final": 1})
+    s.on_trial_complete("b", {"precision_bits": float(second["alpha"]), "accuracy": 0.7, "epoch": 1})  # pruned
+    third = s.suggest("c")  # both points measured: after its tries the searcher measures one again
+    assert third["alpha"] in (6, 7)
+    study = optuna.load_study(study_name="d", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
+    repeats = [t for t in study.trials if DUPLICATE in t.user_attrs]
+    assert len(repeats) == 99 and len(study.trials) == 3 + 99
+    measured = {t.number: t for t in study.trials if DUPLICATE not in t.user_attrs}
+    for t in repeats:
+        earlier = measured[t.user_attrs[DUPLICATE]]
+        assert t.params == earlier.params and t.state == earlier.state
+        assert t.values == earlier.values and t.constraints == earlier.constraints
 
 
 def test_searcher_and_callback_survive_tune_checkpointing(tmp_path):
@@ -157,10 +179,12 @@ def test_resumed_searcher_adopts_a_trial_asked_before_the_crash(tmp_path):
     assert restored.suggest("b") == orphan
     restored.on_trial_complete("b", {"precision_bits": 7.0, "accuracy": 0.9, "final": 1})
     fresh = restored.suggest("c")
-    assert fresh["optuna_trial"] == 2
     study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 'optuna.db'}")
-    assert [t.state for t in study.trials] == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
-                                               optuna.trial.TrialState.RUNNING]
+    # No trial asked beyond the adopted one but the new point's (and the sampler's repeats, told and never run).
+    measured = [t for t in study.trials if DUPLICATE not in t.user_attrs]
+    assert [t.number for t in measured] == [0, 1, fresh["optuna_trial"]]
+    assert [t.state for t in measured] == [optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.COMPLETE,
+                                           optuna.trial.TrialState.RUNNING]
 
 
 def _tiny_data(tmp_path) -> dict:

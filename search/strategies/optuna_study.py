@@ -7,7 +7,9 @@ constraint ``target - accuracy <= 0``. A per-layer study is warm-started with th
 one alpha; the other dimensions are left to the sampler).
 
 Only a result marked ``final`` is told as COMPLETE: a trial that stopped before it (ASHA, a time budget) is PRUNED,
-one that failed FAIL. One Optuna detail is private (:func:`_adopt`): a trial a killed driver left RUNNING in the
+one that failed FAIL. A point the sampler proposes again (TPE does, on a space of choices) is not measured again:
+the study is told the earlier trial's outcome for it, marked ``duplicate_of``, and asked again, so every Tune trial
+measures a new point (a pruned candidate is not trained again from the start). One Optuna detail is private (:func:`_adopt`): a trial a killed driver left RUNNING in the
 study is adopted by a resumed search, with the parameters it lacks, so the resume asks no extra trial.
 """
 
@@ -25,9 +27,11 @@ from pann.cost.objectives import objective
 from search import space
 from search.strategies.base import Strategy
 
-__all__ = ["OptunaSearcher", "OptunaStrategy"]
+__all__ = ["DUPLICATE", "OptunaSearcher", "OptunaStrategy"]
 
 logger = logging.getLogger(__name__)
+
+DUPLICATE = "duplicate_of"  # user attribute of a study trial that repeated an earlier one's point (not measured)
 
 
 class OptunaSearcher(Searcher):
@@ -53,9 +57,32 @@ class OptunaSearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict | None:
         if trial_id not in self.trials:
-            self.trials[trial_id] = self._orphan() or self.study.ask(fixed_distributions=self.distributions)
+            self.trials[trial_id] = self._orphan() or self._ask()
         trial = self.trials[trial_id]
         return {**self.fixed, **trial.params, "optuna_trial": trial.number}
+
+    def _ask(self, tries: int = 100) -> optuna.Trial:
+        """A trial at a point no earlier trial has measured or is measuring; the sampler's repeats are told the
+        earlier outcome (COMPLETE with its values and constraint, else PRUNED), marked ``duplicate_of``. After
+        ``tries`` repeats (a space measured through) the last one is measured again."""
+        for attempt in range(tries):
+            trial = self.study.ask(fixed_distributions=self.distributions)
+            earlier = next((t for t in self.study.get_trials(deepcopy=False)
+                            if t.number != trial.number and t.params == trial.params
+                            and DUPLICATE not in t.user_attrs
+                            and t.state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)), None)
+            if earlier is None or attempt == tries - 1:
+                return trial
+            trial.set_user_attr(DUPLICATE, earlier.number)
+            if earlier.state == TrialState.COMPLETE:
+                for key, value in earlier.constraints.items():
+                    trial.set_constraint(key, value)
+                self.study.tell(trial, earlier.values)
+            else:
+                self.study.tell(trial, state=TrialState.PRUNED)
+            logger.info("Optuna trial %d repeats trial %d's point: told its outcome, not measured again",
+                        trial.number, earlier.number)
+        raise AssertionError("unreachable: the last attempt returns")
 
     def _orphan(self) -> optuna.Trial | None:
         """A trial RUNNING in the study that no Tune trial owns (asked before a driver crash), adopted."""
