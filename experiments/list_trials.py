@@ -1,10 +1,12 @@
 """The finished trials of one search, from Ray Tune's run folder (useful when a search was stopped before its answer).
 
-    python experiments/list_trials.py RUN_DIR [--target 0.9073] [--params epochs,distill_weight,...]
+    python experiments/list_trials.py RUN_DIR [--target 0.9073] [--params epochs,distill_weight,...] [--reports]
 
 RUN_DIR is the search's Tune folder (``storage/NAME``). One line per trial, in the order the trials started:
 mean alpha, validation accuracy (``*`` when it meets ``--target``), bootstraps, levels, polynomial levels, and
-the sampled value of each dimension named in ``--params``.
+the sampled value of each dimension named in ``--params``. With ``--reports`` (training searches) every trial,
+stopped ones too, by its Optuna number: the sampled values, then its PANN's validation accuracy at each report
+(after each epoch; the last one of a finished trial is its final result), and how it ended.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ def main() -> None:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--target", type=float, default=0.9073)
     parser.add_argument("--params", default="", help="comma-separated search dimensions to show")
+    parser.add_argument("--reports", action="store_true", help="every trial's reports, stopped trials too")
     args = parser.parse_args()
+    if args.reports:
+        return _reports(args.run_dir, [p for p in args.params.split(",") if p])
     rows = []
     for folder in args.run_dir.glob("run_trial_*"):
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
@@ -33,6 +38,23 @@ def main() -> None:
         sampled = "".join(f"  {r.get('config', {}).get(p)!s:>{len(p)}}" for p in params)
         print(f"{i:5d}  {r['precision_bits']:10.2f}  {100 * r['accuracy']:9.2f}%{mark} {r['bootstraps']:10.0f}  "
               f"{r['levels']:6.0f}  {r['polynomial_levels']:17.0f}{sampled}")
+
+
+def _reports(run_dir: Path, params: list[str]) -> None:
+    rows = []
+    for folder in run_dir.glob("run_trial_*"):
+        config = json.loads((folder / "params.json").read_text())
+        lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
+        results = [json.loads(line) for line in lines]
+        rows.append((config["optuna_trial"], config, results))
+    print("optuna trial" + "".join(f"  {p}" for p in params) + "  ended  seconds  validation accuracy at each report (%)")
+    for number, config, results in sorted(rows, key=lambda row: row[0]):
+        final = bool(results) and bool(results[-1].get("final"))
+        ended = "final" if final else "stopped" if results else "no report"
+        seconds = results[-1]["time_total_s"] if results else 0
+        curve = " ".join(f"{100 * r['accuracy']:.2f}" for r in results)
+        print(f"{number:12d}" + "".join(f"  {config.get(p)!s:>{len(p)}}" for p in params)
+              + f"  {ended:>7}  {seconds:7.0f}  {curve}")
 
 
 if __name__ == "__main__":
