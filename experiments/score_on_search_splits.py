@@ -16,6 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
+from pann.data import NUM_CLASSES
 from pann.files import write_bytes_atomic
 from pann.models.builders import build_model
 from search import config
@@ -39,7 +40,7 @@ def main() -> None:
         raise SystemExit(f"score_on_search_splits: --alphas must name every group: {', '.join(groups)}")
     point = {**{f"alpha.{g}": a for g, a in alphas.items()}, "epochs": 1, "leakage": "approximation-aware",
              "leakage_alpha": "point", "correction": args.correction}
-    backbone = Backbone(build_model(search.model, 10, args.weights), args.weights)
+    backbone = Backbone(build_model(search.model, NUM_CLASSES[search.dataset], args.weights), args.weights)
     row = {"config": str(args.config), "weights": str(args.weights), "alphas": alphas}
     for part in ("validation", "confirmation", "test"):
         record = measure(search, groups, point, backbone, part, neighbours=False)[0]
