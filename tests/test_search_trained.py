@@ -32,9 +32,9 @@ def trained(tmp_path_factory):
         "backbone": {"model": "resnet20", "dataset": "synthetic", "validation_from": "test", "validation_size": 100,
                      "confirmation_size": 100, "calibration_size": 100},
         "training": {"batch_size": 32, "train_limit": 512, "epoch_images": 64, "lr": 0.05, "amp": False},
-        "space": {"alpha": [6, 5], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
+        "space": {"alpha": [6, 5], "epochs": [3], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
         # One trial at a time: ASHA's decisions, hence which trials are pruned, do not depend on timing.
-        "budget": {"trials": 6, "concurrency": 1, "max_failures": 0},
+        "budget": {"trials": 5, "concurrency": 1, "max_failures": 0},
         "search": {"granularity": "stage", "cost": "levels", "compile": False, "seed": 0, "early_stopping": True,
                    "grace_period": 1},
         "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}",
@@ -59,11 +59,11 @@ def test_every_candidate_trains_at_its_own_alphas(trained):
 def test_pruned_trials_are_pruned_in_all_three_records(trained):
     folder, _, result = trained
     records = three_records(folder, "trained")
-    assert len(records) == 6
+    assert len(records) == 5
     assert set(records.values()) <= {("COMPLETE", "FINISHED", "final"), ("PRUNED", "KILLED", "unfinished")}, records
     pruned = [n for n, r in records.items() if r[0] == "PRUNED"]
     assert pruned, "ASHA stopped no trial: the test shows nothing"
-    assert len(result.points) == 6 - len(pruned)
+    assert len(result.points) == 5 - len(pruned)
 
 
 def test_the_trained_answer_exported_and_rebuilt_scores_what_the_search_reported(trained, tmp_path):
@@ -103,7 +103,7 @@ def lowered(tmp_path_factory):
         "training": {"batch_size": 32, "train_limit": 512, "epoch_images": 64, "lr": 0.01, "amp": False},
         # Uniform alpha 2 ruins the network: uniform 6 is the walk's start, from which it steps down group by group.
         "space": {"alpha": [6, 2], "epochs": [1], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
-        "budget": {"trials": 8, "concurrency": 2, "max_failures": 0},
+        "budget": {"trials": 5, "concurrency": 2, "max_failures": 0},
         "search": {"granularity": "stage", "cost": "levels", "strategy": "lowering", "compile": False, "seed": 0,
                    "early_stopping": False},
         "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}",
