@@ -72,7 +72,8 @@ def mlflow_server(tmp_path_factory):
 
 # The longest modules go first, so that the other worker runs the rest of the suite beside them (pyproject.toml:
 # xdist hands out whole modules in collection order).
-_FIRST_MODULES = ("test_search_faults.py", "test_search_cluster.py", "test_search_per_layer.py", "test_per_layer.py")
+_FIRST_MODULES = ("test_search_faults.py", "test_search_cluster.py", "test_search_trained.py", "test_search_per_layer.py",
+                  "test_per_layer.py")
 
 
 def pytest_collection_modifyitems(config, items):
