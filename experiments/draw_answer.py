@@ -13,11 +13,10 @@ import argparse
 import json
 from pathlib import Path
 
-from pann.approximation.catalog import relu_for_precision
 from pann.conversion.flow import prepare
-from pann.cost.network import level_trace, network_cost
 from pann.cost.preset import load_preset
 from pann.models.builders import build_model
+from search.answer import drawn
 from tracking.answer_picture import answer_picture
 
 
@@ -33,14 +32,9 @@ def main() -> None:
     row = json.loads(args.table.read_text())[args.row]
     answer = {k.removeprefix("alpha."): float(v) for k, v in row["group_alphas"].items()}
     observed, preset = prepare(build_model(args.model)), load_preset(args.preset)
-    drawn = []
-    for label, alphas in ((f"{row['search']} ({100 * row['test']:.2f}% test)", answer),
-                          (f"uniform alpha {args.uniform:g}", dict.fromkeys(answer, args.uniform))):
-        approximations = {name: relu_for_precision(a) for name, a in alphas.items()}
-        cost = network_cost(observed, preset, approximations)
-        drawn.append((label, alphas, level_trace(observed, preset, approximations), cost.bootstraps,
-                      cost.polynomial_levels))
-    answer_picture(args.out, drawn, f"{row['search']}: the answer under {args.preset}")
+    networks = [drawn(f"{row['search']} ({100 * row['test']:.2f}% test)", answer, observed, preset),
+                drawn(f"uniform alpha {args.uniform:g}", dict.fromkeys(answer, args.uniform), observed, preset)]
+    answer_picture(args.out, networks, f"{row['search']}: the answer under {args.preset}")
     print(f"wrote {args.out}")
 
 

@@ -118,20 +118,22 @@ def _uniform_reference(search: SearchConfig, groups, points: list[Point]) -> Poi
     return min(uniform, key=lambda p: (p.cost(search.cost), -p.accuracy), default=None)
 
 
+def drawn(label: str, alphas: dict[str, float], observed, preset) -> tuple:
+    """One network for :func:`tracking.answer_picture.answer_picture`: its alphas by layer, level trace and costs
+    under ``preset`` (``observed``: the model prepared for conversion)."""
+    approximations = {name: relu_for_precision(a) for name, a in alphas.items()}
+    cost = network_cost(observed, preset, approximations)
+    return label, alphas, level_trace(observed, preset, approximations), cost.bootstraps, cost.polynomial_levels
+
+
 def draw_answer(search: SearchConfig, groups, answer: Point, reference: Point | None, path) -> None:
     """The picture of ``answer`` (:func:`tracking.answer_picture.answer_picture`) beside ``reference``."""
     observed = prepare(build_model(search.model, NUM_CLASSES[search.dataset]))
     preset = load_preset(search.preset)
-    drawn = []
-    for label, point in (("answer", answer), ("uniform", reference)):
-        if point is None:
-            continue
-        alphas = groups.expand(group_alphas(point.params, groups))
-        approximations = {name: relu_for_precision(a) for name, a in alphas.items()}
-        cost = network_cost(observed, preset, approximations)
-        drawn.append((f"{label} ({100 * point.accuracy:.2f}% validation)", alphas,
-                      level_trace(observed, preset, approximations), cost.bootstraps, cost.polynomial_levels))
-    answer_picture(path, drawn, f"{search.name}: the answer under {search.preset}")
+    answer_picture(path, [drawn(f"{label} ({100 * point.accuracy:.2f}% validation)",
+                                groups.expand(group_alphas(point.params, groups)), observed, preset)
+                          for label, point in (("answer", answer), ("uniform", reference)) if point is not None],
+                   f"{search.name}: the answer under {search.preset}")
 
 
 def outcome(search: SearchConfig, groups, recorder: SearchRecorder, results) -> SearchOutcome:
