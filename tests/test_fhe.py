@@ -52,6 +52,30 @@ def _cnn() -> nn.Module:
     return model.eval()
 
 
+class _IdentityBlock(nn.Module):
+    """A CIFAR ResNet block with the identity shortcut: the block's input feeds its first convolution and the add."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(channels)
+
+    def forward(self, x):
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))) + x)
+
+
+def _resnet() -> nn.Module:
+    """The CNN with an identity block after its option-A block: every kind of ReLU input a CIFAR ResNet has."""
+    model = nn.Sequential(*list(_cnn())[:4], _IdentityBlock(8), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    return model.eval()
+
+
 def _pann(model: nn.Module, data: torch.Tensor, degrees=(3, 3), family="composite") -> nn.Module:
     observed = prepare(model)
     calibrate(observed, [data])
@@ -62,6 +86,13 @@ def _pann(model: nn.Module, data: torch.Tensor, degrees=(3, 3), family="composit
 def cnn_pann():
     data = torch.rand(32, 3, 8, 8)
     return _pann(_cnn(), data), data
+
+
+@pytest.fixture
+def resnet_pann():
+    torch.manual_seed(0)
+    data = torch.rand(32, 3, 8, 8)
+    return _pann(_resnet(), data), data
 
 
 def test_lowering_keeps_every_layer_and_maps_the_shortcut_to_a_zero_channel_conv(cnn_pann):
@@ -155,20 +186,36 @@ def test_patched_orion_functions_keep_their_shape_and_the_sparse_diagonals_match
             original(sp.csr_matrix(matrix), 32, method, last)
 
 
+def test_every_relu_of_a_resnet_takes_its_prescale_from_the_layers_before(resnet_pann):
+    from pann.fhe.graph import fold_prescales
+
+    pann, data = resnet_pann
+    plan = lower(pann, data[:1])
+    folded, kept = fold_prescales(plan)
+    relus = [l for l in folded.layers if l.kind == "relu"]
+    # The stem's and the first convolution's ReLUs follow a batch norm; the two after a residual add take c through
+    # both of the add's inputs (a batch norm and the shortcut's convolution; or the block's input, a ReLU).
+    assert kept == [] and len(relus) == 4 and all(l.options["folded"] and l.options["prescale"] == 1.0 for l in relus)
+    assert plan_depth(folded) == plan_depth(plan) - 4
+    assert not any(l.options.get("folded") for l in plan.layers)  # the given plan is left as it was
+    before, after = {l.name: l for l in plan.layers}, {l.name: l for l in folded.layers}
+    block_relu, last_relu = relus[1].name, relus[3].name
+    c = before[last_relu].options["prescale"]
+    # The identity shortcut: the ReLU that feeds it carries c in its last stage, its other reader (conv1) W / c.
+    assert after[block_relu].options["stages"][-1] == pytest.approx([v * c for v in before[block_relu].options["stages"][-1]])
+    (conv1,) = [l for l in folded.layers if l.kind == "conv2d" and l.inputs == (block_relu,)]
+    torch.testing.assert_close(conv1.options["weight"], before[conv1.name].options["weight"] / c)
+
+
 @needs_orion
-def test_orion_network_in_the_clear_computes_the_pann_with_and_without_folded_prescales(cnn_pann):
+def test_orion_network_in_the_clear_computes_the_pann_with_and_without_folded_prescales(resnet_pann):
     from pann.fhe import backend as fhe
     from pann.fhe.graph import fold_prescales
     from pann.fhe.reference import plaintext
 
-    pann, data = cnn_pann
+    pann, data = resnet_pann
     plan = lower(pann, data[:1])
-    folded, kept = fold_prescales(plan)
-    # The stem's ReLU follows a batch norm that feeds it alone: folded. The block's follows a residual add: kept.
-    assert kept == ["_3_relu"] and [l.options.get("folded", False) for l in folded.layers if l.kind == "relu"] == \
-        [True, False]
-    assert plan_depth(folded) == plan_depth(plan) - 1
-    assert not any(l.options.get("folded") for l in plan.layers)  # the given plan is left as it was
+    folded, _ = fold_prescales(plan)
     logits, inputs = plaintext(pann, data[:4], plan.input)
     for lowered in (plan, folded):
         network = fhe.build_network(lowered)
@@ -178,21 +225,24 @@ def test_orion_network_in_the_clear_computes_the_pann_with_and_without_folded_pr
 
 
 @needs_orion
-def test_cnn_with_shortcut_agrees_under_encryption_with_bootstrapping(cnn_pann):
+def test_resnet_with_both_shortcuts_agrees_under_encryption_with_bootstrapping(resnet_pann):
     from pann.fhe import backend as fhe
-    pann, data = cnn_pann
+    pann, data = resnet_pann
     seen = []
     report = fhe.check(pann, data[:1], "insecure-test", calibration=data, progress=seen.append)
     (result,) = report.results
-    # 16 levels with every ReLU's 1/B multiplied in; the stem's is folded into its batch norm, the block's is not.
-    assert result.levels == report.depth == 15 and result.bootstraps >= 1 and report.bootstrapping
-    assert report.prescales_kept == 1
+    # Every ReLU's 1/B folded into the layers before (a batch norm; both inputs of a residual add, one of them the
+    # identity shortcut): one level fewer per ReLU than multiplied in.
+    plan = lower(pann, data[:1])
+    layers = len(plan.layers)
+    assert result.levels == report.depth == plan_depth(plan) - 4 and result.bootstraps >= 1 and report.bootstrapping
+    assert report.prescales_kept == 0
     assert result.agrees and result.max_logit_error < TOLERANCE
     # Progress: Orion's five compile phases in order, then every layer of the image, the last with its bootstraps.
     phases = [p.step for p in seen if p.stage == "compile"]
     assert sorted(set(phases)) == [1, 2, 3, 4, 5] and phases == sorted(phases)
     steps = [p for p in seen if p.stage == "image"]
-    assert [p.step for p in steps] == list(range(1, 12)) and steps[-1].steps == 11
+    assert [p.step for p in steps] == list(range(1, layers + 1)) and steps[-1].steps == layers
     assert steps[-1].bootstraps == result.bootstraps and steps[-1].elapsed_s >= report.compile_seconds
 
 

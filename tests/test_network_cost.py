@@ -195,8 +195,9 @@ def test_orion_resnet20_matches_the_measured_orion_run_and_predicts_the_folded_o
     """Orion compiled the shared ResNet-20 with degrees (7,15) into 192 levels and 24 bootstraps with every
     ReLU's 1/B multiplied in (shared/notes/orion.md); the orion-resnet preset with that unfolded gives the same,
     and its time table reproduces the measured 871 s per image by construction. As `pann fhe-check` runs it
-    now, 1/B folded into the batch norm before 10 of the 19 ReLUs, the preset predicts 182 levels (what the
-    lowered plan's depth is) and 22 bootstraps."""
+    now, every 1/B folded into the layers before (the batch norm before 10 ReLUs; both inputs of the residual add
+    before the other 9), the preset predicts 173 levels (what the lowered plan's depth is) and 19 bootstraps;
+    with only the first 10 folded it was 182 and 22."""
     import dataclasses
 
     from pann.fhe.graph import fold_prescales, lower, plan_depth
@@ -208,11 +209,11 @@ def test_orion_resnet20_matches_the_measured_orion_run_and_predicts_the_folded_o
     assert (unfolded.bootstraps, unfolded.levels, unfolded.multiplications) == (24, 192, 228)
     assert unfolded.latency == pytest.approx(871, abs=1)
     folded = network_cost(model, orion, approximations=approximation)
-    assert (folded.bootstraps, folded.levels, folded.multiplications) == (22, 182, 228)
+    assert (folded.bootstraps, folded.levels, folded.multiplications) == (19, 173, 228)
     calibrate(model, [torch.rand(4, 3, 32, 32)])
     plan = lower(convert(model, approximation, compiled=False), torch.rand(1, 3, 32, 32))
     folded_plan, kept = fold_prescales(plan)
-    assert (plan_depth(plan), plan_depth(folded_plan), len(kept)) == (192, 182, 9)
+    assert (plan_depth(plan), plan_depth(folded_plan), len(kept)) == (192, 173, 0)
 
 
 def _as_dict(p: CostPreset) -> dict:
@@ -274,7 +275,7 @@ def test_built_in_presets():
     assert preset_names() == ["mpcnn", "orion-resnet"]
     mpcnn, orion = load_preset("mpcnn"), load_preset("orion-resnet")
     assert (mpcnn.levels.bootstrap, mpcnn.levels.conv, mpcnn.prescale_folded) == (16, 2, True)
-    assert (orion.levels.bootstrap, orion.levels.conv, orion.prescale_folded) == (9, 1, "after-linear")
+    assert (orion.levels.bootstrap, orion.levels.conv, orion.prescale_folded) == (9, 1, "where-exact")
     assert "9,481" in mpcnn.source and "20 s" in orion.source
 
 
@@ -286,7 +287,7 @@ def test_preset_file_errors_list_every_field(tmp_path):
     with pytest.raises(PresetError) as error:
         load_preset(path)
     message = str(error.value)
-    for expected in (str(path), "colour: unknown field", "prescale_folded: must be true, false or after-linear",
+    for expected in (str(path), "colour: unknown field", "prescale_folded: must be true, false or where-exact",
                      "levels.extra: unknown field", "levels.scale: missing", "times.bootstrap: must be a number"):
         assert expected in message
     with pytest.raises(FileNotFoundError, match="built-in presets are mpcnn, orion-resnet"):
@@ -299,9 +300,9 @@ def test_cli_cost_table(capsys):
     (row,) = report["rows"]
     assert report["preset"] == "orion-resnet" and row["alpha"] == "4"
     approx = get_approximation("composite", tuple(row["degrees"]))
-    # 19 ReLUs of their depth, 9 of them (after a residual add) + 1 for the 1/B prescale the other 10 fold into
-    # their batch norm; 19 convolutions, average pooling, the linear layer.
-    assert row["levels"] == 19 * approx.depth + 9 + 19 + 2
+    # 19 ReLUs of their depth (every 1/B folded into the layers before), 19 convolutions, average pooling, the
+    # linear layer.
+    assert row["levels"] == 19 * approx.depth + 19 + 2
     assert row["bootstraps"] == len(row["bootstrap_sites"]) > 0
     assert cli.main(["cost", "--model", "resnet20", "--alphas", "4", "--preset", "no-such"]) == 2
     assert "unknown cost preset 'no-such'" in capsys.readouterr().err

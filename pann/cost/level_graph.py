@@ -8,8 +8,10 @@ Level costs (all from the :class:`~pann.cost.preset.CostPreset`):
   additions, padding, reshapes: free.
 * polynomial ReLU ``x (1 + p(x / B)) / 2`` with ``p = p_k o ... o p_1``: a fork-join whose sign branch
   costs ``levels.scale`` for the ``1/B`` prescale unless it is folded (``prescale_folded``: always, never, or
-  ``after-linear``: where the ReLU's input is the output of a convolution, batch norm or linear layer that
-  feeds nothing else, as ``pann fhe-check`` folds it; a ReLU after a residual add keeps its prescale), then
+  ``where-exact``: as ``pann fhe-check`` folds it, :func:`pann.fhe.graph.fold_prescales`: where the ReLU's input
+  is the output of a convolution, batch norm or linear layer that feeds nothing else, or of a residual add that
+  feeds nothing else and whose inputs are such layers, a channel pad (a convolution when encrypted) or another
+  ReLU whose other readers are linear layers), then
   ``ceil(log2(d_i + 1))`` and :func:`~pann.approximation.polynomial_cost.polynomial_multiplications` per stage, and
   whose join (the final multiplication) costs one level and one multiplication; a direct
   polynomial of degree ``d`` costs ``ceil(log2(d + 1))`` (+ the prescale).
@@ -33,7 +35,7 @@ from torch import fx, nn
 from pann.approximation import polynomial_cost
 from pann.approximation.composite import ReluApproximation
 from pann.cost.bootstrap_placement import Boot, Op, Parallel, Series
-from pann.cost.preset import AFTER_LINEAR, CostPreset
+from pann.cost.preset import WHERE_EXACT, CostPreset
 from pann.conversion.modules import ObservedMaxPool2d, ObservedReLU, PolyMaxPool2d, PolyReLU
 
 ACTIVATIONS = (PolyReLU, PolyMaxPool2d, ObservedReLU, ObservedMaxPool2d)
@@ -111,6 +113,7 @@ class _LevelGraph:
         self.users = {n: [u for u in n.users if u in self.data] for n in self.data}
         self.open: dict[fx.Node, tuple[fx.Node | None, list]] = {}
         self.live = {n: len(users) for n, users in self.users.items() if len(users) > 1}
+        self.rescaled: set[fx.Node] = set()  # ReLUs whose output carries a later ReLU's 1/B (where-exact)
 
     def _metadata(self, node: fx.Node) -> bool:
         return (node.op == "call_method" and node.target in _METADATA_METHODS
@@ -184,14 +187,58 @@ class _LevelGraph:
             isinstance(self.modules[users[0].target], _WEIGHTED)
 
     def _prescale_folded(self, node: fx.Node) -> bool:
-        """Whether the preset folds this ReLU's 1/B into the layer before it."""
-        if self.preset.prescale_folded != AFTER_LINEAR:
+        """Whether the preset folds this ReLU's 1/B into the layers before it (the rule of
+        :func:`pann.fhe.graph.fold_prescales`, read on the PANN's graph)."""
+        if self.preset.prescale_folded != WHERE_EXACT:
             return bool(self.preset.prescale_folded)
         (source,) = [i for i in node.all_input_nodes if i in self.data]
-        if source.op != "call_module" or len(self.users[source]) != 1:
+        if self._scalable(source):
+            return True
+        if not (self._is_add(source) and len(self.users[source]) == 1):
             return False
-        module = self.modules[source.target]
+        reads = [self._alias(i, source) for i in source.all_input_nodes if i in self.data]
+        if len({value for value, _ in reads}) == 2 and all(
+                self._scalable(value) or self._shortcut(value, reader) for value, reader in reads):
+            self.rescaled.update(value for value, _ in reads if self._activation(value))
+            return True
+        return False
+
+    def _alias(self, node: fx.Node, reader: fx.Node) -> tuple[fx.Node, fx.Node]:
+        """``(value, reader)``: ``node`` seen through identity modules (an identity shortcut), and who reads it."""
+        while node.op == "call_module" and isinstance(self.modules[node.target], (nn.Identity, nn.Dropout)) \
+                and len(self.users[node]) == 1:
+            node, reader = node.all_input_nodes[0], node
+        return node, reader
+
+    def _scalable(self, node: fx.Node) -> bool:
+        """A linear layer whose output feeds one layer only (it can take a factor in its weights)."""
+        if len(self.users[node]) != 1:
+            return False
+        if node.op == "call_function" and node.target is F.pad:
+            return True  # the option-A shortcut's zero channels: a fixed convolution when encrypted
+        if node.op != "call_module":
+            return False
+        module = self.modules[node.target]
         return isinstance(module, _WEIGHTED) or isinstance(module, _NORMS) and module.affine
+
+    def _shortcut(self, node: fx.Node, reader: fx.Node) -> bool:
+        """A ReLU whose readers other than ``reader`` are all linear layers (they can take the factor's inverse)."""
+        return self._activation(node) and node not in self.rescaled and all(
+            self._linear_reader(u) for u in self.users[node] if u is not reader)
+
+    def _linear_reader(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules[node.target], _WEIGHTED)
+        subsample = node.op == "call_function" and node.target is operator.getitem and _strided(node.args[1])
+        return subsample and all(u.op == "call_function" and u.target is F.pad for u in self.users[node])
+
+    def _activation(self, node: fx.Node) -> bool:
+        return node.op == "call_module" and isinstance(self.modules[node.target], (PolyReLU, ObservedReLU))
+
+    @staticmethod
+    def _is_add(node: fx.Node) -> bool:
+        return node.op == "call_function" and node.target in (operator.add, torch.add) \
+            or node.op == "call_method" and node.target == "add"
 
     def _blocks(self, node: fx.Node) -> list | None:
         """The blocks of one operation, or ``None`` for an operation the cost model does not know."""

@@ -7,7 +7,7 @@ name (:func:`preset_names`, files in ``pann/cost/presets/``) or the path of a us
     description: one line for tables (optional)
     source: where the numbers come from (papers, measurements)
     prescale_folded: true      # 1/B of a polynomial ReLU folded into the previous layer (true, false,
-                               # or after-linear: where its input is a linear layer's, used by it alone)
+                               # or where-exact: where `pann fhe-check` folds it, see pann.fhe.graph.fold_prescales)
     levels:
       bootstrap: 16            # levels available after a bootstrap
       fresh_input: 18          # levels of a freshly encrypted input
@@ -62,7 +62,7 @@ class OperationTimes:
     scale_level: float
 
 
-AFTER_LINEAR = "after-linear"  # prescale_folded: folded where a ReLU's input is a linear layer's output used only by it
+WHERE_EXACT = "where-exact"  # prescale_folded: folded where pann fhe-check folds it (pann.fhe.graph.fold_prescales)
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class CostPreset:
 
     name: str
     source: str
-    prescale_folded: bool | str  # True, False or AFTER_LINEAR
+    prescale_folded: bool | str  # True, False or WHERE_EXACT
     levels: LevelCosts
     times: OperationTimes
     description: str = ""
@@ -104,8 +104,8 @@ _TEXT: _Check = (lambda v: isinstance(v, str) and v.strip() != "", "must be non-
 _MAPPING: _Check = (lambda v: isinstance(v, Mapping), "must be a mapping of fields")
 _TOP: dict[str, _Check] = {"name": _TEXT, "source": _TEXT, "description": _TEXT, "levels": _MAPPING,
                            "times": _MAPPING,
-                           "prescale_folded": (lambda v: isinstance(v, bool) or v == AFTER_LINEAR,
-                                               f"must be true, false or {AFTER_LINEAR}")}
+                           "prescale_folded": (lambda v: isinstance(v, bool) or v == WHERE_EXACT,
+                                               f"must be true, false or {WHERE_EXACT}")}
 _LEVELS: dict[str, _Check] = {f.name: (lambda v: _is_int(v) and v >= 0, "must be an integer >= 0")
                               for f in fields(LevelCosts)}
 _LEVELS["bootstrap"] = (lambda v: _is_int(v) and v >= 1, "must be an integer >= 1")

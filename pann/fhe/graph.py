@@ -228,36 +228,76 @@ def folded_stages(approximation, bound: float) -> tuple[float, list[list[float]]
 
 
 def fold_prescales(plan: Plan) -> tuple[Plan, list[str]]:
-    r"""Fold each ReLU's ``1 / (B w_1)`` into the layer that produces its input, where that is exact: a
-    convolution, a linear layer or an affine batch norm whose output feeds only this ReLU. Then
+    r"""Fold each ReLU's ``1 / (B w_1)`` into the layers that produce its input, where that is exact, so that the
+    ReLU starts from ``t`` directly and saves the level its own multiplication by ``c`` costs.
 
-    .. math:: c\,(W x + b) = (c W) x + c b, \qquad c\,(\gamma \hat{x} + \beta) = (c \gamma) \hat{x} + c \beta
+    * After a convolution, a linear layer or an affine batch norm whose output feeds only this ReLU:
 
-    and the ReLU starts from ``t`` directly, saving the level its own multiplication by ``c`` costs. A ReLU
-    after a residual add (whose inputs also feed other layers) keeps its prescale. Returns the new plan (the
-    given one is not changed) and the names of the ReLUs that kept theirs."""
-    consumers: dict[str, int] = {}
+      .. math:: c\,(W x + b) = (c W) x + c b, \qquad c\,(\gamma \hat{x} + \beta) = (c \gamma) \hat{x} + c \beta
+
+    * After a residual add that feeds only this ReLU, ``c (u + v) = c u + c v``: each input of the add takes ``c``
+      as above when it is such a layer, or, when it is another ReLU's output ``y`` (an identity shortcut), that
+      ReLU's last stage is multiplied by ``c`` (a polynomial's output scales with its coefficients) and every
+      other layer reading ``y`` is given ``W / c`` instead of ``W``, so ``(W / c)(c y) + b = W y + b``. That
+      needs those other readers to be convolutions or linear layers, and ``y`` scaled for one add only.
+
+    Where neither holds the ReLU keeps its prescale. Returns the new plan (the given one is not changed) and
+    the names of the ReLUs that kept theirs."""
+    consumers: dict[str, list[str]] = {}
     for layer in plan.layers:
         for name in layer.inputs:
-            consumers[name] = consumers.get(name, 0) + 1
+            consumers.setdefault(name, []).append(layer.name)
     layers = [Layer(l.name, l.kind, l.inputs, dict(l.options)) for l in plan.layers]
     producers = {layer.name: layer for layer in layers}
+    rescaled: set[str] = set()  # ReLUs whose output carries another ReLU's c
     kept = []
+
+    def alone(source: Layer | None) -> bool:
+        return source is not None and len(consumers[source.name]) == 1 and source.name != plan.output
+
+    def scalable(source: Layer | None) -> bool:  # a linear layer that feeds one layer only: takes c in W and b
+        return alone(source) and (source.kind in ("conv2d", "linear")
+                                  or source.kind == "batchnorm" and source.options["weight"] is not None)
+
+    def shortcut(source: Layer | None, add: str) -> bool:  # a ReLU whose other readers are linear layers
+        return source is not None and source.kind == "relu" and source.name not in rescaled \
+            and source.name != plan.output and all(producers[r].kind in ("conv2d", "linear")
+                                                   for r in consumers[source.name] if r != add)
+
     for layer in layers:
         if layer.kind != "relu":
             continue
+        c = layer.options["prescale"]
         source = producers.get(layer.inputs[0])
-        foldable = source is not None and consumers[source.name] == 1 and source.name != plan.output and (
-            source.kind in ("conv2d", "linear") or source.kind == "batchnorm" and source.options["weight"] is not None)
-        if not foldable:
+        if scalable(source):
+            _scale(source, c)
+        elif alone(source) and source.kind == "add" and all(
+                scalable(producers.get(i)) or shortcut(producers.get(i), source.name) for i in source.inputs) \
+                and len(set(source.inputs)) == len(source.inputs):
+            for name in source.inputs:
+                branch = producers[name]
+                if branch.kind == "relu":
+                    stages = [list(s) for s in branch.options["stages"]]
+                    stages[-1] = [v * c for v in stages[-1]]
+                    branch.options["stages"] = stages
+                    rescaled.add(branch.name)
+                    for reader in consumers[branch.name]:
+                        if reader != source.name:
+                            producers[reader].options["weight"] = producers[reader].options["weight"] / c
+                else:
+                    _scale(branch, c)
+        else:
             kept.append(layer.name)
             continue
-        c = layer.options["prescale"]
-        for key in ("weight", "bias"):
-            if source.options.get(key) is not None:
-                source.options[key] = source.options[key] * c
         layer.options.update(prescale=1.0, folded=True)
     return Plan(plan.input, layers, plan.output), kept
+
+
+def _scale(layer: Layer, c: float) -> None:
+    """Multiply a linear layer's output by ``c``: its weight and bias (a batch norm's affine ones)."""
+    for key in ("weight", "bias"):
+        if layer.options.get(key) is not None:
+            layer.options[key] = layer.options[key] * c
 
 
 def layer_depth(layer: Layer, producers: dict[str, Layer]) -> int:
