@@ -18,7 +18,7 @@ from torch import nn
 
 from pann.approximation.catalog import get_approximation
 from pann.conversion.flow import calibrate, convert, prepare
-from pann.fhe.graph import UnsupportedLayerError, folded_stages, lower, plan_depth
+from pann.fhe.graph import UnsupportedLayerError, folded_stages, largest_tensor, lower, plan_depth
 from pann.fhe.params import InsufficientMemory, check_resources, go_memory_limit, load_params, preset_names
 from pann.conversion.modules import relu_polynomial
 
@@ -101,6 +101,8 @@ def test_lowering_keeps_every_layer_and_maps_the_shortcut_to_a_zero_channel_conv
     kinds = [layer.kind for layer in plan.layers]
     assert kinds == ["conv2d", "batchnorm", "relu", "conv2d", "batchnorm", "conv2d", "add", "relu",
                      "adaptive_avgpool", "flatten", "linear"]
+    # Values per image of each output (what a bootstrap of it must hold): 4 x 8 x 8 before the block, 8 x 4 x 4 in it.
+    assert [layer.size for layer in plan.layers] == [256] * 3 + [128] * 5 + [8, 8, 3] and largest_tensor(plan) == 256
     shortcut = plan.layers[5]
     assert shortcut.options["stride"] == 2 and shortcut.options["weight"].shape == (8, 4, 1, 1)
     y = torch.rand(1, 4, 8, 8)
@@ -145,22 +147,32 @@ def test_presets_state_their_security_and_bad_parameters_list_every_field(tmp_pa
     assert load_params("leveled-128").log_qp <= 881  # HE-standard 128-bit bound at N = 2^15
     bad = tmp_path / "bad.yaml"
     bad.write_text("ckks_params: {LogN: 0, LogQ: [70], LogP: [], LogScale: 40, H: 64}\n"
-                   "pann: {secure: maybe, security: x, memory_gib: {leveled: 1}}\n")
+                   "boot_params: {LogP: [61]}\n"
+                   "pann: {secure: maybe, security: x, memory_gib: {leveled: 1, bootstrapper: {0: 1}}}\n")
     with pytest.raises(ValueError) as info:
         load_params(bad)
-    for field in ("LogN", "LogQ", "LogP", "pann.secure", "pann.memory_gib"):
+    for field in ("LogN", "LogQ", "LogP", "pann.secure", "pann.memory_gib.base", "pann.memory_gib.bootstrapper"):
         assert field in str(info.value)
     with pytest.raises(FileNotFoundError, match="preset"):
         load_params("no-such-preset")
 
 
-def test_resources_refuse_a_preset_too_large_or_too_shallow():
+def test_the_memory_estimate_is_the_networks_and_refuses_what_does_not_fit():
     params = load_params("bootstrap-128")
-    assert check_resources(params, params.levels, 100.0) == (False, params.memory_gib["leveled"])
-    with pytest.raises(InsufficientMemory, match=r"need about 22\.5 GiB .* has 8\.0 GiB available"):
-        check_resources(params, 50, 8.0)
+    base, bootstrapper = params.memory_gib["base"], params.memory_gib["bootstrapper"]
+    # A network that does not bootstrap needs the base; one that does, the bootstrapper for its largest tensor:
+    # ResNet-20's 16 x 32 x 32 values take 2^14 slots, a full ciphertext 2^15; smaller ones the smallest measured.
+    assert check_resources(params, params.levels, 100.0, 16 * 32 * 32) == (False, base)
+    assert check_resources(params, 50, 100.0, 16 * 32 * 32) == (True, base + bootstrapper[14])
+    assert check_resources(params, 50, 100.0, 3 * 32 * 32) == (True, base + bootstrapper[14])
+    assert check_resources(params, 50, 100.0, 10 ** 6) == (True, base + bootstrapper[15])
+    assert bootstrapper[14] < bootstrapper[15]
+    with pytest.raises(InsufficientMemory,
+                       match=rf"needs about {base + bootstrapper[14]:.1f} GiB \(bootstrapping 2\^14 slots\) .* has "
+                             r"8\.0 GiB available"):
+        check_resources(params, 50, 8.0, 16 * 32 * 32)
     with pytest.raises(ValueError, match="needs 40 levels .* no bootstrapping"):
-        check_resources(load_params("leveled-128"), 40, 100.0)
+        check_resources(load_params("leveled-128"), 40, 100.0, 16)
 
 
 def test_go_heap_limit_leaves_the_python_side_its_room():
@@ -222,6 +234,31 @@ def test_orion_network_in_the_clear_computes_the_pann_with_and_without_folded_pr
         with torch.no_grad():
             clear = network(inputs.float()).double()
         torch.testing.assert_close(clear, logits, rtol=0, atol=1e-5)
+
+
+@needs_orion
+def test_a_bootstrap_after_a_fused_batch_norm_is_scaled_by_the_batch_norms_range(resnet_pann, tmp_path):
+    """Orion fuses each batch norm into the convolution before it and scales a bootstrap placed after that
+    convolution by the convolution's own fitted range; the encrypted ResNet-20 was lost at its first bootstrap
+    until the convolution was given the batch norm's (its output once fused)."""
+    from pann.fhe import backend as fhe
+    from pann.fhe.reference import plaintext
+
+    pann, data = resnet_pann
+    plan, _ = fhe.encrypted_plan(pann, data)
+    inputs = plaintext(pann, data, plan.input)[1]
+    network = fhe.build_network(plan)
+    orion, _ = fhe.orion_modules()
+    try:
+        fhe._compile(network, load_params("insecure-test"), inputs, tmp_path)
+    finally:
+        orion.delete_scheme()
+    pairs = [(network.layers[inputs_[0]], network.layers[name]) for name, inputs_ in network.steps
+             if plan.layers[[l.name for l in plan.layers].index(name)].kind == "batchnorm"]
+    assert len(pairs) == 4
+    for conv, bn in pairs:
+        assert type(conv).__name__ == "Conv2d"
+        assert (float(conv.output_min), float(conv.output_max)) == (float(bn.output_min), float(bn.output_max))
 
 
 @needs_orion

@@ -14,6 +14,7 @@ shortcut exactly. Anything else that cannot be expressed raises
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import operator
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Layer:
     kind: str
     inputs: tuple[str, ...]
     options: dict = field(default_factory=dict)
+    size: int = 0  # values in its output, per image
 
 
 @dataclass
@@ -98,6 +100,7 @@ def lower(pann: fx.GraphModule, example: torch.Tensor) -> Plan:
         if layer is None:
             alias[node.name] = inputs[0] if inputs else node.name
         elif layer != "pending":
+            layer.size = math.prod(_shape(node)[1:])
             layers.append(layer)
     if errors:
         raise UnsupportedLayerError("cannot run this PANN encrypted: " + "; ".join(errors))
@@ -247,7 +250,7 @@ def fold_prescales(plan: Plan) -> tuple[Plan, list[str]]:
     for layer in plan.layers:
         for name in layer.inputs:
             consumers.setdefault(name, []).append(layer.name)
-    layers = [Layer(l.name, l.kind, l.inputs, dict(l.options)) for l in plan.layers]
+    layers = [dataclasses.replace(l, options=dict(l.options)) for l in plan.layers]
     producers = {layer.name: layer for layer in layers}
     rescaled: set[str] = set()  # ReLUs whose output carries another ReLU's c
     kept = []
@@ -315,6 +318,11 @@ def layer_depth(layer: Layer, producers: dict[str, Layer]) -> int:
         return (not o.get("folded")) + sum(math.ceil(math.log2(len(c))) for c in o["stages"]) \
             + (o["family"] == "composite")
     return 0
+
+
+def largest_tensor(plan: Plan) -> int:
+    """Values per image of the network's largest tensor: at most what a bootstrap has to take."""
+    return max((layer.size for layer in plan.layers), default=0)
 
 
 def plan_depth(plan: Plan) -> int:

@@ -1,7 +1,10 @@
 """CKKS parameter presets for the encrypted check, and the memory they need.
 
 A preset is an Orion parameter file (``ckks_params``, ``boot_params``, ``orion``) with a
-``pann`` section that says whether it is secure and how much memory it takes. The shipped
+``pann`` section that says whether it is secure and how much memory a check takes: ``memory_gib.base`` for the
+process, the scheme's keys and one linear layer at a time, and, for a network that bootstraps, one bootstrapper
+whose size depends on how many slots the network bootstraps (``memory_gib.bootstrapper``, by ``log2`` of the
+slots, measured). So the estimate is per network (:meth:`Params.estimated_memory_gib`). The shipped
 presets live in ``pann/fhe/presets/``; ``--params`` takes a preset name or a path.
 This module does not import the FHE library.
 """
@@ -24,15 +27,14 @@ _GIB = 1 << 30
 class Params:
     """A validated preset: the Orion configuration and what ``pann`` knows about it.
 
-    ``memory_gib`` maps ``"leveled"`` (keys, no bootstrapping) and ``"bootstrapping"``
-    (plus one bootstrapper) to the peak memory the check needs.
+    ``memory_gib``: ``{"base": GiB, "bootstrapper": {log2 slots: GiB}}`` (see the module docstring).
     """
 
     name: str
     orion: dict
     secure: bool
     security: str
-    memory_gib: dict[str, float]
+    memory_gib: dict
 
     @property
     def log_n(self) -> int:
@@ -58,8 +60,18 @@ class Params:
         """Whether the preset has bootstrapping parameters (``boot_params``)."""
         return "boot_params" in self.orion
 
-    def estimated_memory_gib(self, bootstrapping: bool) -> float:
-        return self.memory_gib["bootstrapping" if bootstrapping else "leveled"]
+    def estimated_memory_gib(self, bootstrapped_slots: int | None) -> float:
+        """Peak GiB of a check whose network bootstraps tensors of up to ``bootstrapped_slots`` values (``None``:
+        it does not bootstrap): ``base`` plus, when it bootstraps, the bootstrapper measured for the smallest slot
+        count at least that large (the largest measured where none is)."""
+        if bootstrapped_slots is None:
+            return self.memory_gib["base"]
+        table, log_slots = self.memory_gib["bootstrapper"], self.log_slots(bootstrapped_slots)
+        return self.memory_gib["base"] + table[min((k for k in table if k >= log_slots), default=max(table))]
+
+    def log_slots(self, values: int) -> int:
+        """``log2`` of the slots a tensor of ``values`` takes: the next power of two, at most a ciphertext's."""
+        return math.ceil(math.log2(max(2, min(values, self.slots))))
 
 
 def preset_names() -> list[str]:
@@ -87,8 +99,10 @@ def load_params(source: str | Path | dict) -> Params:
     if problems:
         raise ValueError(f"FHE parameters {name}: " + "; ".join(problems))
     meta = data.pop("pann")
+    memory = meta["memory_gib"]
     return Params(name, data, bool(meta["secure"]), str(meta["security"]),
-                  {k: float(v) for k, v in meta["memory_gib"].items()})
+                  {"base": float(memory["base"]),
+                   "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()}})
 
 
 def _problems(data: dict) -> list[str]:
@@ -115,9 +129,16 @@ def _problems(data: dict) -> list[str]:
     if not isinstance(meta.get("security"), str):
         problems.append("pann.security: expected a sentence saying which security level and why")
     memory = meta.get("memory_gib")
-    if not (isinstance(memory, dict) and all(isinstance(memory.get(k), (int, float)) and memory[k] > 0
-                                             for k in ("leveled", "bootstrapping"))):
-        problems.append(f"pann.memory_gib: expected positive leveled and bootstrapping, got {memory!r}")
+    if not (isinstance(memory, dict) and isinstance(memory.get("base"), (int, float)) and memory["base"] > 0):
+        problems.append(f"pann.memory_gib.base: expected the GiB a check needs besides a bootstrapper, "
+                        f"got {memory.get('base') if isinstance(memory, dict) else memory!r}")
+    table = memory.get("bootstrapper") if isinstance(memory, dict) else None
+    if data.get("boot_params") is not None and not (
+            isinstance(table, dict) and table and all(isinstance(k, int) and 0 < k < ckks.get("LogN", 0)
+                                                      and isinstance(v, (int, float)) and v > 0
+                                                      for k, v in table.items())):
+        problems.append(f"pann.memory_gib.bootstrapper: expected the GiB of one bootstrapper by log2 of its "
+                        f"slots (positive integers below LogN), got {table!r}")
     return problems
 
 
@@ -147,11 +168,12 @@ def go_memory_limit(available_gib: float, python_side_gib: float = PYTHON_SIDE_G
 
 
 class InsufficientMemory(ValueError):
-    """The preset's memory estimate exceeds what this machine has available."""
+    """The network's memory estimate under a preset exceeds what this machine has available."""
 
 
-def check_resources(params: Params, depth: int, available_gib: float) -> tuple[bool, float]:
-    """``(bootstrapping, estimated GiB)`` for a network of multiplicative ``depth``.
+def check_resources(params: Params, depth: int, available_gib: float, slots: int) -> tuple[bool, float]:
+    """``(bootstrapping, estimated GiB)`` for a network of multiplicative ``depth`` whose largest tensor holds
+    ``slots`` values (what a bootstrapper must take, :meth:`Params.estimated_memory_gib`).
 
     Raises ``ValueError`` when the network needs more levels than a preset without
     bootstrapping has, and :class:`InsufficientMemory` when the estimate exceeds ``available_gib``.
@@ -161,10 +183,10 @@ def check_resources(params: Params, depth: int, available_gib: float) -> tuple[b
         raise ValueError(f"the network needs {depth} levels but FHE parameters {params.name} have "
                          f"{params.levels} and no bootstrapping; use a preset with boot_params "
                          f"(e.g. bootstrap-128)")
-    need = params.estimated_memory_gib(bootstrapping)
+    need = params.estimated_memory_gib(slots if bootstrapping else None)
     if need > available_gib:
         raise InsufficientMemory(
-            f"FHE parameters {params.name} need about {need:.1f} GiB "
-            f"({'with' if bootstrapping else 'without'} bootstrapping) but this machine has "
-            f"{available_gib:.1f} GiB available; free memory, or use a smaller preset or network")
+            f"this network under FHE parameters {params.name} needs about {need:.1f} GiB "
+            f"({f'bootstrapping 2^{params.log_slots(slots)} slots' if bootstrapping else 'without bootstrapping'}) "
+            f"but this machine has {available_gib:.1f} GiB available; free memory, or use a smaller preset or network")
     return bootstrapping, need
