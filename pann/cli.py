@@ -327,6 +327,9 @@ def _add_fhe_check(sub) -> None:
     fc.add_argument("--json", action="store_true", help="machine-readable output")
     fc.add_argument("--dry-run", action="store_true",
                     help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")
+    fc.add_argument("--trace", action="store_true",
+                    help="also decrypt every layer's output and compare it with the network run in the clear "
+                         "(the first layer off is printed; every layer's error is in --json)")
     fc.set_defaults(run=cmd_fhe_check)
 
 

@@ -124,6 +124,13 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
     return scheme, input_level
 
 
+def _fused_pairs(network: nn.Module) -> dict[str, str]:
+    """``{layer: batch norm}``: each convolution or linear layer that a batch norm reads, which Orion fuses."""
+    return {inputs[0]: name for name, inputs in network.steps
+            if type(network.layers[name]).__name__.startswith("BatchNorm") and len(inputs) == 1
+            and inputs[0] in network.layers and type(network.layers[inputs[0]]).__name__ in ("Conv2d", "Linear")}
+
+
 def _fused_ranges(network: nn.Module) -> None:
     """Give each convolution or linear layer that a batch norm follows the batch norm's fitted output range.
 
@@ -132,19 +139,15 @@ def _fused_ranges(network: nn.Module) -> None:
     widens it (as one carrying a ReLU's ``1/B``, :func:`pann.fhe.graph.fold_prescales`, can) the bootstrap's input
     leaves its interval and the ciphertext is lost (measured: ResNet-20's first convolution, decrypted after its
     bootstrap, off by 10.2 where its values reach 10.4)."""
-    steps = dict(network.steps)
-    for name, inputs in network.steps:
-        layer = network.layers[name]
-        if type(layer).__name__.startswith("BatchNorm") and len(inputs) == 1 and inputs[0] in steps:
-            before = network.layers[inputs[0]]
-            if type(before).__name__ in ("Conv2d", "Linear"):
-                before.output_min, before.output_max = layer.output_min, layer.output_max
+    for before, batchnorm in _fused_pairs(network).items():
+        bn = network.layers[batchnorm]
+        network.layers[before].output_min, network.layers[before].output_max = bn.output_min, bn.output_max
 
 
 def _return_freed_memory() -> None:
-    """Give the memory compilation freed on the Python side back to the system: collect, then ask glibc's
-    allocator to return its free pages (``malloc_trim``), which it otherwise keeps for later allocations."""
-    gc.collect()
+    """Give the memory compilation freed on the Python side back to the system: ask glibc's allocator to return
+    its free pages (``malloc_trim``), which it otherwise keeps for later allocations. (No ``gc.collect()`` here: it
+    would finalize an earlier check's Orion objects, which delete their ciphertexts by id in this scheme.)"""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc
@@ -184,7 +187,7 @@ def encrypted_plan(pann: fx.GraphModule, example: torch.Tensor) -> tuple[Plan, l
 
 def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128",
           calibration: torch.Tensor | None = None, workdir: str | Path | None = None,
-          progress: Callable[[Progress], None] | None = None) -> CheckReport:
+          progress: Callable[[Progress], None] | None = None, trace: bool = False) -> CheckReport:
     """Encrypt each image, run the PANN under CKKS, decrypt, and compare with the plaintext PANN.
 
     ``images`` are the PANN's inputs ``(N, C, H, W)``; ``calibration`` (default: ``images``)
@@ -192,7 +195,9 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     work folder under ``workdir`` where the preset says ``io_mode: save`` (:mod:`pann.fhe.workdir`: removed after
     the check, and by the next check when this one dies). ``progress``, if
     given, receives a :class:`~pann.fhe.progress.Progress` at each compile phase and after each
-    layer of each image. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
+    layer of each image. ``trace`` also decrypts every layer's output and compares it with the Orion network run
+    in the clear (:attr:`ImageResult.trace`; a layer into which Orion fuses a batch norm, with the batch norm's
+    output): where a run that disagrees went wrong. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
     ``ValueError`` for bad parameters or when the memory estimate exceeds this machine's
     available memory (before any key is made).
     """
@@ -209,6 +214,7 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     logits, inputs = plaintext(pann, images, plan.input)
     calibration_inputs = inputs if calibration is None else plaintext(pann, calibration, plan.input)[1]
     network = build_network(plan)
+    clear = _clear_values(network, inputs) if trace else None  # before compilation fuses the layers
     start = time.perf_counter()
     clock = lambda: time.perf_counter() - start  # noqa: E731
     lines = CompileLines(progress, clock) if progress else None
@@ -219,11 +225,16 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
         results: list[ImageResult] = []
         for i in range(len(images)):
             watch = _Watch(progress, clock, scheme.bootstrapper, i, len(images), results)
-            results.append(_run_one(orion, network, inputs[i:i + 1], logits[i], input_level, i, depth, watch))
+            tracer = _Trace(clear[i], _fused_pairs(network), scheme.bootstrapper) if trace else None
+            results.append(_run_one(orion, network, inputs[i:i + 1], logits[i], input_level, i, depth, watch, tracer))
             r = results[-1]
             logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
                         "%d bootstraps, %.1f s", i + 1, len(images), r.encrypted_class, r.plaintext_class,
                         r.max_logit_error, r.bootstraps, r.seconds)
+        # Orion's modules hold ciphertext and plaintext ids in reference cycles, deleted by id when collected:
+        # collect them while their scheme lives, not later inside another check's scheme (whose ids they share).
+        del network, scheme
+        gc.collect()
         orion.delete_scheme()
     return CheckReport(params.name, params.secure, depth, bootstrapping, need, input_level, compile_seconds, results,
                        len(kept))
@@ -268,15 +279,63 @@ class _Watch:
                                    self.bootstraps, left))
 
 
-def _run_one(orion, network, x, reference, input_level, index, depth, watch: _Watch) -> ImageResult:
+def _clear_values(network: nn.Module, inputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+    """Each layer's output for each image: the Orion network run in the clear."""
+    values = []
+    with torch.no_grad():
+        for i in range(len(inputs)):
+            record: dict[str, torch.Tensor] = {}
+            network.on_value = lambda name, value: record.__setitem__(name, value.detach().double().clone())
+            network(inputs[i:i + 1].float())
+            values.append(record)
+    network.on_value = None
+    return values
+
+
+class _Trace:
+    """Decrypts each layer's output of one encrypted image and compares it with the clear run's (a layer into which
+    Orion fused a batch norm, with the batch norm's): one row per layer."""
+
+    def __init__(self, clear: dict[str, torch.Tensor], fused: dict[str, str], bootstrapper):
+        self.clear, self.fused, self.bootstrapper, self.first = clear, fused, bootstrapper, bootstrapper.count
+        self.rows: list[dict] = []
+
+    def __call__(self, name: str, value) -> None:
+        clear = self.clear[self.fused.get(name, name)]
+        decrypted = value.decrypt().decode().double()
+        reference = _multiplexed(clear, decrypted.shape)
+        error = None if reference is None else float((decrypted - reference).abs().max())
+        self.rows.append({"layer": name, "level": int(value.level()), "bootstraps": self.bootstrapper.count - self.first,
+                          "max_abs": float(clear.abs().max()), "max_error": error})
+
+
+def _multiplexed(clear: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
+    """``clear`` laid out as Orion decodes it: after a strided convolution its packing is multiplexed (channels
+    zero-padded to a multiple of ``gap^2``, then ``pixel_shuffle`` by ``gap``, as ``orion.core.packing.multiplex``);
+    ``None`` where the shapes do not correspond (such a layer is listed, not compared)."""
+    if clear.shape == shape:
+        return clear
+    if clear.dim() != 4 or len(shape) != 4 or shape[-1] % clear.shape[-1] or shape[-1] == clear.shape[-1]:
+        return None
+    gap = shape[-1] // clear.shape[-1]
+    n, c, h, w = clear.shape
+    padded = torch.zeros(n, -(-c // gap ** 2) * gap ** 2, h, w, dtype=clear.dtype)
+    padded[:, :c] = clear
+    shuffled = torch.nn.functional.pixel_shuffle(padded, gap)
+    return shuffled if shuffled.shape == shape else None
+
+
+def _run_one(orion, network, x, reference, input_level, index, depth, watch: _Watch,
+             tracer: _Trace | None = None) -> ImageResult:
     start = time.perf_counter()
     with _quiet():
         ciphertext = orion.encrypt(orion.encode(x.float(), input_level))
         network.he()
-        network.on_step = watch
+        network.on_step, network.on_value = watch, tracer
         try:
             out = network(ciphertext).decrypt().decode()
         finally:
-            network.on_step = None
+            network.on_step = network.on_value = None
             network.eval()
-    return compare(index, out, reference, depth, watch.bootstraps, time.perf_counter() - start)
+    return compare(index, out, reference, depth, watch.bootstraps, time.perf_counter() - start,
+                   tuple(tracer.rows) if tracer else ())

@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from pann.approximation.catalog import check_alpha, relu_for_precision
 from pann.fhe.params import available_memory_gib, go_memory_limit, load_params
+from pann.fhe.reference import first_off
 
 
 def _fhe_pann(args: argparse.Namespace):
@@ -59,7 +60,8 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
         return
     show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
     check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
-                      progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps))
+                      progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps),
+                      trace=getattr(args, "trace", False))
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
@@ -82,6 +84,12 @@ def _print_results(check, predicted: int) -> None:
     print(f"{sum(r.agrees for r in check.results)}/{len(check.results)} agree with the plaintext PANN under "
           f"{check.params}" + ("" if check.secure else " (INSECURE test parameters)")
           + f"; compiled in {check.compile_seconds:.1f} s, peak memory {_peak_memory_gib():.1f} GiB")
+    for r in check.results:
+        if r.trace:
+            off = first_off(r.trace)
+            print(f"image {r.index}: " + ("every layer within 1% of its largest value in the clear" if off is None else
+                  f"first layer off: {off['layer']} (error {off['max_error']:.3g} where values reach "
+                  f"{off['max_abs']:.3g}; level {off['level']}, after {off['bootstraps']} bootstraps)"))
     per_image = sum(r.seconds for r in check.results) / len(check.results)
     print(f"{per_image:.1f} s per image; 100 images would take about {check.compile_seconds + 100 * per_image:.0f} s "
           "(one compilation, then each image)")

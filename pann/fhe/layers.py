@@ -85,19 +85,22 @@ def _classes(on):
 
     class Network(on.Module):
         """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it; ``on_step``, if
-        set, is called with ``(layers done, layers, name)`` after each (the progress of an encrypted run)."""
+        set, is called with ``(layers done, layers, name)`` after each (the progress of an encrypted run), and
+        ``on_value``, if set, with ``(name, output)`` (a trace)."""
 
         def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, tuple[str, ...]]], output: str):
             super().__init__()
             self.layers = nn.ModuleDict(layers)
             self.steps = steps
             self.output = output
-            self.on_step = None
+            self.on_step = self.on_value = None
 
         def forward(self, x):
             env = {"input": x}
             for done, (layer, inputs) in enumerate(self.steps, 1):
                 env[layer] = self.layers[layer](*(env[i] for i in inputs))
+                if self.on_value is not None:
+                    self.on_value(layer, env[layer])
                 if self.on_step is not None:
                     self.on_step(done, len(self.steps), layer)
             return env[self.output]

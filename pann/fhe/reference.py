@@ -24,6 +24,7 @@ class ImageResult:
     levels: int
     bootstraps: int
     seconds: float
+    trace: tuple = ()  # with --trace: one dict per layer (layer, level, bootstraps, max_abs, max_error)
 
     @property
     def agrees(self) -> bool:
@@ -61,8 +62,16 @@ def plaintext(pann: fx.GraphModule, images: torch.Tensor, boundary: str) -> tupl
 
 
 def compare(index: int, encrypted: torch.Tensor, reference: torch.Tensor, levels: int, bootstraps: int,
-            seconds: float) -> ImageResult:
+            seconds: float, trace: tuple = ()) -> ImageResult:
     """The :class:`ImageResult` of decrypted logits ``encrypted`` against the plaintext ``reference``."""
     encrypted = encrypted.double().flatten()[:reference.numel()]
     return ImageResult(index, int(encrypted.argmax()), int(reference.argmax()),
-                       float((encrypted - reference).abs().max()), levels, bootstraps, seconds)
+                       float((encrypted - reference).abs().max()), levels, bootstraps, seconds, trace)
+
+
+def first_off(trace: tuple, relative: float = 0.01) -> dict | None:
+    """The first layer of a trace whose largest error exceeds ``relative`` times its largest value (``None`` if
+    none does; layers not compared, ``max_error`` None, are passed over): where an encrypted run that disagrees
+    went wrong."""
+    return next((t for t in trace if t["max_error"] is not None
+                 and t["max_error"] > relative * max(t["max_abs"], 1e-12)), None)
