@@ -223,9 +223,10 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
         compile_seconds = clock()
         logger.info("compiled in %.1f s; input at level %d", compile_seconds, input_level)
         results: list[ImageResult] = []
+        fused = _fused_pairs(network) if trace else {}
         for i in range(len(images)):
             watch = _Watch(progress, clock, scheme.bootstrapper, i, len(images), results)
-            tracer = _Trace(clear[i], _fused_pairs(network), scheme.bootstrapper) if trace else None
+            tracer = _Trace(clear[i], fused, scheme.bootstrapper) if trace else None
             results.append(_run_one(orion, network, inputs[i:i + 1], logits[i], input_level, i, depth, watch, tracer))
             r = results[-1]
             logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
