@@ -206,7 +206,7 @@ def _check_port_free(host: str, port: int) -> None:
 
 
 def cmd_ui(args: argparse.Namespace) -> None:
-    from tracking.stores import artifact_location
+    from tracking.stores import artifact_location, server_environment
 
     uri = _store(args)  # a server must answer; a sqlite file must exist
     if uri.startswith(("http://", "https://")):
@@ -216,7 +216,7 @@ def cmd_ui(args: argparse.Namespace) -> None:
     if artifact_location(uri):
         command += ["--default-artifact-root", artifact_location(uri)]
     print(f"MLflow UI on http://{args.host}:{args.port} for {uri} (Ctrl-C to stop)", flush=True)
-    os.execvp(sys.executable, [sys.executable, "-m", *command])
+    os.execvpe(sys.executable, [sys.executable, "-m", *command], server_environment(os.environ))
 
 
 def _port(text: str) -> int:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tests.helpers import BIN, free_port, listening, stop_group, wait_for
+from tracking.stores import server_environment
 
 SHARED_DATA = (Path(__file__).resolve().parents[1] / ".." / "shared" / "data").resolve()
 
@@ -61,7 +62,8 @@ def mlflow_server(tmp_path_factory):
     server = subprocess.Popen(
         [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+         "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env=server_environment(os.environ))
     try:
         wait_for(lambda: listening(port), 300, "mlflow server")
         yield f"http://127.0.0.1:{port}"

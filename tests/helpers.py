@@ -64,11 +64,12 @@ def descendants(ancestor: int) -> list[int]:
     return [pid for pid in pids if pid != ancestor and descends_from(pid, ancestor)]
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop ``process`` and its process group (started with ``start_new_session``: only what it started)."""
+def stop_group(process: subprocess.Popen, grace_s: float = 30) -> None:
+    """Stop ``process`` and its process group (started with ``start_new_session``: only what it started):
+    SIGTERM, then SIGKILL to what is left after ``grace_s`` seconds."""
     try:
         os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        process.wait(grace_s)
     except subprocess.TimeoutExpired:
         pass
     except ProcessLookupError:

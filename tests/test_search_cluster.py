@@ -59,7 +59,7 @@ def two_node_cluster():
                "worker": nodes[1]}
     finally:
         for node in reversed(nodes):
-            stop_group(node)
+            stop_group(node, grace_s=5)  # the cluster is thrown away: a head left running after 5 s is killed
         shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -1,4 +1,3 @@
-import pytest
 """``pann ui``: the MLflow UI for the store in the current folder, reachable on loopback only."""
 
 import os
@@ -7,6 +6,9 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
+
+import pytest
 
 from tests.helpers import free_port, wait_for
 from tracking.recorder import SearchRecorder
@@ -32,6 +34,18 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
+def group_commands(group: int) -> list[str]:
+    """The command lines of the processes in process group ``group``."""
+    commands = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getpgid(int(proc.name)) == group:
+                commands.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+        except OSError:  # gone meanwhile
+            continue
+    return commands
+
+
 @pytest.mark.slow
 def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
     SearchRecorder(f"sqlite:///{tmp_path / 'mlflow.db'}", "pann-search").start_search("s", {"target_accuracy": 0.5})
@@ -48,6 +62,8 @@ def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
         wait_for(healthy, 120, "the MLflow UI")
         # Whatever interfaces this machine has: the UI listens on the loopback address only.
         assert listening_addresses(port) == {"127.0.0.1"}
+        # MLflow's job runner (huey consumers for its GenAI jobs) is not started beside it.
+        assert not [c for c in group_commands(ui.pid) if "huey" in c]
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(30)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import urllib.error
 import urllib.request
+from collections.abc import Mapping
 from pathlib import Path
 
 # The forms of tracking URI this project records to: the embedded store, a server, or a database MLflow
@@ -28,6 +29,17 @@ def artifact_location(tracking_uri: str) -> str | None:
     if not tracking_uri.startswith("sqlite:///"):
         return None
     return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+
+
+# MLflow 3's server starts a job runner beside itself (seven huey consumer processes, about 250 MB and two
+# seconds of CPU each at start) for its GenAI jobs; browsing and recording searches needs none of it.
+JOB_EXECUTION = "MLFLOW_SERVER_ENABLE_JOB_EXECUTION"
+
+
+def server_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment for an ``mlflow server`` / ``mlflow ui`` this project starts: ``environ`` with MLflow's
+    job runner off, unless ``environ`` sets :data:`JOB_EXECUTION` itself."""
+    return {JOB_EXECUTION: "false", **environ}
 
 
 def uri_problem(uri: str) -> str | None:
