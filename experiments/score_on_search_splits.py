@@ -22,6 +22,7 @@ from pann.models.builders import build_model
 from search import config
 from search.backbones import Backbone
 from search.runner import groups_of
+from search.space import dimension
 from search.trial import measure
 
 
@@ -38,7 +39,7 @@ def main() -> None:
     alphas = {g: float(a) for g, a in (item.split("=") for item in args.alphas.split(","))}
     if set(alphas) != set(groups):
         raise SystemExit(f"score_on_search_splits: --alphas must name every group: {', '.join(groups)}")
-    point = {**{f"alpha.{g}": a for g, a in alphas.items()}, "epochs": 1, "leakage": "approximation-aware",
+    point = {**{dimension(groups, g): a for g, a in alphas.items()}, "epochs": 1, "leakage": "approximation-aware",
              "leakage_alpha": "point", "correction": args.correction}
     backbone = Backbone(build_model(search.model, NUM_CLASSES[search.dataset], args.weights), args.weights)
     row = {"config": str(args.config), "weights": str(args.weights), "alphas": alphas}

@@ -62,8 +62,9 @@ def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
         wait_for(healthy, 120, "the MLflow UI")
         # Whatever interfaces this machine has: the UI listens on the loopback address only.
         assert listening_addresses(port) == {"127.0.0.1"}
-        # MLflow's job runner (huey consumers for its GenAI jobs) is not started beside it.
-        assert not [c for c in group_commands(ui.pid) if "huey" in c]
+        # MLflow's job runner for its GenAI jobs (mlflow.server.jobs._job_runner, started with the server, and
+        # its huey consumers) is not started beside it.
+        assert not [c for c in group_commands(ui.pid) if "mlflow.server.jobs" in c]
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(30)
