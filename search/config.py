@@ -68,6 +68,7 @@ class SearchConfig:
     strategy: str = "optuna"
     confirmations: int = 20  # validation-feasible candidates scored on the confirmation images at most
     validation_margin: float = 0.0  # accuracy over the target a point needs on validation to count as feasible
+    continue_lr: float | None = None  # the lr of a trial continuing a trained network (lowering); None: training's
     compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""
@@ -119,6 +120,8 @@ class SearchConfig:
                 settings["alpha" if name == "leakage_alpha" else name] = point[name]
         if point.get(INITIAL):  # a strategy's continuation (search.strategies.lowering): not a dimension
             settings["initial"] = point[INITIAL]
+            if self.continue_lr is not None:  # a trained network goes on at its own learning rate
+                settings["lr"] = self.continue_lr
         if self.trains_at_point(point):
             if not layer_alphas:
                 raise ValueError("a point trained at its own alphas needs them (layer_alphas)")

@@ -58,7 +58,7 @@ _SECTIONS = {
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
     "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones",
                "granularity", "cost", "preset", "strategy", "confirmations", "compile",
-               "validation_margin"),
+               "validation_margin", "continue_lr"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -275,6 +275,12 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     need(_is_number(margin) and 0 <= margin and (not target_ok or target + margin <= 1),
          "search.validation_margin", "must be a number >= 0 with target_accuracy + margin <= 1 "
          "(e.g. 0.005: half a point)")
+    lr = merged["continue_lr"]
+    need(lr is None or _is_number(lr) and lr > 0, "search.continue_lr",
+         "must be a learning rate > 0, or null for the training's own")
+    if lr is not None and merged["strategy"] != "lowering":
+        problems.append(f"search.continue_lr: only the lowering strategy continues trained networks "
+                        f"(search.strategy is {merged['strategy']!r})")
     per_network = merged["granularity"] in GRANULARITIES and is_per_network(merged["granularity"])
     at_point = _trains_at_point(merged.get("space"))
     if merged["neighbours"] is None:

@@ -259,3 +259,21 @@ def test_the_lowering_walk_needs_candidates_trained_at_their_own_alphas():
         problems(minimal(search={"strategy": "lowering", "granularity": "stage"}))
     at_point = {"alpha": [5, 6], "epochs": [2], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]}
     assert config.from_dict(minimal(space=at_point, search={"strategy": "lowering", "granularity": "stage"}))
+
+
+def test_a_lowering_step_continues_at_continue_lr_and_other_strategies_refuse_it():
+    from search.config_checks import INITIAL
+
+    at_point = {"alpha": [5, 6], "epochs": [2], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]}
+    search = config.from_dict(minimal(space=at_point, training={"lr": 0.01},
+                                      search={"strategy": "lowering", "granularity": "network",
+                                              "continue_lr": 0.002}))
+    point = {"alpha": 5, "epochs": 2, "leakage": "approximation-aware", "leakage_alpha": "point"}
+    alphas = {"net_relu": 5.0}
+    assert search.train_config(point, alphas).lr == 0.01  # a uniform point trains from the backbone at lr
+    step = search.train_config({**point, INITIAL: "trained.pt"}, alphas)
+    assert (step.lr, step.initial) == (0.002, "trained.pt")  # a step goes on from a trained network
+    assert "search.continue_lr: only the lowering strategy continues trained networks (search.strategy is " \
+           "'greedy')" in problems(minimal(space=at_point, search={"strategy": "greedy", "continue_lr": 0.002}))
+    assert "search.continue_lr: must be a learning rate > 0, or null for the training's own (got 0)" in \
+        problems(minimal(space=at_point, search={"strategy": "lowering", "continue_lr": 0}))
