@@ -5,8 +5,9 @@
 RUN_DIR is the search's Tune folder (``storage/NAME``). One line per trial, in the order the trials started:
 mean alpha, validation accuracy (``*`` when it meets ``--target``), bootstraps, levels, polynomial levels, and
 the sampled value of each dimension named in ``--params``. With ``--reports`` (training searches) every trial,
-stopped ones too, by its Optuna number (by the order Tune created it in a walk): the sampled values, then its PANN's validation accuracy at each report
-(after each epoch; the last one of a finished trial is its final result), and how it ended.
+stopped ones too, by its Optuna number (a walk's by the order Tune created them): the sampled values, then its
+PANN's validation accuracy at each report (after each epoch; the last one of a finished trial is its final result),
+and how it ended.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ def _reports(run_dir: Path, params: list[str]) -> None:
         config = json.loads((folder / "params.json").read_text())
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
         results = [json.loads(line) for line in lines]
- # Optuna's trial number; a walk's trials by the order Tune created them (run_trial_ID_N_...)
+        # Optuna's trial number; a walk's trials by the order Tune created them (run_trial_ID_N_...)
         number = config.get("optuna_trial", int(folder.name.split("_")[3]) - 1)
         rows.append((number, config, results))
     print("       trial" + "".join(f"  {p}" for p in params) + "  ended  seconds  validation accuracy at each report (%)")
