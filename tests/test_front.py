@@ -1,5 +1,6 @@
 import csv
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -139,8 +140,17 @@ def test_empty_front_exports(tmp_path, points):
     assert json.loads((tmp_path / "f.json").read_text())["front"] == []
     export_front(tmp_path / "f.png", points, TARGET)
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
-    export_front(tmp_path / "f.html", points, TARGET)
+    records = []  # what Optuna logs while the page is drawn (its logger does not propagate to pytest's)
+    handler = logging.Handler()
+    handler.emit = records.append
+    logging.getLogger("optuna").addHandler(handler)
+    try:
+        export_front(tmp_path / "f.html", points, TARGET)
+    finally:
+        logging.getLogger("optuna").removeHandler(handler)
     assert "target 90%" in (tmp_path / "f.html").read_text()
+    # No feasible point is the page's own news: Optuna's plot does not also warn of it on the console.
+    assert not [r for r in records if "feasible" in r.getMessage()]
 
 
 # `pann pareto --run-id` on a real MLflow store ------------------------------------------------------

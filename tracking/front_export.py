@@ -7,6 +7,7 @@ import csv
 import html
 import io
 import json
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -89,9 +90,16 @@ def _html(front: list[Point], points: Sequence[Point], target: float, title: str
     front as a line and the target, as one HTML page with plotly.js embedded, so it opens offline."""
     import optuna
 
-    figure = optuna.visualization.plot_pareto_front(
-        _study(points, target, with_depth, x), target_names=[_x_label(x), Y_LABEL],
-        targets=lambda trial: trial.values[:2])  # drawn in 2-D; depth, if an objective, still picks the best
+    # Optuna warns when no point is feasible; the page says so itself (0 front points, the target line).
+    optuna_logger = logging.getLogger("optuna")
+    level = optuna_logger.level
+    optuna_logger.setLevel(logging.ERROR)
+    try:
+        figure = optuna.visualization.plot_pareto_front(
+            _study(points, target, with_depth, x), target_names=[_x_label(x), Y_LABEL],
+            targets=lambda trial: trial.values[:2])  # drawn in 2-D; depth, if an objective, still picks the best
+    finally:
+        optuna_logger.setLevel(level)
     figure.add_scatter(x=[p.cost(x) for p in front], y=[100 * p.accuracy for p in front], mode="lines",
                        line={"shape": "hv", "color": "crimson"}, name="Pareto front", hoverinfo="skip")
     figure.add_hline(y=100 * target, line_dash="dash", line_color="grey",
