@@ -272,7 +272,8 @@ def test_resnet_with_both_shortcuts_agrees_under_encryption_with_bootstrapping(r
     compared = [row["max_error"] for row in result.trace if row["max_error"] is not None]
     assert len(compared) >= len(result.trace) - 1 and result.trace[-1]["max_error"] < TOLERANCE  # the logits
     assert max(compared) < 1e-3
-    assert first_off(({"layer": "a", "max_error": 0.0, "max_abs": 1.0}, {"layer": "b", "max_error": 0.5, "max_abs": 1.0}))["layer"] == "b"
+    assert first_off(({"layer": "a", "max_error": 0.0, "max_abs": 1.0},
+                      {"layer": "b", "max_error": 0.5, "max_abs": 1.0}))["layer"] == "b"
     # Every ReLU's 1/B folded into the layers before (a batch norm; both inputs of a residual add, one of them the
     # identity shortcut): one level fewer per ReLU than multiplied in.
     plan = lower(pann, data[:1])

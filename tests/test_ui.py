@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import free_port, wait_for
+from tests.helpers import descendants, free_port, wait_for
 from tracking.recorder import SearchRecorder
 
 
@@ -34,16 +34,11 @@ def listening_addresses(port: int) -> set[str]:
     return found
 
 
-def group_commands(group: int) -> list[str]:
-    """The command lines of the processes in process group ``group``."""
-    commands = []
-    for proc in Path("/proc").iterdir():
-        try:
-            if proc.name.isdigit() and os.getpgid(int(proc.name)) == group:
-                commands.append((proc / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except OSError:  # gone meanwhile
-            continue
-    return commands
+def _command(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:  # gone meanwhile
+        return b""
 
 
 @pytest.mark.slow
@@ -64,7 +59,7 @@ def test_ui_serves_the_local_store_on_loopback_only(tmp_path):
         assert listening_addresses(port) == {"127.0.0.1"}
         # MLflow's job runner for its GenAI jobs (mlflow.server.jobs._job_runner, started with the server, and
         # its huey consumers) is not started beside it.
-        assert not [c for c in group_commands(ui.pid) if "mlflow.server.jobs" in c]
+        assert not [pid for pid in descendants(ui.pid) if b"mlflow.server.jobs" in _command(pid)]
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(30)

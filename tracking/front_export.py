@@ -7,7 +7,6 @@ import csv
 import html
 import io
 import json
-import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -91,15 +90,14 @@ def _html(front: list[Point], points: Sequence[Point], target: float, title: str
     import optuna
 
     # Optuna warns when no point is feasible; the page says so itself (0 front points, the target line).
-    optuna_logger = logging.getLogger("optuna")
-    level = optuna_logger.level
-    optuna_logger.setLevel(logging.ERROR)
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         figure = optuna.visualization.plot_pareto_front(
             _study(points, target, with_depth, x), target_names=[_x_label(x), Y_LABEL],
             targets=lambda trial: trial.values[:2])  # drawn in 2-D; depth, if an objective, still picks the best
     finally:
-        optuna_logger.setLevel(level)
+        optuna.logging.set_verbosity(verbosity)
     figure.add_scatter(x=[p.cost(x) for p in front], y=[100 * p.accuracy for p in front], mode="lines",
                        line={"shape": "hv", "color": "crimson"}, name="Pareto front", hoverinfo="skip")
     figure.add_hline(y=100 * target, line_dash="dash", line_color="grey",

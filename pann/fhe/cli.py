@@ -61,7 +61,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
     check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
                       progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps),
-                      trace=getattr(args, "trace", False))
+                      trace=args.trace)
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
