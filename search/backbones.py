@@ -14,7 +14,6 @@ import fcntl
 import hashlib
 import json
 import shutil
-import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,8 +75,12 @@ EpochReport = Callable[[Classifier, int, dict, Path], None]
 
 def _train_into(config: TrainConfig, path: Path, report: EpochReport) -> int:
     """Train ``config`` into ``path``; after each epoch ``report(model, epoch, metrics, state_dir)``, whose
-    ``state_dir`` holds the training state to checkpoint. Returns the epoch resumed from (after a retry)."""
-    state_dir = Path(tempfile.mkdtemp(prefix="pann-train-"))
+    ``state_dir`` (beside ``path``, emptied first: a killed attempt may have left one) holds the training state to
+    checkpoint. Returns the epoch resumed from: that of Tune's checkpoint, after a retry or, under population-based
+    training, of the member this trial copies (trained at other alphas)."""
+    state_dir = path.parent / "training"
+    shutil.rmtree(state_dir, ignore_errors=True)
+    state_dir.mkdir(parents=True)
     resumed_from = _restore_training_state(state_dir)
     model = build_model(config.model, NUM_CLASSES[config.dataset])
 
@@ -87,7 +90,8 @@ def _train_into(config: TrainConfig, path: Path, report: EpochReport) -> int:
         report(model, epoch, metrics, state_dir)
 
     try:
-        result = train(config, checkpoint=state_dir / _STATE_FILE, callback=on_epoch, progress=False)
+        result = train(config, checkpoint=state_dir / _STATE_FILE, callback=on_epoch, progress=False,
+                       other_approximation=True)
         save_weights(result.model, path, config=dataclasses.asdict(config), history=result.history)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)

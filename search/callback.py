@@ -14,6 +14,7 @@ from ray import tune
 from pann.conversion.groups import is_per_network
 from pann.cost.objectives import OBJECTIVES, objective
 from search.config import SearchConfig
+from search.config_checks import CONTINUES, LINEAGE
 from tracking.recorder import SearchRecorder
 from tracking.schema import BACKBONE_TAG
 
@@ -21,7 +22,10 @@ logger = logging.getLogger(__name__)
 
 
 def run_key(config: dict, trial_id: str) -> str:
-    """Runs are keyed by Optuna trial number, so a point adopted after a crash keeps its run."""
+    """Runs are keyed by Optuna trial number, so a point adopted after a crash keeps its run; a population's
+    member by its lineage (a member that takes over another's network trains a new one, in a new run)."""
+    if LINEAGE in config:
+        return f"lineage-{config[LINEAGE]}"
     return f"optuna-{config['optuna_trial']}" if "optuna_trial" in config else trial_id
 
 
@@ -47,24 +51,34 @@ class TrackingCallback(tune.Callback):
     def __init__(self, search: SearchConfig):
         self.search = search
         self._recorder: SearchRecorder | None = None
+        self._runs: dict[str, str] = {}  # each trial's current run key
 
     def __getstate__(self) -> dict:
-        return {"search": self.search, "_recorder": None}
+        return {"search": self.search, "_recorder": None, "_runs": self._runs}
 
     def setup(self, **info) -> None:
         self._recorder = SearchRecorder(self.search.tracking_uri, self.search.experiment)
         self._recorder.start_search(self.search.name, search_params(self.search))
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self._recorder.start_trial(run_key(trial.config, trial.trial_id), trial.config, name=trial.trial_id)
+        key, given_up = run_key(trial.config, trial.trial_id), self._runs.get(trial.trial_id)
+        if given_up not in (None, key):  # population-based training: the trial took over another member's network
+            self._recorder.finish_trial(given_up, "KILLED")
+            logger.info("  %s: %s replaced by a copy of %s", trial.trial_id, given_up, trial.config.get(CONTINUES))
+        self._runs[trial.trial_id] = key
+        self._recorder.start_trial(key, trial.config, name=f"{trial.trial_id} {trial.config.get(LINEAGE, '')}".strip())
+
+    def _run_of(self, trial) -> str:
+        """The run the trial writes to: that of the config it started with (population-based training changes
+        a trial's config in the scheduler, before the callbacks see the result it reported under the old one)."""
+        return self._runs.get(trial.trial_id) or run_key(trial.config, trial.trial_id)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self._recorder.log_metrics(run_key(trial.config, trial.trial_id), result,
-                                   step=result["training_iteration"])
+        self._recorder.log_metrics(self._run_of(trial), result, step=result["training_iteration"])
 
     def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
         result = trial.last_result or {}
-        key = run_key(trial.config, trial.trial_id)
+        key = self._run_of(trial)
         if not result.get("final"):
             self._recorder.finish_trial(key, "KILLED")
             logger.info("  %s: stopped early (pruned)", trial.trial_id)
@@ -86,7 +100,7 @@ class TrackingCallback(tune.Callback):
         error = ""
         if trial.error_file and os.path.isfile(trial.error_file):
             error = Path(trial.error_file).read_text()
-        self._recorder.finish_trial(run_key(trial.config, trial.trial_id), "FAILED", error=error or "trial failed")
+        self._recorder.finish_trial(self._run_of(trial), "FAILED", error=error or "trial failed")
         logger.info("  %s: FAILED (%s)", trial.trial_id,
                     error.strip().splitlines()[-1] if error.strip() else "error")
 

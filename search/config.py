@@ -69,6 +69,7 @@ class SearchConfig:
     confirmations: int = 20  # validation-feasible candidates scored on the confirmation images at most
     validation_margin: float = 0.0  # accuracy over the target a point needs on validation to count as feasible
     continue_lr: float | None = None  # the lr of a trial continuing a trained network (lowering); None: training's
+    perturbation_interval: int = 2  # epochs between the exploits of population-based training (strategy pbt)
     compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""

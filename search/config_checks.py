@@ -45,6 +45,11 @@ APPROXIMATION_DIMENSIONS = ("alpha", "scope", "margin", "correction")
 AT_POINT = "point"
 # A point's key (set by a strategy, not a dimension) naming the weights its training starts from.
 INITIAL = "initial"
+# A point's key (set by a strategy, not a dimension) naming the network a population-based member trains: its own
+# entry in the backbone store, its own MLflow run.
+LINEAGE = "lineage"
+# ... and the lineage whose network it took over.
+CONTINUES = "continues"
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
 # dimension of the search space overrides the training section's value.
 _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", "validation_size"}
@@ -58,7 +63,7 @@ _SECTIONS = {
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
     "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones",
                "granularity", "cost", "preset", "strategy", "confirmations", "compile",
-               "validation_margin", "continue_lr"),
+               "validation_margin", "continue_lr", "perturbation_interval"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -281,6 +286,8 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
     if lr is not None and merged["strategy"] != "lowering":
         problems.append(f"search.continue_lr: only the lowering strategy continues trained networks "
                         f"(search.strategy is {merged['strategy']!r})")
+    need(_is_int(merged["perturbation_interval"]) and merged["perturbation_interval"] >= 1,
+         "search.perturbation_interval", "must be an integer >= 1 (epochs between population-based exploits)")
     per_network = merged["granularity"] in GRANULARITIES and is_per_network(merged["granularity"])
     at_point = _trains_at_point(merged.get("space"))
     if merged["neighbours"] is None:

@@ -2,8 +2,9 @@
 points, Ray Tune runs the trials, MLflow records them, and the answer is confirmed on images no trial saw.
 
 Objectives go to the strategy's searcher, never to ``TuneConfig`` (which would silently make a study single
-objective). ASHA, when enabled, stops bad training runs on its own metric, the PANN accuracy after each epoch; a
-trial it stops reaches Optuna as PRUNED.
+objective). The strategy's scheduler works on its own metric: ASHA, when enabled, stops bad training runs on the
+PANN accuracy after each epoch (a trial it stops reaches Optuna as PRUNED); population-based training
+(:mod:`search.strategies.population`) replaces them with copies of better ones.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import time
 
 import ray
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from pann.conversion.flow import prepare
 from pann.data import NUM_CLASSES
@@ -28,7 +28,7 @@ from search.config import SearchConfig, SearchConfigError
 from search.preflight import (SearchError, check_address, check_inputs, plan, prepare_approximations,
                               record_config)
 from search.lock import search_lock
-from search.space import constants, max_epochs
+from search.space import max_epochs
 from search.strategies import Strategy, strategy as strategy_named
 from search.trial import run_trial
 from tracking.recorder import SearchRecorder
@@ -59,14 +59,12 @@ def strategy_of(search: SearchConfig, groups: LayerGroups) -> Strategy:
 
 
 def tune_config(search: SearchConfig, strategy: Strategy) -> tune.TuneConfig:
-    """Objectives on the strategy's searcher, ASHA on its own metric, none on TuneConfig itself. In post-training
-    searches worker processes are reused between trials, so compilation, data loading and calibration are paid
-    once."""
+    """Objectives on the strategy's searcher, the strategy's scheduler on its own metric, none on TuneConfig
+    itself. In post-training searches worker processes are reused between trials, so compilation, data loading
+    and calibration are paid once."""
     epochs = max_epochs(search.space)
-    scheduler = (ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration",
-                               grace_period=search.grace_period, max_t=epochs + 1)
-                 if search.early_stopping and epochs > 0 else FIFOScheduler())
-    return tune.TuneConfig(search_alg=strategy.searcher(), scheduler=scheduler, num_samples=search.trials,
+    return tune.TuneConfig(search_alg=strategy.searcher(), scheduler=strategy.scheduler(),
+                           num_samples=strategy.samples(),
                            max_concurrent_trials=search.concurrency, time_budget_s=search.time_s,
                            # Post-training searches reuse worker processes (compilation, data and ranges once per
                            # worker); training searches do not, so that a retried trial restores its checkpoint.
@@ -78,9 +76,8 @@ def _tuner(search: SearchConfig, strategy: Strategy, resume: bool, progress=None
                                     {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial})
     if resume:
         return tune.Tuner.restore(str(search.run_dir), trainable, resume_unfinished=True, resume_errored=True)
-    # The strategy's searcher proposes complete points: Tune's own space holds the constants only.
     return tune.Tuner(
-        trainable, param_space=constants(search.space), tune_config=tune_config(search, strategy),
+        trainable, param_space=strategy.param_space(), tune_config=tune_config(search, strategy),
         run_config=tune.RunConfig(name=search.name, storage_path=search.storage, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=search.max_failures),
                                   callbacks=[TrackingCallback(search), ProgressCallback(search, progress)]))

@@ -39,6 +39,7 @@ from pann.conversion.spec import spec_of
 from pann.training.trainer import TrainingDiverged
 from search.backbones import Backbone, backbone_key, file_digest, locked, stored_backbone
 from search.config import SearchConfig
+from search.config_checks import LINEAGE
 from search.space import group_alphas, neighbourhood
 from search.splits import Splits
 
@@ -80,8 +81,11 @@ def backbone_for(search: SearchConfig, groups: LayerGroups, point: Mapping[str, 
     if config is None:
         model = build_model(search.model, NUM_CLASSES[search.dataset], search.weights)
         return Backbone(model, Path(search.weights) if search.weights else None)
-    key = None if search.reuse_backbones else \
-        f"{backbone_key(config)}-{search.name}-{point['optuna_trial']}"  # every trial trains its own
+    if LINEAGE in point:  # a population's member: its own network, continued from the member it copied
+        key = f"{backbone_key(config)}-{search.name}-{point[LINEAGE]}"
+    else:
+        key = None if search.reuse_backbones else \
+            f"{backbone_key(config)}-{search.name}-{point['optuna_trial']}"  # every trial trains its own
     return stored_backbone(search.backbone_dir, config, key, report)
 
 
@@ -194,12 +198,22 @@ def answer_pann(search: SearchConfig, groups: LayerGroups, point: Mapping[str, A
     return eager
 
 
+def score(search: SearchConfig, accuracy: float, cost: float) -> float:
+    """One number that ranks points as the search does (population-based training's metric): below the target
+    (``validation_target``) the accuracy, in [0, 1); at or above it ``1 + 1 / (1 + cost)``, in (1, 2]: every
+    feasible point above every infeasible one, the cheaper the higher."""
+    return 1 + 1 / (1 + cost) if accuracy >= search.validation_target else accuracy
+
+
 def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):
+    metric = OBJECTIVES[search.cost].metric
+
     def report(model, epoch: int, metrics: dict[str, float], state_dir: Path) -> None:
         main = measure(search, groups, {**point, "correction": "none"}, Backbone(model, None))[0]
-        tune.report({**base, "epoch": epoch, "train_loss": metrics["train_loss"], "val_loss": metrics["val_loss"],
+        costs = {**base, **{k: main[k] for k in COST_METRICS}}
+        tune.report({**costs, "epoch": epoch, "train_loss": metrics["train_loss"], "val_loss": metrics["val_loss"],
                      "backbone_accuracy": metrics["val_accuracy"], "accuracy": main["accuracy"],
-                     "loss": main["loss"]},
+                     "loss": main["loss"], "score": score(search, main["accuracy"], costs[metric])},
                     checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
     return report
 
@@ -238,9 +252,10 @@ def measure_point(point: dict[str, Any], search: SearchConfig, groups: LayerGrou
     backbone_accuracy = _memoized(("backbone_accuracy", str(backbone.path), backbone.trained),
                                   lambda: accuracy(backbone.model, splits.validation))
     curve = [{k: v for k, v in r.items() if k not in ("spec", "group_alphas")} for r in records]
-    tune.report({**base, "final": 1, "accuracy": main["accuracy"], "loss": main["loss"],
+    costs = {**base, **{k: main[k] for k in COST_METRICS}}
+    tune.report({**costs, "final": 1, "accuracy": main["accuracy"], "loss": main["loss"],
                  "out_of_range": main["out_of_range"],
-                 **{k: main[k] for k in COST_METRICS},
+                 "score": score(search, main["accuracy"], costs[OBJECTIVES[search.cost].metric]),
                  "backbone_accuracy": backbone_accuracy, "trained_backbone": int(backbone.trained),
                  "resumed_from_epoch": backbone.resumed_from, "backbone": str(backbone.path or ""),
                  # JSON text: Tune's loggers take numbers and strings, not lists of records.

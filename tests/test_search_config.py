@@ -277,3 +277,20 @@ def test_a_lowering_step_continues_at_continue_lr_and_other_strategies_refuse_it
            "'greedy')" in problems(minimal(space=at_point, search={"strategy": "greedy", "continue_lr": 0.002}))
     assert "search.continue_lr: must be a learning rate > 0, or null for the training's own (got 0)" in \
         problems(minimal(space=at_point, search={"strategy": "lowering", "continue_lr": 0}))
+
+
+def test_a_population_refuses_what_it_cannot_run_all_at_once():
+    at_point = {"alpha": [5, 6], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]}
+    found = problems(minimal(space={**at_point, "leakage_alpha": [5], "lr": [0.01, 0.1]},
+                             budget={"trials": 1}, search={"strategy": "pbt", "granularity": "stage",
+                                                           "early_stopping": True, "perturbation_interval": 0}))
+    assert "space.lr: the pbt strategy searches the alphas only; give one value (or search.strategy: optuna)" in found
+    assert any(p.startswith("space.leakage_alpha: the pbt strategy trains every member at its own alphas") for p in found)
+    assert any(p.startswith("search.early_stopping: the pbt strategy schedules its members itself") for p in found)
+    assert "budget.trials: the pbt strategy's population needs at least 2 members" in found
+    assert any(p.startswith("search.perturbation_interval: must be an integer >= 1") for p in found)
+    assert "budget.concurrency: 3 members at a time, but the population (budget.trials) has 2" in problems(minimal(
+        space=at_point, budget={"trials": 2, "concurrency": 3},
+        search={"strategy": "pbt", "granularity": "stage", "early_stopping": False}))
+    assert config.from_dict(minimal(space=at_point, budget={"trials": 4, "concurrency": 2},
+                                    search={"strategy": "pbt", "granularity": "stage", "early_stopping": False}))

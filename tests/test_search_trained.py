@@ -88,14 +88,20 @@ def _groups(search):
 
 
 @pytest.fixture(scope="module")
-def lowered(tmp_path_factory):
+def synthetic_weights(tmp_path_factory):
+    """A backbone that has learnt the synthetic classes, for a walk or a population to lower."""
     from pann.models.builders import save_weights
     from pann.training.trainer import TrainConfig, train
 
-    folder = tmp_path_factory.mktemp("lowered")
-    weights = folder / "synthetic.pt"  # a backbone that has learnt the synthetic classes, for the walk to lower
+    weights = tmp_path_factory.mktemp("backbone") / "synthetic.pt"
     save_weights(train(TrainConfig(dataset="synthetic", epochs=3, batch_size=32, train_limit=512, validation_size=100,
                                    lr=0.05, augment=False, amp=False), progress=False).model, weights)
+    return weights
+
+
+@pytest.fixture(scope="module")
+def lowered(tmp_path_factory, synthetic_weights):
+    folder, weights = tmp_path_factory.mktemp("lowered"), synthetic_weights
     search = config.from_dict({
         "name": "lowered", "target_accuracy": 0.3,
         "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(weights), "validation_from": "test",
@@ -125,3 +131,59 @@ def test_each_lowering_step_trains_from_the_network_it_lowers(lowered):
         assert len(changed) == 1 and parent.accuracy >= search.validation_target
     assert result.answer is not None and result.test_accuracy is not None
     assert result.answer.params["backbone"] in {p.params["backbone"] for p in result.points}
+
+
+@pytest.fixture(scope="module")
+def population(tmp_path_factory, synthetic_weights):
+    folder = tmp_path_factory.mktemp("population")
+    search = config.from_dict({
+        "name": "population", "target_accuracy": 0.3,
+        "backbone": {"model": "resnet20", "dataset": "synthetic", "weights": str(synthetic_weights),
+                     "validation_from": "test", "validation_size": 100, "confirmation_size": 100,
+                     "calibration_size": 100},
+        "training": {"batch_size": 32, "train_limit": 512, "epoch_images": 64, "lr": 0.01, "amp": False},
+        # Members start at uniform 6 and uniform 2 (which ruins the network); every epoch the worse one takes over
+        # the better one's network with one stage lowered.
+        "space": {"alpha": [6, 2], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
+        "budget": {"trials": 2, "concurrency": 2, "max_failures": 0},
+        "search": {"granularity": "stage", "cost": "levels", "strategy": "pbt", "perturbation_interval": 1,
+                   "compile": False, "seed": 0, "early_stopping": False},
+        "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}",
+                                                      "experiment": "population-test"}})
+    return folder, search, run_search(search)
+
+
+def test_a_member_that_takes_over_a_network_trains_it_on_at_its_own_alphas(population):
+    folder, search, result = population
+    groups = _groups(search)
+    assert {p.params["lineage"] for p in result.points} and len(result.points) == 2
+    taken_over = [p for p in result.points if p.params.get("continues")]
+    assert taken_over, "no member took over another's network: the test shows nothing"
+    for point in taken_over:
+        state = torch.load(point.params["backbone"], weights_only=True)
+        alphas = group_alphas(point.params, groups)
+        assert state["config"]["layer_alphas"] == groups.expand(alphas) or \
+            state["config"]["alpha"] == set(alphas.values()).pop()
+        # Four epochs in all, the first ones trained by the networks it continues.
+        assert len(state["history"]) == 4 and point.params["continues"] != point.params["lineage"]
+    assert result.answer is not None and result.test_accuracy is not None
+
+
+def test_every_network_of_a_population_has_a_true_run(population):
+    from mlflow import MlflowClient
+
+    from tests.helpers import child_runs
+
+    folder, search, result = population
+    _, children = child_runs(MlflowClient(search.tracking_uri), "population")
+    runs = {c.data.params["lineage"]: c for c in children}
+    assert len(runs) == len(children), "one MLflow run per network"
+    finished = {p.params["lineage"] for p in result.points}
+    for lineage, run in runs.items():
+        # A run's params are its network's point; a network given up for another's ends KILLED.
+        assert run.info.status == ("FINISHED" if lineage in finished else "KILLED"), (lineage, run.info.status)
+        continued = run.data.params.get("continues")
+        assert continued is None or continued in runs
+    assert len(runs) > len(finished)
+    answer = next(c for c in children if c.info.run_id == result.answer.run_id)
+    assert answer.data.params["lineage"] == result.answer.params["lineage"]

@@ -1,7 +1,9 @@
 """Training checkpoints carry the config that wrote them: a run resumes only from its own.
 
 :func:`read_checkpoint` refuses, in one line naming the file, a checkpoint that cannot be read, one that is not
-a training checkpoint, and one written by another config (each changed field with both values).
+a training checkpoint, and one written by another config (each changed field with both values), except in the
+fields the caller lets change: population-based training continues a checkpoint at other polynomials
+(:data:`APPROXIMATION_FIELDS`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,14 @@ class CheckpointError(ValueError):
 # Where a training run reads and runs, not what it computes: a checkpoint resumes under other values of these.
 _PLACE_FIELDS = ("data_dir", "device")
 
+# The polynomials a run trains with: a run may continue another's weights, optimizer and schedule at other ones.
+APPROXIMATION_FIELDS = ("alpha", "layer_alphas")
 
-def read_checkpoint(path: Path, device: torch.device, config: dict[str, Any]) -> dict[str, Any]:
-    """A training checkpoint's state, after checking that ``config`` (as a dict) is the one that wrote it."""
+
+def read_checkpoint(path: Path, device: torch.device, config: dict[str, Any],
+                    may_change: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A training checkpoint's state, after checking that ``config`` (as a dict) is the one that wrote it, but for
+    the fields in ``may_change``."""
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt or refused file
@@ -38,7 +45,7 @@ def read_checkpoint(path: Path, device: torch.device, config: dict[str, Any]) ->
         logger.warning("checkpoint %s records no config (written by an older version): not compared", path)
         return state
     changed = [f"{k}: {recorded.get(k)!r} in the checkpoint, {config.get(k)!r} now"
-               for k in sorted(set(recorded) | set(config)) if k not in _PLACE_FIELDS
+               for k in sorted(set(recorded) | set(config)) if k not in _PLACE_FIELDS + may_change
                and _comparable(recorded.get(k)) != _comparable(config.get(k))]
     if changed:
         raise CheckpointError(f"checkpoint {path} was written by another training config ({'; '.join(changed)}); "

@@ -29,7 +29,8 @@ from pann.conversion.flow import prepare, replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
 from pann.training.distillation import Teacher, distillation_loss
 from pann.evaluate import accuracies_and_losses
-from pann.training.checkpoints import CheckpointError, read_checkpoint  # noqa: F401 (CheckpointError re-exported)
+from pann.training.checkpoints import (APPROXIMATION_FIELDS, CheckpointError,  # noqa: F401 (CheckpointError re-exported)
+                                       read_checkpoint)
 from pann.files import atomic_write
 from pann.conversion.groups import alphas_by_layer
 from pann.models.builders import Classifier, build_model
@@ -124,10 +125,11 @@ class _Loop:
         with atomic_write(path) as temporary:
             torch.save(state, temporary)
 
-    def resume(self, path: Path, config: dict[str, Any]) -> tuple[list[dict[str, float]], int]:
+    def resume(self, path: Path, config: dict[str, Any],
+               may_change: tuple[str, ...] = ()) -> tuple[list[dict[str, float]], int]:
         """Restore the state saved at ``path``; its history and the number of epochs done. Raises
-        :class:`CheckpointError` unless ``config`` wrote it."""
-        state = read_checkpoint(path, self.device, config)
+        :class:`CheckpointError` unless ``config`` wrote it (but for the fields in ``may_change``)."""
+        state = read_checkpoint(path, self.device, config, may_change)
         try:
             self.model.load_state_dict(state["model"])
         except RuntimeError as exc:
@@ -215,11 +217,13 @@ def _recipes(config: TrainConfig, model: nn.Module, steps_per_epoch: int, device
 
 def train(config: TrainConfig, checkpoint: str | Path | None = None,
           callback: Callable[[int, dict[str, float]], bool | None] | None = None,
-          progress: bool = True) -> TrainResult:
+          progress: bool = True, other_approximation: bool = False) -> TrainResult:
     """Train (or fine-tune from ``config.initial`` or ``config.pretrained``) and return the backbone with exact ReLUs.
 
     With ``checkpoint`` the state is saved there after every epoch and, if the file
-    exists, training resumes from it. Raises :class:`TrainingDiverged` on a non-finite
+    exists, training resumes from it. With ``other_approximation`` that file may come from a run at other
+    polynomials (``alpha``, ``layer_alphas``: population-based training's exploit), whose weights, optimizer and
+    schedule go on at this config's. Raises :class:`TrainingDiverged` on a non-finite
     loss, before anything is written for that epoch.
     """
     device = torch.device(config.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -240,7 +244,8 @@ def train(config: TrainConfig, checkpoint: str | Path | None = None,
     checkpoint = Path(checkpoint) if checkpoint else None
     recorded = dataclasses.asdict(config)
     if checkpoint and checkpoint.is_file():
-        history, start_epoch = loop.resume(checkpoint, recorded)
+        history, start_epoch = loop.resume(checkpoint, recorded,
+                                           APPROXIMATION_FIELDS if other_approximation else ())
 
     for epoch in range(start_epoch, config.epochs):
         trained = _train_epoch(loop, train_set, config, epoch, progress)

@@ -1,15 +1,18 @@
 """The base class of a search strategy: what proposes the points a search's trials measure.
 
 A strategy is built from the validated search config and its layer groups, and gives Ray Tune a searcher
-(``suggest`` / ``on_trial_complete``). Every searcher proposes complete points (the searched dimensions and the
-config's constants), so Tune's own ``param_space`` holds only the constants. A subclass with a ``name`` is
-registered under it (the config's ``search.strategy``); see :mod:`search.strategies`.
+(``suggest`` / ``on_trial_complete``) and a scheduler. Every searcher proposes complete points (the searched
+dimensions and the config's constants), so Tune's own ``param_space`` holds only the constants; a strategy without a
+searcher (population-based training, which Tune runs only with its own variant generator) gives its points as
+Tune's ``param_space`` instead. A subclass with a ``name`` is registered under it (the config's
+``search.strategy``); see :mod:`search.strategies`.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
 from ray.tune.search import Searcher
 
 from search import space
@@ -41,9 +44,28 @@ class Strategy:
         each naming its field; none by default."""
         return []
 
-    def searcher(self) -> Searcher:
-        """The Ray Tune searcher that proposes the points (built once per search)."""
+    def searcher(self) -> Searcher | None:
+        """The Ray Tune searcher that proposes the points (built once per search); None: Tune's own variant
+        generator samples :meth:`param_space`."""
         raise NotImplementedError
+
+    def param_space(self) -> dict[str, Any]:
+        """Tune's ``param_space``: the config's constants (the searcher proposes the rest)."""
+        return space.constants(self.search.space)
+
+    def samples(self) -> int:
+        """Tune's ``num_samples``: the budget's trials."""
+        return self.search.trials
+
+    def scheduler(self) -> TrialScheduler:
+        """What stops, pauses or continues running trials: ASHA on the PANN accuracy after each epoch when the
+        config asks for early stopping (``search.early_stopping``, ``search.grace_period``) and trials train,
+        else Tune's FIFO."""
+        epochs = space.max_epochs(self.search.space)
+        if self.search.early_stopping and epochs > 0:
+            return ASHAScheduler(metric="accuracy", mode="max", time_attr="training_iteration",
+                                 grace_period=self.search.grace_period, max_t=epochs + 1)
+        return FIFOScheduler()
 
     def cut_off(self, results) -> bool:
         """Whether trials Tune started were cut off before they reported to the searcher (an interrupt). Tune's
@@ -85,7 +107,7 @@ class WalkStrategy(Strategy):
         """A walk lowers alphas only: every other dimension of the space must have one value."""
         varying = [name for name, spec in (search_fields.get("space") or {}).items()
                    if name != "alpha" and (isinstance(spec, dict) or isinstance(spec, list) and len(spec) > 1)]
-        return [f"space.{name}: the {cls.name} walk searches the alphas only; give one value "
+        return [f"space.{name}: the {cls.name} strategy searches the alphas only; give one value "
                 f"(or search.strategy: optuna)" for name in varying]
 
     def walk(self):

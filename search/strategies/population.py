@@ -1,0 +1,94 @@
+"""``search.strategy: pbt``: population-based training (Ray Tune's ``PopulationBasedTraining``) over the alphas of
+networks trained at their own polynomials: lowering precision while training.
+
+The population (``budget.trials`` members, ``budget.concurrency`` of them training at a time) starts at the uniform
+points of the ladder, from the top down (a population larger than the ladder repeats it); each member fine-tunes
+the pretrained backbone at its own alphas and reports after every epoch. Every ``search.perturbation_interval``
+epochs Tune ranks the members by :func:`search.trial.score` (every feasible point above every infeasible one, the
+cheaper the higher): a member in the bottom quarter takes over the latest checkpoint of one in the top quarter
+(weights, optimizer, schedule, epoch) with that member's alphas, one group lowered one rung of the ladder (the
+group drawn with the search's seed among those above the bottom rung), and trains on; the others go on as they are.
+A member trains ``space.epochs`` in all, counting the epochs of the networks it took over.
+
+The records say what each network is: a member that takes over another's checkpoint trains a new lineage
+(``lineage`` in its point, ``continues`` naming the one it took over), with its own entry in the backbone store
+and its own MLflow run; the run of the network it gave up ends KILLED, as a pruned trial's does. Optuna takes no
+part: Tune runs PBT with its own variant generator only.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from typing import Any
+
+from ray import tune
+from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
+
+from search.config_checks import CONTINUES, LINEAGE
+from search.strategies.base import WalkStrategy
+
+__all__ = ["PopulationStrategy"]
+
+
+class PopulationStrategy(WalkStrategy):
+    """Population-based training over the groups' alphas (see the module's text). Like a walk, it searches the
+    alphas only, on the ladder of ``space.alpha``."""
+
+    name = "pbt"
+
+    @classmethod
+    def problems(cls, search_fields: dict[str, Any]) -> list[str]:
+        space = search_fields.get("space") or {}
+        problems = super().problems(search_fields)
+        if space.get("leakage_alpha") not in ("point", ["point"]):
+            problems.append(f"space.leakage_alpha: the {cls.name} strategy trains every member at its own alphas; "
+                            "set it to [point] (with space.leakage: [approximation-aware] and space.epochs > 0)")
+        if search_fields.get("early_stopping") is True:
+            problems.append(f"search.early_stopping: the {cls.name} strategy schedules its members itself "
+                            "(population-based training, not ASHA); set it to false")
+        trials, concurrency = search_fields.get("trials"), search_fields.get("concurrency")
+        if isinstance(trials, int) and trials < 2:
+            problems.append(f"budget.trials: the {cls.name} strategy's population needs at least 2 members")
+        elif isinstance(trials, int) and isinstance(concurrency, int) and concurrency > trials:
+            problems.append(f"budget.concurrency: {concurrency} members at a time, but the population "
+                            f"(budget.trials) has {trials}")
+        return problems
+
+    def __init__(self, search, groups):
+        super().__init__(search, groups)
+        self._random = random.Random(search.seed)
+
+    def searcher(self) -> None:
+        return None  # Tune's variant generator: one trial per member of param_space's grid
+
+    def starts(self) -> dict[str, dict[str, float]]:
+        """Each member's first point by its lineage: the ladder's uniform points, from the top down."""
+        ladder = self.ladder()[::-1]
+        return {f"m{i}": {key: ladder[i % len(ladder)] for key in self.keys().values()}
+                for i in range(self.search.trials)}
+
+    def param_space(self) -> dict[str, Any]:
+        starts = self.starts()
+        alphas = {key: tune.sample_from(lambda config, key=key: starts[config[LINEAGE]][key])
+                  for key in self.keys().values()}
+        return {**self.fixed(), LINEAGE: tune.grid_search(list(starts)), **alphas}
+
+    def samples(self) -> int:
+        return 1  # the grid over the lineages is the population
+
+    def scheduler(self) -> TrialScheduler:
+        return PopulationBasedTraining(time_attr="training_iteration", metric="score", mode="max",
+                                       perturbation_interval=self.search.perturbation_interval,
+                                       custom_explore_fn=self.lower, log_config=False)
+
+    def lower(self, config: dict[str, Any]) -> dict[str, Any]:
+        """PBT's explore: the copied member's point (``config``) with one group one rung lower, as a new lineage
+        that continues the copied one. At the bottom of the ladder everywhere it stays as it is."""
+        ladder = self.ladder()
+        above = [key for key in self.keys().values() if ladder.index(config[key]) > 0]
+        if above:
+            key = self._random.choice(above)
+            config[key] = ladder[ladder.index(config[key]) - 1]
+        config[CONTINUES], config[LINEAGE] = config[LINEAGE], uuid.uuid4().hex[:8]
+        return config
