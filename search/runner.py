@@ -14,6 +14,7 @@ import logging
 import signal
 import threading
 import time
+import warnings
 
 import ray
 from ray import tune
@@ -63,9 +64,13 @@ def tune_config(search: SearchConfig, strategy: Strategy) -> tune.TuneConfig:
     itself. In post-training searches worker processes are reused between trials, so compilation, data loading
     and calibration are paid once."""
     epochs = max_epochs(search.space)
-    return tune.TuneConfig(search_alg=strategy.searcher(), scheduler=strategy.scheduler(),
-                           num_samples=strategy.samples(),
-                           max_concurrent_trials=search.concurrency, time_budget_s=search.time_s,
+    searcher = strategy.searcher()
+    return tune.TuneConfig(search_alg=searcher, scheduler=strategy.scheduler(), num_samples=strategy.samples(),
+                           # Tune's own variant generator would not create a population's later members until
+                           # earlier ones end: every member is a trial at once, and the cluster's CPUs (budget.
+                           # cpus_per_trial each) decide how many train while the others wait, paused.
+                           max_concurrent_trials=search.concurrency if searcher is not None else None,
+                           time_budget_s=search.time_s,
                            # Post-training searches reuse worker processes (compilation, data and ranges once per
                            # worker); training searches do not, so that a retried trial restores its checkpoint.
                            reuse_actors=epochs == 0)
@@ -163,7 +168,11 @@ def _run(search: SearchConfig, strategy: Strategy, resume: bool, progress) -> an
                 search.cost, search.tracking_uri)
     try:
         started = time.monotonic()
-        results = _tuner(search, strategy, resume, progress).fit()
+        with warnings.catch_warnings():
+            # PBT's advice to reuse actors: training trials start a process each, so a retried trial restores its
+            # checkpoint (tune_config).
+            warnings.filterwarnings("ignore", message="Consider boosting PBT performance")
+            results = _tuner(search, strategy, resume, progress).fit()
         ending = _ending(search, strategy, results, time.monotonic() - started)
         if ending != "interrupted":
             strategy.close_unfinished(ending)

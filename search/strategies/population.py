@@ -1,8 +1,9 @@
 """``search.strategy: pbt``: population-based training (Ray Tune's ``PopulationBasedTraining``) over the alphas of
 networks trained at their own polynomials: lowering precision while training.
 
-The population (``budget.trials`` members, ``budget.concurrency`` of them training at a time) starts at the uniform
-points of the ladder, from the top down (a population larger than the ladder repeats it); each member fine-tunes
+The population (``budget.trials`` members, every one a Tune trial from the start: as many train at a time as the
+cluster's CPUs allow, ``budget.cpus_per_trial`` each, while the others wait paused) starts at the uniform points of
+the ladder, from the top down (a population larger than the ladder repeats it); each member fine-tunes
 the pretrained backbone at its own alphas and reports after every epoch. Every ``search.perturbation_interval``
 epochs Tune ranks the members by :func:`search.trial.score` (every feasible point above every infeasible one, the
 cheaper the higher): a member in the bottom quarter takes over the latest checkpoint of one in the top quarter
@@ -25,6 +26,7 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
+from search import space
 from search.config_checks import CONTINUES, LINEAGE
 from search.strategies.base import WalkStrategy
 
@@ -47,17 +49,20 @@ class PopulationStrategy(WalkStrategy):
         if search_fields.get("early_stopping") is True:
             problems.append(f"search.early_stopping: the {cls.name} strategy schedules its members itself "
                             "(population-based training, not ASHA); set it to false")
-        trials, concurrency = search_fields.get("trials"), search_fields.get("concurrency")
+        trials = search_fields.get("trials")
         if isinstance(trials, int) and trials < 2:
             problems.append(f"budget.trials: the {cls.name} strategy's population needs at least 2 members")
-        elif isinstance(trials, int) and isinstance(concurrency, int) and concurrency > trials:
-            problems.append(f"budget.concurrency: {concurrency} members at a time, but the population "
-                            f"(budget.trials) has {trials}")
         return problems
 
     def __init__(self, search, groups):
         super().__init__(search, groups)
         self._random = random.Random(search.seed)
+
+    def cut_off(self, results) -> bool:
+        """PBT stops no member: one that ended without its final report and without an error was cut off (an
+        interrupt), as were the members never started."""
+        return len(results) < self.search.trials or any(
+            r.error is None and not (r.metrics or {}).get("final") for r in results)
 
     def searcher(self) -> None:
         return None  # Tune's variant generator: one trial per member of param_space's grid
@@ -78,9 +83,9 @@ class PopulationStrategy(WalkStrategy):
         return 1  # the grid over the lineages is the population
 
     def scheduler(self) -> TrialScheduler:
-        return PopulationBasedTraining(time_attr="training_iteration", metric="score", mode="max",
-                                       perturbation_interval=self.search.perturbation_interval,
-                                       custom_explore_fn=self.lower, log_config=False)
+        return _Population(space.max_epochs(self.search.space), time_attr="epoch", metric="score", mode="max",
+                           perturbation_interval=self.search.perturbation_interval,
+                           custom_explore_fn=self.lower, log_config=False)
 
     def lower(self, config: dict[str, Any]) -> dict[str, Any]:
         """PBT's explore: the copied member's point (``config``) with one group one rung lower, as a new lineage
@@ -92,3 +97,18 @@ class PopulationStrategy(WalkStrategy):
             config[key] = ladder[ladder.index(config[key]) - 1]
         config[CONTINUES], config[LINEAGE] = config[LINEAGE], uuid.uuid4().hex[:8]
         return config
+
+
+class _Population(PopulationBasedTraining):
+    """Tune's PBT on the training epoch (a member that took over another's network goes on at its epoch), which
+    leaves alone a member with nothing left to train: one at its last epoch (a copy would be scored untrained) or
+    reporting its final score."""
+
+    def __init__(self, epochs: int, **kwargs):
+        super().__init__(**kwargs)
+        self._epochs = epochs
+
+    def on_trial_result(self, tune_controller, trial, result: dict) -> str:
+        if result.get("final") or result.get("epoch", 0) >= self._epochs:
+            return TrialScheduler.CONTINUE
+        return super().on_trial_result(tune_controller, trial, result)
