@@ -7,7 +7,8 @@ mean alpha, validation accuracy (``*`` when it meets ``--target``), bootstraps, 
 the sampled value of each dimension named in ``--params``. With ``--reports`` (training searches) every trial,
 stopped ones too, by its Optuna number (a walk's by the order Tune created them): the sampled values, then its
 PANN's validation accuracy at each report (after each epoch; the last one of a finished trial is its final result),
-and how it ended.
+and how it ended; a population-based trial one line per network it trained (the epoch of each report after the
+first network, which it continued from the member it took over).
 """
 
 from __future__ import annotations
@@ -47,17 +48,37 @@ def _reports(run_dir: Path, params: list[str]) -> None:
         config = json.loads((folder / "params.json").read_text())
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
         results = [json.loads(line) for line in lines]
-        # Optuna's trial number; a walk's trials by the order Tune created them (run_trial_ID_N_...)
-        number = config.get("optuna_trial", int(folder.name.split("_")[3]) - 1)
-        rows.append((number, config, results))
-    print("       trial" + "".join(f"  {p}" for p in params) + "  ended  seconds  validation accuracy at each report (%)")
+        # Optuna's trial number; else the order Tune created the trials in (run_trial_ID_NNNNN...), counted below
+        rows.append((config.get("optuna_trial", int(folder.name.split("_")[3])), config, results))
+    if not any("optuna_trial" in config for _, config, _ in rows):
+        rows = [(i, config, results) for i, (_, config, results) in enumerate(sorted(rows, key=lambda row: row[0]))]
+    print("       trial" + "".join(f"  {p}" for p in params)
+          + "   ended  seconds  validation accuracy at each report (%)")
     for number, config, results in sorted(rows, key=lambda row: row[0]):
-        final = bool(results) and bool(results[-1].get("final"))
-        ended = "final" if final else "stopped" if results else "no report"
-        seconds = results[-1]["time_total_s"] if results else 0
-        curve = " ".join(f"{100 * r['accuracy']:.2f}" for r in results)
-        print(f"{number:12d}" + "".join(f"  {config.get(p)!s:>{len(p)}}" for p in params)
-              + f"  {ended:>7}  {seconds:7.0f}  {curve}")
+        segments = _segments(config, results)
+        for segment, (point, reports) in enumerate(segments):
+            if segment + 1 < len(segments):
+                ended = "replaced"  # population-based training: it took over another member's network here
+            else:
+                final = bool(reports) and bool(reports[-1].get("final"))
+                ended = "final" if final else "stopped" if reports else "no report"
+            seconds = reports[-1]["time_total_s"] if reports else 0
+            curve = " ".join(f"{'e' + str(r['epoch']) + ' ' if 'epoch' in r and segment else ''}"
+                             f"{100 * r['accuracy']:.2f}" for r in reports)
+            print(f"{number:12d}" + "".join(f"  {point.get(p)!s:>{len(p)}}" for p in params)
+                  + f"  {ended:>8}  {seconds:7.0f}  {curve}")
+
+
+def _segments(config: dict, results: list[dict]) -> list[tuple[dict, list[dict]]]:
+    """A trial's reports in runs of one point: one run, unless population-based training changed the trial's
+    point (a new lineage) between reports; each run with its point."""
+    segments: list[tuple[dict, list[dict]]] = []
+    for result in results:
+        point = result.get("config", config)
+        if not segments or segments[-1][0] != point:
+            segments.append((point, []))
+        segments[-1][1].append(result)
+    return segments or [(config, [])]
 
 
 if __name__ == "__main__":
