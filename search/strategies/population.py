@@ -5,7 +5,7 @@ The population (``budget.trials`` members, every one a Tune trial from the start
 cluster's CPUs allow, ``budget.cpus_per_trial`` each, while the others wait paused) starts at the uniform points of
 the ladder, from the top down (a population larger than the ladder repeats it); each member fine-tunes
 the pretrained backbone at its own alphas and reports after every epoch. Every ``search.perturbation_interval``
-epochs Tune ranks the members by :func:`search.trial.score` (every feasible point above every infeasible one, the
+epochs, once every member has got there, Tune ranks them by :func:`search.trial.score` (every feasible point above every infeasible one, the
 cheaper the higher): a member in the bottom quarter takes over the latest checkpoint of one in the top quarter
 (weights, optimizer, schedule, epoch) with that member's alphas, one group lowered one rung of the ladder (the
 group drawn with the search's seed among those above the bottom rung), and trains on; the others go on as they are.
@@ -83,9 +83,13 @@ class PopulationStrategy(WalkStrategy):
         return 1  # the grid over the lineages is the population
 
     def scheduler(self) -> TrialScheduler:
+        # Synchronous: every member reaches the perturbation epoch before any is ranked. Asynchronous PBT ranks a
+        # member against the others' last scores, often from an earlier epoch, and keeps a checkpoint only of a
+        # member still on top at its own latest report: with more members than CPUs, paused in turn, the top one
+        # had no checkpoint when the bottom one came to take it over (measured: no exploit in 20 epochs).
         return _Population(space.max_epochs(self.search.space), time_attr="epoch", metric="score", mode="max",
                            perturbation_interval=self.search.perturbation_interval,
-                           custom_explore_fn=self.lower, log_config=False)
+                           custom_explore_fn=self.lower, log_config=False, synch=True)
 
     def lower(self, config: dict[str, Any]) -> dict[str, Any]:
         """PBT's explore: the copied member's point (``config``) with one group one rung lower, as a new lineage
