@@ -45,7 +45,8 @@ def main() -> None:
 def _reports(run_dir: Path, params: list[str]) -> None:
     rows = []
     for folder in run_dir.glob("run_trial_*"):
-        config = json.loads((folder / "params.json").read_text())
+        started = folder / "params.json"  # absent until the trial first starts
+        config = json.loads(started.read_text()) if started.is_file() else {}
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
         results = [json.loads(line) for line in lines]
         # Optuna's trial number; else the order Tune created the trials in (run_trial_ID_NNNNN...), counted below

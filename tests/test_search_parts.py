@@ -214,6 +214,16 @@ def test_objectives_go_to_the_searcher_and_asha_gets_its_own_metric(tmp_path, de
     assert isinstance(tune_config(fifo, strategy_of(fifo, groups_of(fifo))).scheduler, FIFOScheduler)
 
 
+def test_the_population_score_ranks_feasible_above_infeasible_and_cheaper_above_dearer(tmp_path):
+    from search.trial import score
+
+    search = tiny_search(tmp_path)  # target 0.5
+    target = search.validation_target
+    ranked = [score(search, target - 0.2, 10), score(search, target - 0.01, 10), score(search, 1.0, 200),
+              score(search, target, 150), score(search, target + 0.1, 100)]
+    assert ranked[0] < ranked[1] < 1 < ranked[2] < ranked[3] < ranked[4] <= 2
+
+
 def test_callback_records_pruned_trials_as_killed(tmp_path):
     search = tiny_search(tmp_path)
     callback = TrackingCallback(search)

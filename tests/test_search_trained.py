@@ -144,7 +144,7 @@ def population(tmp_path_factory, synthetic_weights):
         "training": {"batch_size": 32, "train_limit": 512, "epoch_images": 64, "lr": 0.01, "amp": False},
         # Members start at uniform 6, 2 (which ruins the network) and 6 again; every epoch the worst one takes over
         # the best one's network with one stage lowered. Three members on two CPUs: one waits, paused, in turn.
-        "space": {"alpha": [6, 2], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
+        "space": {"alpha": [6, 2], "epochs": [3], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
         "budget": {"trials": 3, "cpus_per_trial": 1, "max_failures": 0},
         "search": {"granularity": "stage", "cost": "levels", "strategy": "pbt", "perturbation_interval": 1,
                    "compile": False, "seed": 0, "early_stopping": False},
@@ -164,8 +164,8 @@ def test_a_member_that_takes_over_a_network_trains_it_on_at_its_own_alphas(popul
         alphas = group_alphas(point.params, groups)
         assert state["config"]["layer_alphas"] == groups.expand(alphas) or \
             state["config"]["alpha"] == set(alphas.values()).pop()
-        # Four epochs in all, the first ones trained by the networks it continues.
-        assert len(state["history"]) == 4 and point.params["continues"] != point.params["lineage"]
+        # Three epochs in all, the first ones trained by the networks it continues.
+        assert len(state["history"]) == 3 and point.params["continues"] != point.params["lineage"]
     assert result.answer is not None and result.test_accuracy is not None
 
 
