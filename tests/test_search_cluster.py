@@ -75,10 +75,17 @@ def test_search_submitted_as_a_job_to_a_two_node_cluster(two_node_cluster, mlflo
     assert alive_nodes(two_node_cluster["address"], env) == 2
     # lr 1e9 makes some trials diverge: each is recorded FAILED and the search goes on.
     cfg = write_config(tmp_path, "job", mlflow_server, lr=[0.05, 1.0e9])
-    job = subprocess.run(
-        [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster["dashboard"], "--",
-         sys.executable, "-m", "search.cli", "search", str(cfg), "--address", "auto"],
-        env=env, capture_output=True, text=True, timeout=600, cwd=Path(__file__).resolve().parents[1])
+    submit = [str(BIN / "ray"), "job", "submit", "--address", two_node_cluster["dashboard"], "--",
+              sys.executable, "-m", "search.cli", "search", str(cfg), "--address", "auto"]
+    deadline = time.monotonic() + 120
+    while True:
+        job = subprocess.run(submit, env=env, capture_output=True, text=True, timeout=600,
+                             cwd=Path(__file__).resolve().parents[1])
+        # The head's job agent starts after its dashboard listens (later on a loaded machine): until then the
+        # dashboard refuses the job, which never started, so submitting it again is safe.
+        if "No available agent to submit job" not in job.stdout + job.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(2)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
     assert "4 trials" in job.stdout
 
