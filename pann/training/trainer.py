@@ -29,8 +29,8 @@ from pann.conversion.flow import prepare, replace_activations
 from pann.data import NUM_CLASSES, ImageSet, load_dataset, split_train
 from pann.training.distillation import Teacher, distillation_loss
 from pann.evaluate import accuracies_and_losses
-from pann.training.checkpoints import (APPROXIMATION_FIELDS, CheckpointError,  # noqa: F401 (CheckpointError re-exported)
-                                       read_checkpoint)
+from pann.training.checkpoints import CheckpointError  # noqa: F401 (re-exported)
+from pann.training.checkpoints import APPROXIMATION_FIELDS, read_checkpoint
 from pann.files import atomic_write
 from pann.conversion.groups import alphas_by_layer
 from pann.models.builders import Classifier, build_model

@@ -3,13 +3,13 @@ networks trained at their own polynomials: lowering precision while training.
 
 The population (``budget.trials`` members, every one a Tune trial from the start: as many train at a time as the
 cluster's CPUs allow, ``budget.cpus_per_trial`` each, while the others wait paused) starts at the uniform points of
-the ladder, from the top down (a population larger than the ladder repeats it); each member fine-tunes
-the pretrained backbone at its own alphas and reports after every epoch. Every ``search.perturbation_interval``
-epochs, once every member has got there, Tune ranks them by :func:`search.trial.score` (every feasible point above every infeasible one, the
-cheaper the higher): a member in the bottom quarter takes over the latest checkpoint of one in the top quarter
-(weights, optimizer, schedule, epoch) with that member's alphas, one group lowered one rung of the ladder (the
-group drawn with the search's seed among those above the bottom rung), and trains on; the others go on as they are.
-A member trains ``space.epochs`` in all, counting the epochs of the networks it took over.
+the ladder, from the top down (a population larger than the ladder repeats it); each member fine-tunes the
+pretrained backbone at its own alphas and reports after every epoch. Every ``search.perturbation_interval`` epochs,
+once every member has got there, Tune ranks them by :func:`search.trial.score` (every feasible point above every
+infeasible one, the cheaper the higher): a member in the bottom quarter takes over the latest checkpoint of one in
+the top quarter (weights, optimizer, schedule, epoch) with that member's alphas, one group lowered one rung of the
+ladder (the group drawn with the search's seed among those above the bottom rung), and trains on; the others go on
+as they are. A member trains ``space.epochs`` in all, counting the epochs of the networks it took over.
 
 The records say what each network is: a member that takes over another's checkpoint trains a new lineage
 (``lineage`` in its point, ``continues`` naming the one it took over), with its own entry in the backbone store
@@ -41,9 +41,9 @@ class PopulationStrategy(WalkStrategy):
 
     @classmethod
     def problems(cls, search_fields: dict[str, Any]) -> list[str]:
-        space = search_fields.get("space") or {}
+        dimensions = search_fields.get("space") or {}
         problems = super().problems(search_fields)
-        if space.get("leakage_alpha") not in ("point", ["point"]):
+        if dimensions.get("leakage_alpha") not in ("point", ["point"]):
             problems.append(f"space.leakage_alpha: the {cls.name} strategy trains every member at its own alphas; "
                             "set it to [point] (with space.leakage: [approximation-aware] and space.epochs > 0)")
         if search_fields.get("early_stopping") is True:
@@ -86,7 +86,7 @@ class PopulationStrategy(WalkStrategy):
         # Synchronous: every member reaches the perturbation epoch before any is ranked. Asynchronous PBT ranks a
         # member against the others' last scores, often from an earlier epoch, and keeps a checkpoint only of a
         # member still on top at its own latest report: with more members than CPUs, paused in turn, the top one
-        # had no checkpoint when the bottom one came to take it over (measured: no exploit in 20 epochs).
+        # had no checkpoint when the bottom one came to take it over (measured: no exploit in 20 member-epochs).
         return _Population(space.max_epochs(self.search.space), time_attr="epoch", metric="score", mode="max",
                            perturbation_interval=self.search.perturbation_interval,
                            custom_explore_fn=self.lower, log_config=False, synch=True)
