@@ -156,3 +156,19 @@ def test_weight_decay_can_spare_norm_and_bias(tmp_path):
     groups = parameter_groups(model, tiny(decay_norm_and_bias=False, weight_decay=5e-3))
     assert groups[0]["weight_decay"] == 5e-3 and groups[1]["weight_decay"] == 0
     assert all(p.ndim > 1 for p in groups[0]["params"]) and all(p.ndim == 1 for p in groups[1]["params"])
+
+
+def test_a_run_continues_another_approximations_checkpoint_only_when_asked(tmp_path):
+    from pann.training.checkpoints import CheckpointError
+
+    at = {"leakage": "approximation-aware", "alpha": 6}
+    path = tmp_path / "run.pt"
+    train(tiny(**at), checkpoint=path, callback=lambda epoch, metrics: True, progress=False)  # stop after epoch 1
+    lowered = tiny(**{**at, "alpha": 5})
+    with pytest.raises(CheckpointError, match="alpha: 6 in the checkpoint, 5 now"):
+        train(lowered, checkpoint=path, progress=False)
+    # Population-based training's exploit: the weights, optimizer and schedule go on at the new polynomials.
+    continued = train(lowered, checkpoint=path, progress=False, other_approximation=True)
+    assert len(continued.history) == lowered.epochs and torch.load(path, weights_only=True)["config"]["alpha"] == 5
+    with pytest.raises(CheckpointError, match="lr: "):  # what is not an approximation still refuses
+        train(tiny(**{**at, "alpha": 5, "lr": 0.5}), checkpoint=path, progress=False, other_approximation=True)
