@@ -205,15 +205,19 @@ def score(search: SearchConfig, accuracy: float, cost: float) -> float:
     return 1 + 1 / (1 + cost) if accuracy >= search.validation_target else accuracy
 
 
-def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):
-    metric = OBJECTIVES[search.cost].metric
+def _costs_and_score(search: SearchConfig, base: dict[str, Any], record: Mapping[str, Any]) -> dict[str, Any]:
+    """What every report of a point carries: its mean alpha and depth (``base``), its network costs, its accuracy
+    and loss, and :func:`score`."""
+    costs = {**base, **{k: record[k] for k in COST_METRICS}}
+    return {**costs, "accuracy": record["accuracy"], "loss": record["loss"],
+            "score": score(search, record["accuracy"], costs[OBJECTIVES[search.cost].metric])}
 
+
+def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):
     def report(model, epoch: int, metrics: dict[str, float], state_dir: Path) -> None:
         main = measure(search, groups, {**point, "correction": "none"}, Backbone(model, None))[0]
-        costs = {**base, **{k: main[k] for k in COST_METRICS}}
-        tune.report({**costs, "epoch": epoch, "train_loss": metrics["train_loss"], "val_loss": metrics["val_loss"],
-                     "backbone_accuracy": metrics["val_accuracy"], "accuracy": main["accuracy"],
-                     "loss": main["loss"], "score": score(search, main["accuracy"], costs[metric])},
+        tune.report({**_costs_and_score(search, base, main), "epoch": epoch, "train_loss": metrics["train_loss"],
+                     "val_loss": metrics["val_loss"], "backbone_accuracy": metrics["val_accuracy"]},
                     checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
     return report
 
@@ -252,10 +256,7 @@ def measure_point(point: dict[str, Any], search: SearchConfig, groups: LayerGrou
     backbone_accuracy = _memoized(("backbone_accuracy", str(backbone.path), backbone.trained),
                                   lambda: accuracy(backbone.model, splits.validation))
     curve = [{k: v for k, v in r.items() if k not in ("spec", "group_alphas")} for r in records]
-    costs = {**base, **{k: main[k] for k in COST_METRICS}}
-    tune.report({**costs, "final": 1, "accuracy": main["accuracy"], "loss": main["loss"],
-                 "out_of_range": main["out_of_range"],
-                 "score": score(search, main["accuracy"], costs[OBJECTIVES[search.cost].metric]),
+    tune.report({**_costs_and_score(search, base, main), "final": 1, "out_of_range": main["out_of_range"],
                  "backbone_accuracy": backbone_accuracy, "trained_backbone": int(backbone.trained),
                  "resumed_from_epoch": backbone.resumed_from, "backbone": str(backbone.path or ""),
                  # JSON text: Tune's loggers take numbers and strings, not lists of records.

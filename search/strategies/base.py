@@ -110,6 +110,17 @@ class WalkStrategy(Strategy):
         return [f"space.{name}: the {cls.name} strategy searches the alphas only; give one value "
                 f"(or search.strategy: optuna)" for name in varying]
 
+    @staticmethod
+    def trains_at_point_problems(search_fields: dict[str, Any], what: str) -> list[str]:
+        """The problem of a strategy that trains ``what`` at its own alphas when the space does not (one line, or
+        none)."""
+        from search.config_checks import AT_POINT  # config_checks imports this package for the strategies' names
+
+        if (search_fields.get("space") or {}).get("leakage_alpha") in (AT_POINT, [AT_POINT]):
+            return []
+        return [f"space.leakage_alpha: {what}; set it to [{AT_POINT}] (with space.leakage: [approximation-aware] "
+                "and space.epochs > 0)"]
+
     def walk(self):
         raise NotImplementedError
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from search.config_checks import AT_POINT, INITIAL
+from search.config_checks import INITIAL
 from search.strategies.greedy import GreedyStrategy, GreedyWalk
 
 __all__ = ["LoweringStrategy", "LoweringWalk"]
@@ -44,11 +44,8 @@ class LoweringStrategy(GreedyStrategy):
 
     @classmethod
     def problems(cls, search_fields: dict[str, Any]) -> list[str]:
-        space = search_fields.get("space") or {}
-        trained = space.get("leakage_alpha") in (AT_POINT, [AT_POINT])
-        return super().problems(search_fields) + ([] if trained else [
-            f"space.leakage_alpha: the {cls.name} walk trains each step at its own alphas from the network it "
-            f"lowers; set it to [{AT_POINT}] (with space.leakage: [approximation-aware] and space.epochs > 0)"])
+        return super().problems(search_fields) + cls.trains_at_point_problems(
+            search_fields, f"the {cls.name} walk trains each step at its own alphas from the network it lowers")
 
     def walk(self) -> LoweringWalk:
         return LoweringWalk(list(self.groups), self.ladder(), self.keys(), self.search.validation_target,

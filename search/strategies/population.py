@@ -41,11 +41,8 @@ class PopulationStrategy(WalkStrategy):
 
     @classmethod
     def problems(cls, search_fields: dict[str, Any]) -> list[str]:
-        dimensions = search_fields.get("space") or {}
-        problems = super().problems(search_fields)
-        if dimensions.get("leakage_alpha") not in ("point", ["point"]):
-            problems.append(f"space.leakage_alpha: the {cls.name} strategy trains every member at its own alphas; "
-                            "set it to [point] (with space.leakage: [approximation-aware] and space.epochs > 0)")
+        problems = super().problems(search_fields) + cls.trains_at_point_problems(
+            search_fields, f"the {cls.name} strategy trains every member at its own alphas")
         if search_fields.get("early_stopping") is True:
             problems.append(f"search.early_stopping: the {cls.name} strategy schedules its members itself "
                             "(population-based training, not ASHA); set it to false")
