@@ -15,6 +15,7 @@ import ctypes
 import os
 import signal
 import sys
+import traceback
 from collections.abc import Callable
 
 _FORWARDED = (signal.SIGINT, signal.SIGTERM)
@@ -22,7 +23,8 @@ _FORWARDED = (signal.SIGINT, signal.SIGTERM)
 
 def supervised(work: Callable[[], int], on_death: Callable[[str], None]) -> int:
     """Run ``work`` (which handles its own errors and returns an exit code) in a forked child and return that code;
-    when the child ends without returning it, ``on_death(why)`` runs here and the code is 1."""
+    an error ``work`` did not handle is printed with its traceback (code 1); when the child ends without returning a
+    code, ``on_death(why)`` runs here and the code is 1."""
     read_end, write_end = os.pipe()
     pid = os.fork()
     if pid == 0:  # the driver
@@ -32,6 +34,8 @@ def supervised(work: Callable[[], int], on_death: Callable[[str], None]) -> int:
         code = 1
         try:
             code = work()
+        except BaseException:  # os._exit below would end the process before the exception was ever printed
+            traceback.print_exc()
         finally:
             sys.stdout.flush()
             sys.stderr.flush()

@@ -266,3 +266,17 @@ def test_progress_line_counts_trials_and_keeps_the_cheapest_feasible_point(tmp_p
     budgeted = ProgressCallback(config.from_dict({**_tiny_data(tmp_path / "b"), "budget": {"time_s": 60}}), None)
     budgeted.done, budgeted.started = 1, budgeted.started - 30.5  # 30 s for 1 trial of 20: 9.5 min at that pace
     assert budgeted._line(1).endswith("0m30s elapsed, ~0m29s left")
+
+
+def test_an_error_the_driver_did_not_handle_is_printed_before_it_exits(capfd):
+    from search.supervisor import supervised
+
+    def work():
+        raise RuntimeError("the trial's actor died twice")
+
+    deaths = []
+    assert supervised(work, deaths.append) == 1
+    err = capfd.readouterr().err
+    assert "Traceback" in err and "RuntimeError: the trial's actor died twice" in err
+    assert deaths == []  # the driver said how it ended: nothing to close for it
+    assert supervised(lambda: 0, deaths.append) == 0 and deaths == []
