@@ -17,7 +17,7 @@ from pann.data import NUM_CLASSES
 from pann.models.builders import build_model
 from search.callback import run_key, search_params
 from search.config import SearchConfig
-from search.config_checks import CONTINUES, LINEAGE
+from search.config_checks import CONTINUES, LINEAGE, TRAINING_SEED
 from search.space import group_alphas
 from search.trial import answer_pann, backbone_for, measure, splits_for
 from tracking.answer_model import log_answer_model
@@ -63,7 +63,7 @@ def _points(results, run_ids: dict[str, str]) -> list[Point]:
 
 
 # A point's parameters that say where it was measured, not what it is: left out when candidates are compared.
-_WHERE_MEASURED = ("backbone", "optuna_trial", LINEAGE, CONTINUES)
+_WHERE_MEASURED = ("backbone", "optuna_trial", LINEAGE, CONTINUES, TRAINING_SEED)
 
 
 def _candidates(points: list[Point], target: float, x: str, limit: int) -> list[Point]:

@@ -15,7 +15,7 @@ from typing import Any
 from pann.files import read_yaml
 from pann.training.trainer import TrainConfig
 from pann.user_input import ProblemsError
-from search.config_checks import (AT_POINT, INITIAL, TRAINING_DIMENSIONS, check_backbone, check_budget, check_identity, check_search,
+from search.config_checks import (AT_POINT, INITIAL, TRAINING_DIMENSIONS, TRAINING_SEED, check_backbone, check_budget, check_identity, check_search,
                                   check_space, check_training, field_path, flatten)  # noqa: F401 (field_path)
 
 class SearchConfigError(ProblemsError):
@@ -119,6 +119,8 @@ class SearchConfig:
         for name in TRAINING_DIMENSIONS:
             if name in point:
                 settings["alpha" if name == "leakage_alpha" else name] = point[name]
+        if TRAINING_SEED in point:  # a population's member that starts where another does: its own draw of the data
+            settings["seed"] = point[TRAINING_SEED]
         if point.get(INITIAL):  # a strategy's continuation (search.strategies.lowering): not a dimension
             settings["initial"] = point[INITIAL]
             if self.continue_lr is not None:  # a trained network goes on at its own learning rate

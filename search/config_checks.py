@@ -50,6 +50,8 @@ INITIAL = "initial"
 LINEAGE = "lineage"
 # ... and the lineage whose network it took over.
 CONTINUES = "continues"
+# ... and the training seed of a member that starts at the same point as another (which would train the same network).
+TRAINING_SEED = "training_seed"
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
 # dimension of the search space overrides the training section's value.
 _TRAINING_FIELDS_SET_BY_SEARCH = {"model", "dataset", "data_dir", "pretrained", "validation_size"}

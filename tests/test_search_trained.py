@@ -185,5 +185,10 @@ def test_every_network_of_a_population_has_a_true_run(population):
         continued = run.data.params.get("continues")
         assert continued is None or continued in runs
     assert len(runs) > len(finished)
+    # m0 and m2 both start at uniform 6 (the ladder has two rungs): m2 with the next training seed, another network.
+    first = {m: MlflowClient(search.tracking_uri).get_metric_history(runs[m].info.run_id, "train_loss")[0].value
+             for m in ("m0", "m2")}
+    assert (runs["m0"].data.params["training_seed"], runs["m2"].data.params["training_seed"]) == ("0", "1")
+    assert first["m0"] != first["m2"]
     answer = next(c for c in children if c.info.run_id == result.answer.run_id)
     assert answer.data.params["lineage"] == result.answer.params["lineage"]

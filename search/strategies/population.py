@@ -26,8 +26,9 @@ from typing import Any
 from ray import tune
 from ray.tune.schedulers import PopulationBasedTraining, TrialScheduler
 
+from pann.training.trainer import TrainConfig
 from search import space
-from search.config_checks import CONTINUES, LINEAGE
+from search.config_checks import CONTINUES, LINEAGE, TRAINING_SEED
 from search.strategies.base import WalkStrategy
 
 __all__ = ["PopulationStrategy"]
@@ -70,11 +71,18 @@ class PopulationStrategy(WalkStrategy):
         return {f"m{i}": {key: ladder[i % len(ladder)] for key in self.keys().values()}
                 for i in range(self.search.trials)}
 
+    def seeds(self) -> dict[str, int]:
+        """Each member's training seed by its lineage: ``training.seed``, plus one for each time the population
+        has gone round the ladder (a member that starts where another did draws its data otherwise)."""
+        rungs, seed = len(self.ladder()), int(self.search.training.get("seed", TrainConfig.seed))
+        return {f"m{i}": seed + i // rungs for i in range(self.search.trials)}
+
     def param_space(self) -> dict[str, Any]:
-        starts = self.starts()
+        starts, seeds = self.starts(), self.seeds()
         alphas = {key: tune.sample_from(lambda config, key=key: starts[config[LINEAGE]][key])
                   for key in self.keys().values()}
-        return {**self.fixed(), LINEAGE: tune.grid_search(list(starts)), **alphas}
+        return {**self.fixed(), LINEAGE: tune.grid_search(list(starts)), **alphas,
+                TRAINING_SEED: tune.sample_from(lambda config: seeds[config[LINEAGE]])}
 
     def samples(self) -> int:
         return 1  # the grid over the lineages is the population
