@@ -324,6 +324,9 @@ def _add_fhe_check(sub) -> None:
     fc.add_argument("--fit-images", type=_positive(int), default=64,
                     help="training images for Orion's bootstrap ranges (default 64)")
     fc.add_argument("--workdir", help="folder for keys and diagonals on disk (default: the system temp folder)")
+    fc.add_argument("--diagonals-per-transform", type=_positive(int),
+                    help="split each linear layer's blocks into transforms of at most N diagonals, one in memory at "
+                         "a time: less memory, more time (default: the preset's; docs/fhe.md)")
     fc.add_argument("--json", action="store_true", help="machine-readable output")
     fc.add_argument("--dry-run", action="store_true",
                     help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")

@@ -289,6 +289,30 @@ def test_resnet_with_both_shortcuts_agrees_under_encryption_with_bootstrapping(r
     assert steps[-1].bootstraps == result.bootstraps and steps[-1].elapsed_s >= report.compile_seconds
 
 
+@needs_orion
+def test_blocks_split_into_transforms_of_a_few_diagonals_compute_the_same_network(resnet_pann, tmp_path, caplog):
+    import yaml
+
+    from pann.fhe import backend as fhe
+    from pann.fhe.params import PRESET_DIR
+
+    pann, data = resnet_pann
+    preset = yaml.safe_load((PRESET_DIR / "insecure-test.yaml").read_text())
+    preset["orion"]["io_mode"] = "save"  # each part's diagonals and keys loaded from disk when it runs
+    preset["pann"]["diagonals_per_transform"] = 5
+    caplog.set_level("INFO", logger="pann.fhe.backend")
+    report = fhe.check(pann, data[:1], load_params(preset), calibration=data, workdir=tmp_path)
+    (result,) = report.results
+    (split,) = [r.getMessage() for r in caplog.records if "transforms of at most 5 diagonals" in r.getMessage()]
+    blocks, transforms = (int(word) for word in split.split() if word.isdigit() and word != "5")
+    assert transforms > blocks > 0  # the blocks were split ...
+    assert result.agrees and result.max_logit_error < TOLERANCE  # ... and their parts add up to the network
+    assert result.bootstraps >= 1 and not list(tmp_path.iterdir())  # the work folder is gone
+    preset["pann"]["diagonals_per_transform"] = 0
+    with pytest.raises(ValueError, match="pann.diagonals_per_transform: expected a positive number"):
+        load_params(preset)
+
+
 def test_progress_reads_orion_compile_lines_and_estimates_the_time_left():
     from pann.fhe.progress import CompileLines, Progress, images_left
 

@@ -26,7 +26,7 @@ import torch
 from torch import fx, nn
 
 from pann.fhe.graph import Plan, UnsupportedLayerError, fold_prescales, largest_tensor, lower, plan_depth
-from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize
+from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize, split_transforms
 from pann.fhe.reference import ImageResult, compare, plaintext
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
 from pann.fhe.progress import CompileLines, Progress, images_left
@@ -87,14 +87,18 @@ def build_network(plan: Plan) -> nn.Module:
 
 @functools.cache
 def _install_patches() -> None:
-    """Swap in :mod:`pann.fhe.patches`' sparse diagonalization (the bootstrapper is swapped per scheme)."""
-    from orion.backend.python import bootstrapper
+    """Swap in :mod:`pann.fhe.patches`' sparse diagonalization (the bootstrapper and the linear-transform evaluator
+    are swapped per scheme)."""
+    from orion.backend.python import bootstrapper, lt_evaluator
     from orion.core import packing
 
+    transforms = lt_evaluator.NewEvaluator
     originals = {"orion.core.packing.diagonalize": packing.diagonalize,
                  "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper":
                      bootstrapper.NewEvaluator.generate_bootstrapper,
-                 "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap}
+                 "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": bootstrapper.NewEvaluator.bootstrap,
+                 **{f"orion.backend.python.lt_evaluator.NewEvaluator.{name}": getattr(transforms, name)
+                    for name in ("generate_transforms", "evaluate_transforms", "delete_transforms")}}
     check_signatures(originals)
     ORIGINALS.update(originals)
     packing.diagonalize = sparse_diagonalize
@@ -104,12 +108,17 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
     """Init the scheme, fit ranges on ``calibration``, compile: ``(scheme, input level)``."""
     orion, _ = orion_modules()
     from orion.backend.python.bootstrapper import NewEvaluator
+    from orion.backend.python.lt_evaluator import NewEvaluator as TransformEvaluator
+    from orion.backend.python.tensors import CipherTensor
 
     config = copy.deepcopy(params.orion)
     config.setdefault("orion", {}).update(diags_path=str(folder / "diagonals.h5"), keys_path=str(folder / "keys.h5"))
     with _quiet(lines):
         scheme = orion.init_scheme(config)
         scheme.bootstrapper = single_bootstrapper(NewEvaluator)(scheme)
+        if params.diagonals_per_transform:
+            scheme.lt_evaluator = split_transforms(TransformEvaluator, CipherTensor,
+                                                   params.diagonals_per_transform)(scheme)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration.float()), batch_size=1)
         network.eval()
         with torch.no_grad():  # orion.fit runs with autograd on and would keep the whole graph
@@ -117,6 +126,9 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
             _fused_ranges(network)
             input_level = orion.compile(network)
         scheme.bootstrapper.build()
+    if params.diagonals_per_transform:
+        logger.info("the linear layers' %d blocks in %d transforms of at most %d diagonals",
+                    scheme.lt_evaluator.blocks, scheme.lt_evaluator.transforms, params.diagonals_per_transform)
     for module in network.modules():  # the back end holds the transforms now
         if hasattr(module, "diagonals"):
             module.diagonals = {}
@@ -232,6 +244,8 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
             logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
                         "%d bootstraps, %.1f s", i + 1, len(images), r.encrypted_class, r.plaintext_class,
                         r.max_logit_error, r.bootstraps, r.seconds)
+        if params.diagonals_per_transform:
+            logger.info("%d rotation keys loaded for %d image(s)", scheme.lt_evaluator.loads, len(images))
         # Orion's modules hold ciphertext and plaintext ids in reference cycles, deleted by id when collected:
         # collect them while their scheme lives, not later inside another check's scheme (whose ids they share).
         del network, scheme

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -47,6 +48,8 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     if not args.model:
         raise UsageError("--model is required with --alpha or --spec")
     params = load_params(args.params)
+    if getattr(args, "diagonals_per_transform", None):
+        params = dataclasses.replace(params, diagonals_per_transform=args.diagonals_per_transform)
     os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
     os.environ.setdefault("GOMEMLIMIT", go_memory_limit(available_memory_gib()))  # and stays under what is free
     try:
@@ -65,7 +68,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
-              "peak_memory_gib": _peak_memory_gib(),
+              "peak_memory_gib": _peak_memory_gib(), "diagonals_per_transform": params.diagonals_per_transform,
               "go_runtime": {key: os.environ[key] for key in ("GOGC", "GOMEMLIMIT")}, **check.to_dict()}
     if record is not None:
         record(report)

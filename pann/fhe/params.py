@@ -28,6 +28,8 @@ class Params:
     """A validated preset: the Orion configuration and what ``pann`` knows about it.
 
     ``memory_gib``: ``{"base": GiB, "bootstrapper": {log2 slots: GiB}}`` (see the module docstring).
+    ``diagonals_per_transform``: at most this many diagonals of a linear layer's block in one Lattigo transform,
+    so in memory at a time (:func:`pann.fhe.patches.split_transforms`); ``None``: a block is one transform.
     """
 
     name: str
@@ -35,6 +37,7 @@ class Params:
     secure: bool
     security: str
     memory_gib: dict
+    diagonals_per_transform: int | None = None
 
     @property
     def log_n(self) -> int:
@@ -102,7 +105,8 @@ def load_params(source: str | Path | dict) -> Params:
     memory = meta["memory_gib"]
     return Params(name, data, bool(meta["secure"]), str(meta["security"]),
                   {"base": float(memory["base"]),
-                   "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()}})
+                   "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()}},
+                  meta.get("diagonals_per_transform"))
 
 
 def _problems(data: dict) -> list[str]:
@@ -128,6 +132,10 @@ def _problems(data: dict) -> list[str]:
         problems.append(f"pann.secure: expected true or false, got {meta.get('secure')!r}")
     if not isinstance(meta.get("security"), str):
         problems.append("pann.security: expected a sentence saying which security level and why")
+    split = meta.get("diagonals_per_transform")
+    if split is not None and not (isinstance(split, int) and not isinstance(split, bool) and split > 0):
+        problems.append(f"pann.diagonals_per_transform: expected a positive number of diagonals (or none: a block "
+                        f"is one transform), got {split!r}")
     memory = meta.get("memory_gib")
     if not (isinstance(memory, dict) and isinstance(memory.get("base"), (int, float)) and memory["base"] > 0):
         problems.append(f"pann.memory_gib.base: expected the GiB a check needs besides a bootstrapper, "

@@ -1,4 +1,4 @@
-"""Replacements for two internals of orion-fhe 1.0.2 that do not fit a 24 GB machine.
+"""Replacements for three internals of orion-fhe 1.0.2 that do not fit a 24 GB machine.
 
 :mod:`pann.fhe.backend` installs them (it alone imports the library and hands its pieces in here):
 
@@ -9,8 +9,13 @@
    size, 9-13 GiB each at LogN 16. :func:`single_bootstrapper` builds one, for the largest
    size requested, and bootstraps every tensor with it (Orion's bootstrap prescale zeroes
    the unused slots).
+3. ``orion.backend.python.lt_evaluator.NewEvaluator`` makes one Lattigo linear transform per
+   ``slots x slots`` block of a layer, whose diagonals and rotation keys are all in memory while it
+   runs (about 6 GiB for a 64-channel convolution of ResNet-20 at LogN 16, on top of the
+   bootstrapper). :func:`split_transforms` makes one per part of at most ``n`` diagonals of a block
+   and adds the parts' outputs: the same sum, a part's diagonals and keys in memory at a time.
 
-Both are pinned to the signatures in :data:`PATCHED`; :func:`check_signatures` refuses
+All are pinned to the signatures in :data:`PATCHED`; :func:`check_signatures` refuses
 another version of the library rather than patching it blindly.
 """
 
@@ -31,6 +36,9 @@ PATCHED = {
     "orion.core.packing.diagonalize": ["matrix", "num_slots", "embed_method", "is_last_layer"],
     "orion.backend.python.bootstrapper.NewEvaluator.generate_bootstrapper": ["self", "slots"],
     "orion.backend.python.bootstrapper.NewEvaluator.bootstrap": ["self", "ctxt", "slots"],
+    "orion.backend.python.lt_evaluator.NewEvaluator.generate_transforms": ["self", "linear_layer"],
+    "orion.backend.python.lt_evaluator.NewEvaluator.evaluate_transforms": ["self", "linear_layer", "in_ctensor"],
+    "orion.backend.python.lt_evaluator.NewEvaluator.delete_transforms": ["self", "transform_ids"],
 }
 
 
@@ -111,3 +119,83 @@ def single_bootstrapper(base: type) -> type:
             return base.bootstrap(self, ctxt, self.slots)
 
     return SingleBootstrapper
+
+
+def split_transforms(base: type, tensor: type, diagonals: int) -> type:
+    """A subclass of Orion's linear-transform evaluator ``base`` that splits each block into transforms of at most
+    ``diagonals`` diagonals (``tensor``: Orion's ``CipherTensor``).
+
+    A block computes ``y = sum_i d_i * rot_i(x)`` over its diagonals ``d_i``; the parts compute that sum over
+    disjoint runs of ``i`` (each by Lattigo's baby-step giant-step evaluation of its own diagonals), and their
+    outputs are added before the one rescale Orion applies to a row of blocks, so the result is the block's up to
+    the rounding of the additions. With keys and diagonals on disk (``io_mode: save``) one part's diagonals are loaded
+    at a time, and the rotation keys it needs beside those loaded for the parts before, as long as that makes at most
+    twice what it needs (else those are dropped first): a part needs fewer keys than its block, and consecutive
+    parts share some (the baby steps), so smaller parts trade time (more keys loaded) for memory. ``transform_ids``
+    of a layer maps each block to the list of its parts' ids; a part's diagonals are saved as block
+    ``"{row}_{col}_{part}"``. ``blocks``, ``transforms`` and ``loads`` count the blocks and transforms generated and
+    the rotation keys loaded.
+    """
+
+    class SplitTransforms(base):
+        def __init__(self, scheme):
+            super().__init__(scheme)
+            self.held: set[int] = set()  # the rotation keys loaded now
+            self.blocks = self.transforms = self.loads = 0
+
+        def generate_transforms(self, linear_layer):
+            transform_ids = {}
+            for (row, col), block in linear_layer.diagonals.items():
+                indices = sorted(block)
+                transform_ids[(row, col)] = []
+                self.blocks += 1
+                for part, start in enumerate(range(0, len(indices), diagonals)):
+                    chosen = indices[start:start + diagonals]
+                    data = [value for index in chosen for value in block[index]]
+                    transform_id = self.backend.GenerateLinearTransform(
+                        chosen, data, linear_layer.level, linear_layer.bsgs_ratio, self.io_mode)
+                    transform_ids[(row, col)].append(transform_id)
+                    self.transforms += 1
+                    self.generate_rotation_keys(transform_id)
+                    if self.io_mode == "save":
+                        self.save_plaintext_diagonals(linear_layer.name, transform_id, row, f"{col}_{part}", chosen)
+            return transform_ids
+
+        def evaluate_transforms(self, linear_layer, in_ctensor):
+            shapes = linear_layer.output_shape, linear_layer.fhe_output_shape
+            rows = {}
+            for (row, col), parts in linear_layer.transform_ids.items():
+                for part, transform_id in enumerate(parts):
+                    if self.io_mode != "none":
+                        self._hold_keys(transform_id)
+                        self.load_plaintext_diagonals(linear_layer.name, row, f"{col}_{part}", transform_id)
+                    out = tensor(self.scheme, self.backend.EvaluateLinearTransform(transform_id, in_ctensor.ids[col]),
+                                 *shapes)
+                    rows[row] = out if row not in rows else rows[row] + out
+                    if self.io_mode != "none":
+                        self.remove_plaintext_diagonals(transform_id)
+            outputs = [self.evaluator.rescale(rows[row].ids[0], in_place=False) for row in sorted(rows)]
+            return tensor(self.scheme, outputs, *shapes)
+
+        def _hold_keys(self, transform_id):
+            """Load the rotation keys a part needs that are not loaded yet (consecutive parts share their baby
+            steps, consecutive layers of a stage most keys); when holding them beside the loaded ones would make
+            more than twice what the part needs, drop the loaded ones first."""
+            import h5py
+
+            needed = set(self.get_required_rotation_keys(transform_id))
+            if len(self.held | needed) > 2 * len(needed):
+                self.remove_rotation_keys()
+                self.held = set()
+            with h5py.File(self.keys_path, "r") as keys:
+                for key in sorted(needed - self.held):
+                    self.backend.LoadRotationKey(keys[str(key)][()], int(key))
+                    self.loads += 1
+            self.held |= needed
+
+        def delete_transforms(self, transform_ids):
+            for parts in transform_ids.values():
+                for transform_id in parts:
+                    self.backend.DeleteLinearTransform(transform_id)
+
+    return SplitTransforms
