@@ -179,8 +179,8 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
 
         def _hold_keys(self, transform_id):
             """Load the rotation keys a part needs that are not loaded yet (consecutive parts share their baby
-            steps, consecutive layers of a stage most keys); when holding them beside the loaded ones would make
-            more than twice what the part needs, drop the loaded ones first."""
+            steps); when holding them beside the loaded ones would make more than twice what the part needs, drop
+            the loaded ones first."""
             import h5py
 
             needed = set(self.get_required_rotation_keys(transform_id))
