@@ -4,6 +4,7 @@ Tests that need ``orion-fhe`` skip with the reason where it is not installed
 (``pip install 'pann[fhe]'``); the encrypted runs use the INSECURE test preset.
 """
 
+import dataclasses
 import importlib.util
 import os
 import subprocess
@@ -173,6 +174,17 @@ def test_the_memory_estimate_is_the_networks_and_refuses_what_does_not_fit():
         check_resources(params, 50, 8.0, 16 * 32 * 32)
     with pytest.raises(ValueError, match="needs 40 levels .* no bootstrapping"):
         check_resources(load_params("leveled-128"), 40, 100.0, 16)
+    # Linear layers in parts of at most N diagonals: the base measured for the smallest part size >= N (whole
+    # blocks' above it), and a refusal of whole blocks says what parts would need.
+    (measured, parts_base), = params.memory_gib["parts"].items()
+    assert parts_base < base
+    in_parts = dataclasses.replace(params, diagonals_per_transform=measured)
+    assert check_resources(in_parts, 50, 100.0, 16 * 32 * 32) == (True, parts_base + bootstrapper[14])
+    assert dataclasses.replace(params, diagonals_per_transform=measured // 2).base_gib == parts_base
+    assert dataclasses.replace(params, diagonals_per_transform=measured * 2).base_gib == base
+    with pytest.raises(InsufficientMemory, match=rf"--diagonals-per-transform {measured}: about "
+                                                 rf"{parts_base + bootstrapper[14]:.1f} GiB"):
+        check_resources(params, 50, 16.0, 16 * 32 * 32)
 
 
 def test_go_heap_limit_leaves_the_python_side_its_room():

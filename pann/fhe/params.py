@@ -4,14 +4,16 @@ A preset is an Orion parameter file (``ckks_params``, ``boot_params``, ``orion``
 ``pann`` section that says whether it is secure and how much memory a check takes: ``memory_gib.base`` for the
 process, the scheme's keys and one linear layer at a time, and, for a network that bootstraps, one bootstrapper
 whose size depends on how many slots the network bootstraps (``memory_gib.bootstrapper``, by ``log2`` of the
-slots, measured). So the estimate is per network (:meth:`Params.estimated_memory_gib`). The shipped
-presets live in ``pann/fhe/presets/``; ``--params`` takes a preset name or a path.
+slots, measured); ``memory_gib.parts`` gives the base measured with each linear layer's blocks in parts of at most
+N diagonals (``diagonals_per_transform``). So the estimate is per network (:meth:`Params.estimated_memory_gib`). The
+shipped presets live in ``pann/fhe/presets/``; ``--params`` takes a preset name or a path.
 This module does not import the FHE library.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +29,8 @@ _GIB = 1 << 30
 class Params:
     """A validated preset: the Orion configuration and what ``pann`` knows about it.
 
-    ``memory_gib``: ``{"base": GiB, "bootstrapper": {log2 slots: GiB}}`` (see the module docstring).
+    ``memory_gib``: ``{"base": GiB, "bootstrapper": {log2 slots: GiB}, "parts": {N: GiB}}`` (see the module
+    docstring; ``parts``: the base measured with each block in parts of at most N diagonals).
     ``diagonals_per_transform``: at most this many diagonals of a linear layer's block in one Lattigo transform,
     so in memory at a time (:func:`pann.fhe.patches.split_transforms`); ``None``: a block is one transform.
     """
@@ -68,9 +71,17 @@ class Params:
         it does not bootstrap): ``base`` plus, when it bootstraps, the bootstrapper measured for the smallest slot
         count at least that large (the largest measured where none is)."""
         if bootstrapped_slots is None:
-            return self.memory_gib["base"]
+            return self.base_gib
         table, log_slots = self.memory_gib["bootstrapper"], self.log_slots(bootstrapped_slots)
-        return self.memory_gib["base"] + table[min((k for k in table if k >= log_slots), default=max(table))]
+        return self.base_gib + table[min((k for k in table if k >= log_slots), default=max(table))]
+
+    @property
+    def base_gib(self) -> float:
+        """``base``; with blocks in parts of at most ``diagonals_per_transform`` diagonals, the base measured for the
+        smallest part size at least that large (``memory_gib.parts``; ``base`` where none is)."""
+        parts, n = self.memory_gib.get("parts") or {}, self.diagonals_per_transform
+        larger = [k for k in parts if n and k >= n]
+        return parts[min(larger)] if larger else self.memory_gib["base"]
 
     def log_slots(self, values: int) -> int:
         """``log2`` of the slots a tensor of ``values`` takes: the next power of two, at most a ciphertext's."""
@@ -105,7 +116,8 @@ def load_params(source: str | Path | dict) -> Params:
     memory = meta["memory_gib"]
     return Params(name, data, bool(meta["secure"]), str(meta["security"]),
                   {"base": float(memory["base"]),
-                   "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()}},
+                   "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()},
+                   "parts": {int(k): float(v) for k, v in (memory.get("parts") or {}).items()}},
                   meta.get("diagonals_per_transform"))
 
 
@@ -140,6 +152,11 @@ def _problems(data: dict) -> list[str]:
     if not (isinstance(memory, dict) and isinstance(memory.get("base"), (int, float)) and memory["base"] > 0):
         problems.append(f"pann.memory_gib.base: expected the GiB a check needs besides a bootstrapper, "
                         f"got {memory.get('base') if isinstance(memory, dict) else memory!r}")
+    parts = memory.get("parts") if isinstance(memory, dict) else None
+    if parts is not None and not (isinstance(parts, dict) and all(
+            isinstance(k, int) and k > 0 and isinstance(v, (int, float)) and v > 0 for k, v in parts.items())):
+        problems.append(f"pann.memory_gib.parts: expected the base GiB by the diagonals of a part (positive "
+                        f"integers), got {parts!r}")
     table = memory.get("bootstrapper") if isinstance(memory, dict) else None
     if data.get("boot_params") is not None and not (
             isinstance(table, dict) and table and all(isinstance(k, int) and 0 < k < ckks.get("LogN", 0)
@@ -193,8 +210,14 @@ def check_resources(params: Params, depth: int, available_gib: float, slots: int
                          f"(e.g. bootstrap-128)")
     need = params.estimated_memory_gib(slots if bootstrapping else None)
     if need > available_gib:
+        parts, hint = params.memory_gib.get("parts"), ""
+        if parts and not params.diagonals_per_transform:  # what the measured smallest parts would need
+            split = dataclasses.replace(params, diagonals_per_transform=min(parts))
+            hint = (f", run the linear layers in parts (--diagonals-per-transform {min(parts)}: about "
+                    f"{split.estimated_memory_gib(slots if bootstrapping else None):.1f} GiB)")
         raise InsufficientMemory(
             f"this network under FHE parameters {params.name} needs about {need:.1f} GiB "
             f"({f'bootstrapping 2^{params.log_slots(slots)} slots' if bootstrapping else 'without bootstrapping'}) "
-            f"but this machine has {available_gib:.1f} GiB available; free memory, or use a smaller preset or network")
+            f"but this machine has {available_gib:.1f} GiB available; free memory{hint}, or use a smaller preset or "
+            "network")
     return bootstrapping, need
