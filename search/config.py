@@ -15,8 +15,9 @@ from typing import Any
 from pann.files import read_yaml
 from pann.training.trainer import TrainConfig
 from pann.user_input import ProblemsError
-from search.config_checks import (AT_POINT, INITIAL, TRAINING_DIMENSIONS, TRAINING_SEED, check_backbone, check_budget, check_identity, check_search,
-                                  check_space, check_training, field_path, flatten)  # noqa: F401 (field_path)
+from search.config_checks import (AT_POINT, INITIAL, TRAINING_DIMENSIONS, TRAINING_SEED, check_backbone, check_budget,
+                                  check_identity, check_search, check_space, check_training,
+                                  field_path, flatten)  # noqa: F401 (field_path)
 
 class SearchConfigError(ProblemsError):
     """A search configuration with problems; ``problems`` lists them all, one per line."""
@@ -119,7 +120,7 @@ class SearchConfig:
         for name in TRAINING_DIMENSIONS:
             if name in point:
                 settings["alpha" if name == "leakage_alpha" else name] = point[name]
-        if TRAINING_SEED in point:  # a population's member that starts where another does: its own draw of the data
+        if TRAINING_SEED in point:  # a population's member (search.strategies.population): not a dimension
             settings["seed"] = point[TRAINING_SEED]
         if point.get(INITIAL):  # a strategy's continuation (search.strategies.lowering): not a dimension
             settings["initial"] = point[INITIAL]

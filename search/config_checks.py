@@ -50,7 +50,7 @@ INITIAL = "initial"
 LINEAGE = "lineage"
 # ... and the lineage whose network it took over.
 CONTINUES = "continues"
-# ... and the training seed of a member that starts at the same point as another (which would train the same network).
+# ... and its training seed (members that start at the same point draw their data otherwise).
 TRAINING_SEED = "training_seed"
 # Fields of TrainConfig that the backbone section sets; the training section fixes the others, and a
 # dimension of the search space overrides the training section's value.
