@@ -43,6 +43,7 @@ def main() -> None:
     from pann.evaluate import calibrated
     from pann.fhe import backend
     from pann.fhe.params import load_params
+    from pann.fhe.patches import hold_keys
     from pann.fhe.reference import plaintext
     from pann.models.builders import build_model
     from pann.models.weights import resolve
@@ -58,7 +59,7 @@ def main() -> None:
     orion, _ = backend.orion_modules()
     rows = []
 
-    def keys_of(evaluator, layer, indices, block) -> int:
+    def keys_of(evaluator, layer, indices, block) -> set[int]:
         data = [value for index in indices for value in block[index]]
         transform = evaluator.backend.GenerateLinearTransform(indices, data, layer.level, layer.bsgs_ratio, "load")
         keys = set(evaluator.backend.GetLinearTransformRotationKeys(transform))
@@ -77,8 +78,8 @@ def main() -> None:
                 entry[f"keys_loaded_{n}"] = sum(len(p) for p in parts)
                 held, loads = set(), 0  # pann's evaluation: a part's keys held beside the earlier ones up to 2x
                 for needed in parts:
-                    held = held if len(held | needed) <= 2 * len(needed) else set()
-                    loads, held = loads + len(needed - held), held | needed
+                    held, load = hold_keys(held, needed)
+                    loads += len(load)
                 entry[f"keys_loaded_held_{n}"] = loads
             rows.append(entry)
             print(json.dumps(entry), flush=True)

@@ -121,6 +121,14 @@ def single_bootstrapper(base: type) -> type:
     return SingleBootstrapper
 
 
+def hold_keys(held: set[int], needed: set[int]) -> tuple[set[int], set[int]]:
+    """``(held after, to load)`` for a part that needs the rotation keys ``needed`` while ``held`` are loaded: the
+    needed ones beside those held as long as that makes at most twice what the part needs, else the needed ones alone
+    (the held ones dropped first)."""
+    kept = held if len(held | needed) <= 2 * len(needed) else set()
+    return kept | needed, needed - kept
+
+
 def split_transforms(base: type, tensor: type, diagonals: int) -> type:
     """A subclass of Orion's linear-transform evaluator ``base`` that splits each block into transforms of at most
     ``diagonals`` diagonals (``tensor``: Orion's ``CipherTensor``).
@@ -179,19 +187,16 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
 
         def _hold_keys(self, transform_id):
             """Load the rotation keys a part needs that are not loaded yet (consecutive parts share their baby
-            steps); when holding them beside the loaded ones would make more than twice what the part needs, drop
-            the loaded ones first."""
+            steps), after dropping the loaded ones where :func:`hold_keys` says so."""
             import h5py
 
-            needed = set(self.get_required_rotation_keys(transform_id))
-            if len(self.held | needed) > 2 * len(needed):
+            held, load = hold_keys(self.held, set(self.get_required_rotation_keys(transform_id)))
+            if not self.held <= held:
                 self.remove_rotation_keys()
-                self.held = set()
             with h5py.File(self.keys_path, "r") as keys:
-                for key in sorted(needed - self.held):
+                for key in sorted(load):
                     self.backend.LoadRotationKey(keys[str(key)][()], int(key))
-                    self.loads += 1
-            self.held |= needed
+            self.held, self.loads = held, self.loads + len(load)
 
         def delete_transforms(self, transform_ids):
             for parts in transform_ids.values():
