@@ -1,6 +1,7 @@
 """The finished trials of one search, from Ray Tune's run folder (useful when a search was stopped before its answer).
 
     python experiments/list_trials.py RUN_DIR [--target 0.9073] [--params epochs,distill_weight,...] [--reports]
+        [--mean-of N]
 
 RUN_DIR is the search's Tune folder (``storage/NAME``). One line per trial, in the order the trials started:
 mean alpha, validation accuracy (``*`` when it meets ``--target``), bootstraps, levels, polynomial levels, and
@@ -8,7 +9,8 @@ the sampled value of each dimension named in ``--params``. With ``--reports`` (t
 stopped ones too, by its Optuna number (a walk's by the order Tune created them): the sampled values, then its
 PANN's validation accuracy at each report (after each epoch; the last one of a finished trial is its final result),
 and how it ended; a population-based trial one line per network it trained (the epoch of each report after the
-first network, which it continued from the member it took over).
+first network, which it continued from the member it took over). ``--mean-of N`` adds, to each network that ended
+its trial, the mean of its last N epoch reports (a final ranking less noisy than one report, read after the fact).
 """
 
 from __future__ import annotations
@@ -24,9 +26,13 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=0.9073)
     parser.add_argument("--params", default="", help="comma-separated search dimensions to show")
     parser.add_argument("--reports", action="store_true", help="every trial's reports, stopped trials too")
+    parser.add_argument("--mean-of", type=int, default=0, metavar="N",
+                        help="with --reports: the mean of each final network's last N epoch reports")
     args = parser.parse_args()
+    if args.mean_of < 0:
+        parser.error(f"--mean-of: a number of reports, 0 or more (got {args.mean_of})")
     if args.reports:
-        return _reports(args.run_dir, [p for p in args.params.split(",") if p])
+        return _reports(args.run_dir, [p for p in args.params.split(",") if p], args.mean_of)
     rows = []
     for folder in args.run_dir.glob("run_trial_*"):
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
@@ -42,7 +48,7 @@ def main() -> None:
               f"{r['levels']:6.0f}  {r['polynomial_levels']:17.0f}{sampled}")
 
 
-def _reports(run_dir: Path, params: list[str]) -> None:
+def _reports(run_dir: Path, params: list[str], mean_of: int = 0) -> None:
     rows = []
     for folder in run_dir.glob("run_trial_*"):
         started = folder / "params.json"  # absent until the trial first starts
@@ -66,8 +72,11 @@ def _reports(run_dir: Path, params: list[str]) -> None:
             seconds = reports[-1]["time_total_s"] if reports else 0
             curve = " ".join(f"{'e' + str(r['epoch']) + ' ' if 'epoch' in r and segment else ''}"
                              f"{100 * r['accuracy']:.2f}" for r in reports)
+            epochs = [r["accuracy"] for r in reports if "epoch" in r][-mean_of:] if mean_of else []
+            mean = f"  (mean of the last {len(epochs)}: {100 * sum(epochs) / len(epochs):.2f})" \
+                if ended == "final" and epochs else ""
             print(f"{number:12d}" + "".join(f"  {point.get(p)!s:>{len(p)}}" for p in params)
-                  + f"  {ended:>8}  {seconds:7.0f}  {curve}")
+                  + f"  {ended:>8}  {seconds:7.0f}  {curve}{mean}")
 
 
 def _segments(config: dict, results: list[dict]) -> list[tuple[dict, list[dict]]]:
