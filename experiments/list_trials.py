@@ -31,15 +31,15 @@ def main() -> None:
     args = parser.parse_args()
     if args.mean_of < 0:
         parser.error(f"--mean-of: a number of reports, 0 or more (got {args.mean_of})")
+    params = [p for p in args.params.split(",") if p]
     if args.reports:
-        return _reports(args.run_dir, [p for p in args.params.split(",") if p], args.mean_of)
+        return _reports(args.run_dir, params, args.mean_of)
     rows = []
     for folder in args.run_dir.glob("run_trial_*"):
         lines = (folder / "result.json").read_text().splitlines() if (folder / "result.json").is_file() else []
         last = json.loads(lines[-1]) if lines else {}
         if last.get("final"):
             rows.append((folder.name.rsplit("_", 2)[-2:], last))
-    params = [p for p in args.params.split(",") if p]
     print("trial  mean alpha  validation  bootstraps  levels  polynomial levels" + "".join(f"  {p}" for p in params))
     for i, (_, r) in enumerate(sorted(rows, key=lambda row: row[0])):
         mark = "*" if r["accuracy"] >= args.target else " "

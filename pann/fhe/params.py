@@ -208,13 +208,14 @@ def check_resources(params: Params, depth: int, available_gib: float, slots: int
         raise ValueError(f"the network needs {depth} levels but FHE parameters {params.name} have "
                          f"{params.levels} and no bootstrapping; use a preset with boot_params "
                          f"(e.g. bootstrap-128)")
-    need = params.estimated_memory_gib(slots if bootstrapping else None)
+    bootstrapped = slots if bootstrapping else None
+    need = params.estimated_memory_gib(bootstrapped)
     if need > available_gib:
         parts, hint = params.memory_gib.get("parts"), ""
         if parts and not params.diagonals_per_transform:  # what the measured smallest parts would need
             split = dataclasses.replace(params, diagonals_per_transform=min(parts))
             hint = (f", run the linear layers in parts (--diagonals-per-transform {min(parts)}: about "
-                    f"{split.estimated_memory_gib(slots if bootstrapping else None):.1f} GiB)")
+                    f"{split.estimated_memory_gib(bootstrapped):.1f} GiB)")
         raise InsufficientMemory(
             f"this network under FHE parameters {params.name} needs about {need:.1f} GiB "
             f"({f'bootstrapping 2^{params.log_slots(slots)} slots' if bootstrapping else 'without bootstrapping'}) "
