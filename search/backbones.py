@@ -1,4 +1,5 @@
-"""The backbone store: trained backbones kept once under ``storage/backbones/<key>/`` and reused.
+"""The backbone store: trained backbones kept once under ``storage/backbones/<key>/`` and reused, each with the
+validation accuracies its trial reported while training it (:func:`network_reports`).
 
 Training is the expensive part of a trial and conversion the cheap part, so every trial that samples the
 same training settings loads the backbone the first one trained; a file lock makes concurrent trials wait
@@ -22,6 +23,7 @@ import torch
 from ray import tune
 
 from pann.data import NUM_CLASSES
+from pann.files import write_bytes_atomic
 from pann.models.builders import Classifier, build_model, save_weights
 from pann.training.trainer import TrainConfig, train
 
@@ -29,6 +31,7 @@ KEY_VERSION = 2
 _NOT_WEIGHTS = ("data_dir", "device")  # where data lives or runs does not change the weights
 _STATE_FILE = "training_state.pt"
 _BACKBONE_FILE = "backbone.pt"
+_REPORTS_FILE = "reports.json"
 
 
 def file_digest(path: str | Path) -> str:
@@ -61,13 +64,36 @@ def locked(path: Path) -> Iterator[None]:
 
 
 def _restore_training_state(state_dir: Path) -> int:
-    """Copy the training state of Tune's last checkpoint (after a retry) to ``state_dir``; its epoch, or 0."""
+    """Copy the training state of Tune's last checkpoint (after a retry) to ``state_dir``, with the reports kept
+    in it when they are this network's (a retry's, not those of a member this trial copies); its epoch, or 0."""
     checkpoint = tune.get_checkpoint()
     if checkpoint is None:
         return 0
     with checkpoint.as_directory() as folder:
         shutil.copy(Path(folder) / _STATE_FILE, state_dir / _STATE_FILE)
+        reports = Path(folder) / _REPORTS_FILE
+        if reports.is_file() and json.loads(reports.read_text())["network"] == state_dir.parent.name:
+            shutil.copy(reports, state_dir / _REPORTS_FILE)
     return int(torch.load(state_dir / _STATE_FILE, weights_only=True)["epoch"])
+
+
+def record_report(state_dir: Path, epoch: int, accuracy: float) -> None:
+    """Note an epoch's validation accuracy in the training state ``state_dir`` (before it is checkpointed: a
+    retried trial keeps its network's reports). A report of an epoch replaces those of it and after it."""
+    path = state_dir / _REPORTS_FILE
+    reports = json.loads(path.read_text())["epochs"] if path.is_file() else {}
+    reports = {k: v for k, v in reports.items() if int(k) < epoch} | {str(epoch): accuracy}
+    write_bytes_atomic(path, json.dumps({"network": state_dir.parent.name, "epochs": reports}).encode())
+
+
+def network_reports(path: Path | None) -> list[float]:
+    """The validation accuracies reported while the backbone at ``path`` trained, by epoch: those of its own
+    network (a population's member that took over another's network starts a new list); empty for a backbone
+    not trained in a trial."""
+    reports = Path(path).parent / _REPORTS_FILE if path else None
+    if reports is None or not reports.is_file():
+        return []
+    return [accuracy for _, accuracy in sorted((int(k), v) for k, v in json.loads(reports.read_text())["epochs"].items())]
 
 
 EpochReport = Callable[[Classifier, int, dict, Path], None]
@@ -76,7 +102,7 @@ EpochReport = Callable[[Classifier, int, dict, Path], None]
 def _train_into(config: TrainConfig, path: Path, report: EpochReport) -> int:
     """Train ``config`` into ``path``; after each epoch ``report(model, epoch, metrics, state_dir)``, whose
     ``state_dir`` (beside ``path``, emptied first: a killed attempt may have left one) holds the training state to
-    checkpoint. Returns the epoch resumed from: that of Tune's checkpoint, after a retry or, under population-based
+    checkpoint, and the reports :func:`record_report` notes there, kept beside ``path`` once trained. Returns the epoch resumed from: that of Tune's checkpoint, after a retry or, under population-based
     training, of the member this trial copies (trained at other alphas)."""
     state_dir = path.parent / "training"
     shutil.rmtree(state_dir, ignore_errors=True)
@@ -92,6 +118,8 @@ def _train_into(config: TrainConfig, path: Path, report: EpochReport) -> int:
     try:
         result = train(config, checkpoint=state_dir / _STATE_FILE, callback=on_epoch, progress=False,
                        other_approximation=True)
+        if (state_dir / _REPORTS_FILE).is_file():
+            shutil.copy(state_dir / _REPORTS_FILE, path.parent / _REPORTS_FILE)
         save_weights(result.model, path, config=dataclasses.asdict(config), history=result.history)
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)

@@ -71,6 +71,7 @@ class SearchConfig:
     validation_margin: float = 0.0  # accuracy over the target a point needs on validation to count as feasible
     continue_lr: float | None = None  # the lr of a trial continuing a trained network (lowering); None: training's
     perturbation_interval: int = 2  # epochs between the exploits of population-based training (strategy pbt)
+    final_reports: int = 1  # a network trained at its own alphas ends with the mean of its last N validation reports
     compile: bool = True
     storage: str = "runs"
     tracking_uri: str = ""

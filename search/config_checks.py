@@ -65,7 +65,7 @@ _SECTIONS = {
     "budget": ("trials", "time_s", "concurrency", "cpus_per_trial", "gpus_per_trial", "max_failures"),
     "search": ("seed", "early_stopping", "grace_period", "depth_objective", "neighbours", "reuse_backbones",
                "granularity", "cost", "preset", "strategy", "confirmations", "compile",
-               "validation_margin", "continue_lr", "perturbation_interval"),
+               "validation_margin", "continue_lr", "perturbation_interval", "final_reports"),
     "tracking": ("uri", "experiment"),
 }
 
@@ -292,6 +292,12 @@ def check_search(merged: dict[str, Any], problems: list[str]) -> None:
          "search.perturbation_interval", "must be an integer >= 1 (epochs between population-based exploits)")
     per_network = merged["granularity"] in GRANULARITIES and is_per_network(merged["granularity"])
     at_point = _trains_at_point(merged.get("space"))
+    final_reports = _is_int(merged["final_reports"]) and merged["final_reports"] >= 1
+    need(final_reports, "search.final_reports",
+         "must be an integer >= 1 (the last validation reports a trained network's final accuracy averages)")
+    if final_reports and merged["final_reports"] > 1 and not at_point:
+        problems.append("search.final_reports: averages the reports of networks trained at their own alphas; "
+                        "set space.leakage_alpha: [point] or leave it at 1")
     if merged["neighbours"] is None:
         merged["neighbours"] = 1 if per_network and not at_point else 0
     need(_is_int(merged["neighbours"]) and merged["neighbours"] >= 0, "search.neighbours",

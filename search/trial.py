@@ -8,7 +8,8 @@ CKKS preset. The correction is applied the same way when the answer is confirmed
 batch-norm statistics re-estimated under the PANN travel in its spec. Training trials report after every epoch
 too (what ASHA compares); the last report carries ``final``. A point trained at its own alphas
 (``leakage_alpha: point``) trains with its polynomials in the loop, and its every B is measured under its PANN
-before it is scored (its exact-ReLU version is a different network). Post-training trials are cheap: they run the fused
+before it is scored (its exact-ReLU version is a different network); with ``search.final_reports`` above 1 its
+final accuracy is the mean of its last reports (:func:`final_accuracy`). Post-training trials are cheap: they run the fused
 compiled kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
 """
 
@@ -37,7 +38,8 @@ from pann.cost.network import network_cost
 from pann.cost.objectives import COST_METRICS, OBJECTIVES, cost_metrics
 from pann.conversion.spec import spec_of
 from pann.training.trainer import TrainingDiverged
-from search.backbones import Backbone, backbone_key, file_digest, locked, stored_backbone
+from search.backbones import (Backbone, backbone_key, file_digest, locked, network_reports, record_report,
+                              stored_backbone)
 from search.config import SearchConfig
 from search.config_checks import LINEAGE
 from search.space import group_alphas, neighbourhood
@@ -216,6 +218,7 @@ def _costs_and_score(search: SearchConfig, base: dict[str, Any], record: Mapping
 def _epoch_reporter(search: SearchConfig, groups, point: Mapping[str, Any], base: dict[str, Any]):
     def report(model, epoch: int, metrics: dict[str, float], state_dir: Path) -> None:
         main = measure(search, groups, {**point, "correction": "none"}, Backbone(model, None))[0]
+        record_report(state_dir, epoch, main["accuracy"])
         tune.report({**_costs_and_score(search, base, main), "epoch": epoch, "train_loss": metrics["train_loss"],
                      "val_loss": metrics["val_loss"], "backbone_accuracy": metrics["val_accuracy"]},
                     checkpoint=tune.Checkpoint.from_directory(str(state_dir)))
@@ -243,6 +246,17 @@ def run_trial(point: dict[str, Any], search: SearchConfig, groups: LayerGroups) 
         raise
 
 
+def final_accuracy(search: SearchConfig, point: Mapping[str, Any], backbone: Backbone, measured: float) -> float:
+    """The validation accuracy a trial ends with: ``measured`` (its network's, as it ends), or for a network trained
+    at its own alphas the mean of the last ``search.final_reports`` accuracies reported while it trained, the last of
+    them ``measured`` (fewer when the network has fewer: a member that took over another's network lately). One
+    report moves by a few tenths of a point from epoch to epoch; the mean ranks networks on less of that noise."""
+    if search.final_reports == 1 or not search.trains_at_point(point):
+        return measured
+    reports = network_reports(backbone.path)[:-1][-(search.final_reports - 1):] + [measured]
+    return sum(reports) / len(reports)
+
+
 def measure_point(point: dict[str, Any], search: SearchConfig, groups: LayerGroups) -> None:
     """Get the backbone, convert it with the point's alphas, report accuracy and cost."""
     sampled = group_alphas(point, groups)
@@ -252,11 +266,14 @@ def measure_point(point: dict[str, Any], search: SearchConfig, groups: LayerGrou
     backbone = backbone_for(search, groups, point, _epoch_reporter(search, groups, point, base))
     records = measure(search, groups, point, backbone)
     main = next(r for r in records if r["group_alphas"] == sampled)
+    last = main["accuracy"]
+    main["accuracy"] = final_accuracy(search, point, backbone, last)
     splits = splits_for(search)
     backbone_accuracy = _memoized(("backbone_accuracy", str(backbone.path), backbone.trained),
                                   lambda: accuracy(backbone.model, splits.validation))
     curve = [{k: v for k, v in r.items() if k not in ("spec", "group_alphas")} for r in records]
-    tune.report({**_costs_and_score(search, base, main), "final": 1, "out_of_range": main["out_of_range"],
+    tune.report({**_costs_and_score(search, base, main), "final": 1, "last_accuracy": last,
+                 "out_of_range": main["out_of_range"],
                  "backbone_accuracy": backbone_accuracy, "trained_backbone": int(backbone.trained),
                  "resumed_from_epoch": backbone.resumed_from, "backbone": str(backbone.path or ""),
                  # JSON text: Tune's loggers take numbers and strings, not lists of records.

@@ -279,6 +279,16 @@ def test_a_lowering_step_continues_at_continue_lr_and_other_strategies_refuse_it
         problems(minimal(space=at_point, search={"strategy": "lowering", "continue_lr": 0}))
 
 
+def test_final_reports_averages_only_networks_trained_at_their_own_alphas():
+    at_point = {"alpha": [5, 6], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]}
+    assert any(p.startswith("search.final_reports: must be an integer >= 1")
+               for p in problems(minimal(space=at_point, search={"final_reports": 0})))
+    assert "search.final_reports: averages the reports of networks trained at their own alphas; set " \
+           "space.leakage_alpha: [point] or leave it at 1" in problems(minimal(search={"final_reports": 2}))
+    assert config.from_dict(minimal(space=at_point, search={"final_reports": 2,
+                                                            "granularity": "stage"})).final_reports == 2
+
+
 def test_a_population_refuses_what_it_cannot_run_all_at_once():
     at_point = {"alpha": [5, 6], "epochs": [4], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]}
     found = problems(minimal(space={**at_point, "leakage_alpha": [5], "lr": [0.01, 0.1]},

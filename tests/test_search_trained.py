@@ -146,8 +146,9 @@ def population(tmp_path_factory, synthetic_weights):
         # the best one's network with one stage lowered. Three members on two CPUs: one waits, paused, in turn.
         "space": {"alpha": [6, 2], "epochs": [3], "leakage": ["approximation-aware"], "leakage_alpha": ["point"]},
         "budget": {"trials": 3, "cpus_per_trial": 1, "max_failures": 0},
+        # Each network ends with the mean of its last two reports.
         "search": {"granularity": "stage", "cost": "levels", "strategy": "pbt", "perturbation_interval": 1,
-                   "compile": False, "seed": 0, "early_stopping": False},
+                   "final_reports": 2, "compile": False, "seed": 0, "early_stopping": False},
         "storage": str(folder / "runs"), "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}",
                                                       "experiment": "population-test"}})
     return folder, search, run_search(search)
@@ -167,6 +168,25 @@ def test_a_member_that_takes_over_a_network_trains_it_on_at_its_own_alphas(popul
         # Three epochs in all, the first ones trained by the networks it continues.
         assert len(state["history"]) == 3 and point.params["continues"] != point.params["lineage"]
     assert result.answer is not None and result.test_accuracy is not None
+
+
+def test_a_network_ends_with_the_mean_of_its_own_last_reports(population):
+    import json
+
+    folder, search, result = population
+    averaged = 0
+    for trial in (folder / "runs" / "population").glob("run_trial_*"):
+        reports = [json.loads(line) for line in (trial / "result.json").read_text().splitlines()]
+        final = reports[-1]
+        assert final.get("final"), f"{trial.name} ended without its final report"
+        # The reports of the network it ended with: since it took over that network, if it did.
+        own = [r["accuracy"] for r in reports[:-1] if r["config"]["lineage"] == final["config"]["lineage"]]
+        assert own and final["last_accuracy"] == own[-1]
+        assert final["accuracy"] == pytest.approx(sum(own[-2:]) / len(own[-2:]), abs=1e-12)
+        point = next(p for p in result.points if p.params["lineage"] == final["config"]["lineage"])
+        assert point.accuracy == final["accuracy"]  # what the front and the confirmation see
+        averaged += len(own) >= 2
+    assert averaged, "no network ended with two reports of its own: the test shows nothing"
 
 
 def test_every_network_of_a_population_has_a_true_run(population):
