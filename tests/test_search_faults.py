@@ -13,9 +13,11 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 import yaml
 from mlflow import MlflowClient
 
+from search.backbones import network_reports
 from search.strategies.optuna_study import DUPLICATE
 from tests.helpers import (child_runs, descendants, descends_from, duplicate_steps, three_records, wait_for,
                            write_config)
@@ -98,7 +100,8 @@ def test_a_killed_trained_search_resumes_without_duplicates_and_its_killed_trial
     data["training"]["train_limit"] = 512  # epochs long enough to kill a trial between two of them
     # Trained per-layer candidates: each trains at its own alphas (one per stage), from its checkpoint after a kill.
     data["space"].update(leakage=["approximation-aware"], leakage_alpha=["point"])
-    data["search"].update(granularity="stage", neighbours=0)
+    # Each ends with the mean of its last 3 reports: the killed trial's reports before the kill count too.
+    data["search"].update(granularity="stage", neighbours=0, final_reports=3)
     data["storage"] = "runs"  # relative: must land under the search's working directory
     cfg.write_text(yaml.safe_dump(data))
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -152,6 +155,10 @@ def test_a_killed_trained_search_resumes_without_duplicates_and_its_killed_trial
     assert not failed, (failed, resumed.stdout[-3000:])
     assert parent.info.status == "FINISHED"
     assert max(c.data.metrics.get("resumed_from_epoch", 0) for c in children) >= 1
+    # Every trained network kept a report of each of its epochs, the resumed one those before its kill too.
+    for backbone in (tmp_path / "runs" / "backbones").glob("*/backbone.pt"):
+        epochs = len(torch.load(backbone, weights_only=True)["history"])
+        assert len(network_reports(backbone)) == epochs, backbone
     # Case 9: the trials that finished before the kill are not logged again (no step twice in any history).
     assert list(three_records(tmp_path, "crash").values()) == [("COMPLETE", "FINISHED", "final")] * 4
     assert not duplicate_steps(tmp_path, "crash")

@@ -224,6 +224,19 @@ def test_the_population_score_ranks_feasible_above_infeasible_and_cheaper_above_
     assert ranked[0] < ranked[1] < 1 < ranked[2] < ranked[3] < ranked[4] <= 2
 
 
+def test_a_network_keeps_its_reports_by_epoch_and_a_report_replaces_those_after_it(tmp_path):
+    from search.backbones import network_reports, record_report
+
+    state = tmp_path / "net-a" / "training"
+    state.mkdir(parents=True)
+    for epoch, accuracy in [(1, 0.5), (2, 0.6), (3, 0.7), (2, 0.65), (3, 0.75), (10, 0.8)]:  # a retry from epoch 1
+        record_report(state, epoch, accuracy)
+    (tmp_path / "net-a" / "reports.json").write_bytes((state / "reports.json").read_bytes())
+    assert network_reports(tmp_path / "net-a" / "backbone.pt") == [0.5, 0.65, 0.75, 0.8]  # 10 after 3, not before
+    assert json.loads((state / "reports.json").read_text())["network"] == "net-a"
+    assert network_reports(tmp_path / "net-b" / "backbone.pt") == network_reports(None) == []
+
+
 def test_callback_records_pruned_trials_as_killed(tmp_path):
     search = tiny_search(tmp_path)
     callback = TrackingCallback(search)

@@ -9,7 +9,9 @@ once every member has got there, Tune ranks them by :func:`search.trial.score` (
 infeasible one, the cheaper the higher): a member in the bottom quarter takes over the latest checkpoint of one in
 the top quarter (weights, optimizer, schedule, epoch) with that member's alphas, one group lowered one rung of the
 ladder (the group drawn with the search's seed among those above the bottom rung), and trains on; the others go on
-as they are. A member trains ``space.epochs`` in all, counting the epochs of the networks it took over.
+as they are. A member trains ``space.epochs`` in all, counting the epochs of the networks it took over. Its
+final accuracy, on which the answer is chosen (the exploits use each report as it comes), is its last report, or
+with ``search.final_reports`` N the mean of its network's last N reports (:func:`search.trial.final_accuracy`).
 
 The records say what each network is: a member that takes over another's checkpoint trains a new lineage
 (``lineage`` in its point, ``continues`` naming the one it took over), with its own entry in the backbone store
