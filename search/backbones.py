@@ -93,7 +93,8 @@ def network_reports(path: Path | None) -> list[float]:
     reports = Path(path).parent / _REPORTS_FILE if path else None
     if reports is None or not reports.is_file():
         return []
-    return [accuracy for _, accuracy in sorted((int(k), v) for k, v in json.loads(reports.read_text())["epochs"].items())]
+    epochs = json.loads(reports.read_text())["epochs"]
+    return [accuracy for _, accuracy in sorted((int(epoch), accuracy) for epoch, accuracy in epochs.items())]
 
 
 EpochReport = Callable[[Classifier, int, dict, Path], None]
@@ -102,8 +103,9 @@ EpochReport = Callable[[Classifier, int, dict, Path], None]
 def _train_into(config: TrainConfig, path: Path, report: EpochReport) -> int:
     """Train ``config`` into ``path``; after each epoch ``report(model, epoch, metrics, state_dir)``, whose
     ``state_dir`` (beside ``path``, emptied first: a killed attempt may have left one) holds the training state to
-    checkpoint, and the reports :func:`record_report` notes there, kept beside ``path`` once trained. Returns the epoch resumed from: that of Tune's checkpoint, after a retry or, under population-based
-    training, of the member this trial copies (trained at other alphas)."""
+    checkpoint, and the reports :func:`record_report` notes there, kept beside ``path`` once trained. Returns the
+    epoch resumed from: that of Tune's checkpoint, after a retry or, under population-based training, of the member
+    this trial copies (trained at other alphas)."""
     state_dir = path.parent / "training"
     shutil.rmtree(state_dir, ignore_errors=True)
     state_dir.mkdir(parents=True)

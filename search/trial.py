@@ -9,8 +9,8 @@ batch-norm statistics re-estimated under the PANN travel in its spec. Training t
 too (what ASHA compares); the last report carries ``final``. A point trained at its own alphas
 (``leakage_alpha: point``) trains with its polynomials in the loop, and its every B is measured under its PANN
 before it is scored (its exact-ReLU version is a different network); with ``search.final_reports`` above 1 its
-final accuracy is the mean of its last reports (:func:`final_accuracy`). Post-training trials are cheap: they run the fused
-compiled kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
+final accuracy is the mean of its last reports (:func:`final_accuracy`). Post-training trials are cheap: they run
+the fused compiled kernels, and a worker process (Tune reuses it) compiles, loads data and calibrates once.
 """
 
 from __future__ import annotations
