@@ -3,6 +3,7 @@ fine-tunes at its own alphas (one per ResNet stage), reports as it trains, ASHA 
 (PRUNED in Optuna, KILLED in MLflow, unfinished in Tune), and the answer is the trained network with its spec:
 exported and rebuilt, it scores what the search reported."""
 
+import json
 import subprocess
 import sys
 
@@ -171,8 +172,6 @@ def test_a_member_that_takes_over_a_network_trains_it_on_at_its_own_alphas(popul
 
 
 def test_a_network_ends_with_the_mean_of_its_own_last_reports(population):
-    import json
-
     folder, search, result = population
     averaged = 0
     for trial in (folder / "runs" / "population").glob("run_trial_*"):
