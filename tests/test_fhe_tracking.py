@@ -93,7 +93,7 @@ def test_run_id_checks_the_answer_encrypted_and_records_it_under_the_run(store, 
         return pann, data[:2], data
 
     monkeypatch.setattr(fhe_cli, "_fhe_pann", small_pann)
-    monkeypatch.setattr(fhe_cli, "_predicted_bootstraps", lambda _: 0)
+    monkeypatch.setattr(fhe_cli, "_predicted_bootstraps", lambda *_: 0)
     monkeypatch.setenv("GOGC", "20")
     code = main(["fhe-check", "--run-id", ids["found"], "--tracking-uri", uri, "--params", "insecure-test", "--json"])
     out, err = capsys.readouterr()
@@ -115,6 +115,9 @@ def test_run_id_checks_the_answer_encrypted_and_records_it_under_the_run(store, 
     assert metrics["fhe_check/insecure-test/agreement"] == 1.0 and metrics["fhe_check/insecure-test/images"] == 2
     assert metrics["fhe_check/insecure-test/max_logit_error"] == max(r["max_logit_error"] for r in results)
     assert metrics["fhe_check/insecure-test/peak_memory_gib"] > 0
+    # Each image's layers timed; this MLP never bootstraps, so no second of it went to bootstraps.
+    assert {"linear", "relu"} <= {row["kind"] for row in results[0]["layers"]} and report["cost_model"] == "orion-resnet"
+    assert metrics["fhe_check/insecure-test/bootstrap_seconds_per_image"] == 0
     assert metrics["fhe_check/insecure-test/estimated_seconds_100_images"] == pytest.approx(
         report["compile_seconds"] + 100 * sum(r["seconds"] for r in results) / 2)
     history = client.get_metric_history(ids["found"], "fhe_check/insecure-test/image_seconds")

@@ -27,7 +27,7 @@ from torch import fx, nn
 
 from pann.fhe.graph import Plan, UnsupportedLayerError, fold_prescales, largest_tensor, lower, plan_depth
 from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize, split_transforms
-from pann.fhe.reference import ImageResult, compare, plaintext
+from pann.fhe.reference import ImageResult, compare, plaintext, seconds_by_kind
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
 from pann.fhe.progress import CompileLines, Progress, images_left
 from pann.fhe.workdir import work_folder
@@ -237,15 +237,17 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
         compile_seconds = clock()
         logger.info("compiled in %.1f s; input at level %d", compile_seconds, input_level)
         results: list[ImageResult] = []
+        kinds = {layer.name: layer.kind for layer in plan.layers}
         fused = _fused_pairs(network) if trace else {}
         for i in range(len(images)):
-            watch = _Watch(progress, clock, scheme.bootstrapper, i, len(images), results)
+            watch = _Watch(progress, clock, scheme.bootstrapper, i, len(images), results, kinds)
             tracer = _Trace(clear[i], fused, scheme.bootstrapper) if trace else None
             results.append(_run_one(orion, network, inputs[i:i + 1], logits[i], input_level, i, depth, watch, tracer))
             r = results[-1]
             logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
-                        "%d bootstraps, %.1f s", i + 1, len(images), r.encrypted_class, r.plaintext_class,
-                        r.max_logit_error, r.bootstraps, r.seconds)
+                        "%d bootstraps, %.1f s (%s)", i + 1, len(images), r.encrypted_class, r.plaintext_class,
+                        r.max_logit_error, r.bootstraps, r.seconds,
+                        ", ".join(f"{kind} {s:.1f} s" for kind, s in seconds_by_kind(r.layers).items()))
         if params.diagonals_per_transform:
             logger.info("%d rotation keys loaded for %d image(s)", scheme.lt_evaluator.loads, len(images))
         # Orion's modules hold ciphertext and plaintext ids in reference cycles, deleted by id when collected:
@@ -278,18 +280,36 @@ def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dic
 
 
 class _Watch:
-    """Counts one image's bootstraps and reports each layer it finishes to ``progress`` (if any)."""
+    """Counts one image's bootstraps, times each layer it finishes (its own seconds, and the bootstraps it ended
+    with, apart: :attr:`rows`), and reports each to ``progress`` (if any)."""
 
-    def __init__(self, progress, clock, bootstrapper, index: int, images: int, done: list[ImageResult]):
+    def __init__(self, progress, clock, bootstrapper, index: int, images: int, done: list[ImageResult],
+                 kinds: dict[str, str]):
         self.progress, self.clock, self.bootstrapper = progress, clock, bootstrapper
-        self.index, self.images, self.done = index, images, done
+        self.index, self.images, self.done, self.kinds = index, images, done, kinds
         self.first = bootstrapper.count
+        self.rows: list[dict] = []
+        self.start()
+
+    def start(self) -> None:
+        """The first layer's time counts from here (after the image is encrypted)."""
+        self.last = self._now()
+
+    def _now(self) -> tuple[float, int, float]:
+        return time.perf_counter(), self.bootstrapper.count, self.bootstrapper.seconds
 
     @property
     def bootstraps(self) -> int:
         return self.bootstrapper.count - self.first
 
-    def __call__(self, step: int, steps: int, layer: str) -> None:
+    def __call__(self, step: int, steps: int, layer: str, value=None) -> None:
+        now = self._now()
+        boot_seconds = now[2] - self.last[2]
+        self.rows.append({"layer": layer, "kind": self.kinds.get(layer, "other"),
+                          "level": int(value.level()) if hasattr(value, "level") else None,
+                          "seconds": round(now[0] - self.last[0] - boot_seconds, 3), "bootstraps": now[1] - self.last[1],
+                          "bootstrap_seconds": round(boot_seconds, 3)})
+        self.last = now
         if self.progress is not None:
             left = images_left([r.seconds for r in self.done], self.images, step / steps)
             self.progress(Progress("image", step, steps, layer, self.clock(), self.index + 1, self.images,
@@ -349,10 +369,11 @@ def _run_one(orion, network, x, reference, input_level, index, depth, watch: _Wa
         ciphertext = orion.encrypt(orion.encode(x.float(), input_level))
         network.he()
         network.on_step, network.on_value = watch, tracer
+        watch.start()
         try:
             out = network(ciphertext).decrypt().decode()
         finally:
             network.on_step = network.on_value = None
             network.eval()
     return compare(index, out, reference, depth, watch.bootstraps, time.perf_counter() - start,
-                   tuple(tracer.rows) if tracer else ())
+                   tuple(tracer.rows) if tracer else (), tuple(watch.rows))

@@ -85,7 +85,7 @@ def _classes(on):
 
     class Network(on.Module):
         """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it; ``on_step``, if
-        set, is called with ``(layers done, layers, name)`` after each (the progress of an encrypted run), and
+        set, is called with ``(layers done, layers, name, output)`` after each (the progress of an encrypted run), and
         ``on_value``, if set, with ``(name, output)`` (a trace)."""
 
         def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, tuple[str, ...]]], output: str):
@@ -102,7 +102,7 @@ def _classes(on):
                 if self.on_value is not None:
                     self.on_value(layer, env[layer])
                 if self.on_step is not None:
-                    self.on_step(done, len(self.steps), layer)
+                    self.on_step(done, len(self.steps), layer, env[layer])
             return env[self.output]
 
     return Stage, EncryptedReLU, Network

@@ -24,6 +24,7 @@ from __future__ import annotations
 import inspect
 import logging
 import math
+import time
 from collections import defaultdict
 
 import numpy as np
@@ -96,13 +97,13 @@ def single_bootstrapper(base: type) -> type:
 
     ``generate_bootstrapper`` only records the slot count; :meth:`build` (called once the
     network is compiled, or at the first bootstrap) makes one for the largest. ``count`` is
-    the number of ciphertexts bootstrapped so far.
+    the number of ciphertexts bootstrapped so far, ``seconds`` the wall time they took.
     """
 
     class SingleBootstrapper(base):
         def __init__(self, scheme):
             super().__init__(scheme)
-            self.requested, self.slots, self.count = 0, None, 0
+            self.requested, self.slots, self.count, self.seconds = 0, None, 0, 0.0
 
         def generate_bootstrapper(self, slots):
             self.requested = max(self.requested, int(slots))
@@ -116,7 +117,11 @@ def single_bootstrapper(base: type) -> type:
         def bootstrap(self, ctxt, slots):
             self.build()
             self.count += 1
-            return base.bootstrap(self, ctxt, self.slots)
+            start = time.perf_counter()
+            try:
+                return base.bootstrap(self, ctxt, self.slots)
+            finally:
+                self.seconds += time.perf_counter() - start
 
     return SingleBootstrapper
 

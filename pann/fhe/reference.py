@@ -25,6 +25,8 @@ class ImageResult:
     bootstraps: int
     seconds: float
     trace: tuple = ()  # with --trace: one dict per layer (layer, level, bootstraps, max_abs, max_error)
+    layers: tuple = ()  # one dict per layer: layer, kind, level (of its output), seconds (its own), bootstraps and
+    #                     bootstrap_seconds (those it ended with); see :func:`seconds_by_kind`
 
     @property
     def agrees(self) -> bool:
@@ -62,11 +64,11 @@ def plaintext(pann: fx.GraphModule, images: torch.Tensor, boundary: str) -> tupl
 
 
 def compare(index: int, encrypted: torch.Tensor, reference: torch.Tensor, levels: int, bootstraps: int,
-            seconds: float, trace: tuple = ()) -> ImageResult:
+            seconds: float, trace: tuple = (), layers: tuple = ()) -> ImageResult:
     """The :class:`ImageResult` of decrypted logits ``encrypted`` against the plaintext ``reference``."""
     encrypted = encrypted.double().flatten()[:reference.numel()]
     return ImageResult(index, int(encrypted.argmax()), int(reference.argmax()),
-                       float((encrypted - reference).abs().max()), levels, bootstraps, seconds, trace)
+                       float((encrypted - reference).abs().max()), levels, bootstraps, seconds, trace, layers)
 
 
 def first_off(trace: tuple, relative: float = 0.01) -> dict | None:
@@ -75,3 +77,12 @@ def first_off(trace: tuple, relative: float = 0.01) -> dict | None:
     went wrong."""
     return next((t for t in trace if t["max_error"] is not None
                  and t["max_error"] > relative * max(t["max_abs"], 1e-12)), None)
+
+
+def seconds_by_kind(layers: tuple | list) -> dict[str, float]:
+    """Where one image's time went, from its :attr:`ImageResult.layers` rows: ``bootstrap`` (every bootstrap), then
+    each layer kind's own seconds (``conv2d``, ``relu``, ``add``, ...), largest first."""
+    spent: dict[str, float] = {"bootstrap": sum(row["bootstrap_seconds"] for row in layers)}
+    for row in layers:
+        spent[row["kind"]] = spent.get(row["kind"], 0.0) + row["seconds"]
+    return dict(sorted(spent.items(), key=lambda item: -item[1]))
