@@ -146,6 +146,15 @@ def test_presets_state_their_security_and_bad_parameters_list_every_field(tmp_pa
     assert {"bootstrap-128", "leveled-128", "insecure-test"} <= set(preset_names())
     assert not load_params("insecure-test").secure and load_params("leveled-128").secure
     assert load_params("leveled-128").log_qp <= 881  # HE-standard 128-bit bound at N = 2^15
+    # The bootstrapping sets: the whole circuit's modulus (Lattigo's default bootstrapping moduli added) within the
+    # bound the HE standard's extended table gives at N = 2^16, and each names the cost preset of its levels.
+    from pann.cost import load_preset
+    for name in ("bootstrap-128", "bootstrap-128-deep"):
+        params = load_params(name)
+        assert params.secure and params.bootstrapping_log_qp(params.log_n - 2) <= 1772, name
+        assert load_preset(params.cost_preset).levels.bootstrap == params.levels - 1, name  # level 0 unused
+    assert load_params("bootstrap-128").bootstrapping_log_qp(14) == 455 + 3 * 39 + 8 * 60 + 4 * 56 + 8 * 61
+    assert load_params("bootstrap-128-deep").levels == 13
     bad = tmp_path / "bad.yaml"
     bad.write_text("ckks_params: {LogN: 0, LogQ: [70], LogP: [], LogScale: 40, H: 64}\n"
                    "boot_params: {LogP: [61]}\n"
@@ -299,6 +308,16 @@ def test_resnet_with_both_shortcuts_agrees_under_encryption_with_bootstrapping(r
     steps = [p for p in seen if p.stage == "image"]
     assert [p.step for p in steps] == list(range(1, layers + 1)) and steps[-1].steps == layers
     assert steps[-1].bootstraps == result.bootstraps and steps[-1].elapsed_s >= report.compile_seconds
+    # Where the time went: a row per layer, kinds and output levels as the plan has them, each bootstrap (and its
+    # seconds) with the layer it ended, and the rows' seconds within the image's.
+    from pann.fhe.reference import seconds_by_kind
+    assert [(row["layer"], row["kind"]) for row in result.layers] == [(layer.name, layer.kind) for layer in plan.layers]
+    assert [row["level"] for row in result.layers] == [row["level"] for row in result.trace]
+    assert sum(row["bootstraps"] for row in result.layers) == result.bootstraps
+    assert all(row["seconds"] >= 0 and (row["bootstrap_seconds"] > 0) == (row["bootstraps"] > 0)
+               for row in result.layers)
+    spent = seconds_by_kind(result.layers)
+    assert {"bootstrap", "conv2d", "relu", "add"} <= set(spent) and 0 < sum(spent.values()) <= result.seconds
 
 
 @needs_orion

@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from pann.approximation.catalog import check_alpha, relu_for_precision
 from pann.fhe.params import available_memory_gib, go_memory_limit, load_params
-from pann.fhe.reference import first_off
+from pann.fhe.reference import first_off, seconds_by_kind
 
 
 def _fhe_pann(args: argparse.Namespace):
@@ -57,7 +57,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     except fhe.FheUnavailable as exc:
         raise UsageError(str(exc)) from None
     pann, images, fit_images = _fhe_pann(args)
-    predicted = _predicted_bootstraps(pann)
+    predicted = _predicted_bootstraps(pann, params.cost_preset)
     if args.dry_run:
         print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
         return
@@ -67,7 +67,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
                       trace=args.trace)
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
-              "alpha": args.alpha, "cost_model": COST_PRESET, "cost_model_bootstraps": predicted,
+              "alpha": args.alpha, "cost_model": params.cost_preset, "cost_model_bootstraps": predicted,
               "peak_memory_gib": _peak_memory_gib(), "diagonals_per_transform": params.diagonals_per_transform,
               "go_runtime": {key: os.environ[key] for key in ("GOGC", "GOMEMLIMIT")}, **check.to_dict()}
     if record is not None:
@@ -76,10 +76,10 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
         json.dump(report, sys.stdout, indent=2)
         print()
         return
-    _print_results(check, predicted)
+    _print_results(check, predicted, params.cost_preset)
 
 
-def _print_results(check, predicted: int) -> None:
+def _print_results(check, predicted: int, cost_preset: str) -> None:
     print(f"{'image':>5} {'encrypted':>9} {'plaintext':>9} {'max error':>10} {'levels':>6} {'boots':>5} {'seconds':>8}")
     for r in check.results:
         print(f"{r.index:>5} {r.encrypted_class:>9} {r.plaintext_class:>9} {r.max_logit_error:>10.3g} "
@@ -96,7 +96,10 @@ def _print_results(check, predicted: int) -> None:
     per_image = sum(r.seconds for r in check.results) / len(check.results)
     print(f"{per_image:.1f} s per image; 100 images would take about {check.compile_seconds + 100 * per_image:.0f} s "
           "(one compilation, then each image)")
-    print(f"cost model (preset {COST_PRESET}) predicts {predicted} bootstraps per image for this PANN; "
+    spent = seconds_by_kind([row for r in check.results for row in r.layers])
+    print("where an image's time went (mean): " + ", ".join(
+        f"{kind} {seconds / len(check.results):.1f} s" for kind, seconds in spent.items()))
+    print(f"cost model (preset {cost_preset}) predicts {predicted} bootstraps per image for this PANN; "
           + (f"{check.prescales_kept} ReLU(s) kept their 1/B (input not a linear layer's alone, e.g. after a "
              "residual add), the others have it folded into the layer before" if check.prescales_kept
              else "every ReLU has its 1/B folded into the layer before"))
@@ -107,12 +110,9 @@ def _peak_memory_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
 
 
-COST_PRESET = "orion-resnet"
-
-
-def _predicted_bootstraps(pann) -> int:
-    """Our cost model's bootstrap count for the PANN under the Orion preset, beside what Orion does."""
+def _predicted_bootstraps(pann, cost_preset: str) -> int:
+    """Our cost model's bootstrap count for the PANN under the FHE preset's cost preset, beside what Orion does."""
     from pann.cost.preset import load_preset
     from pann.cost.network import network_cost
 
-    return network_cost(pann, load_preset(COST_PRESET)).bootstraps
+    return network_cost(pann, load_preset(cost_preset)).bootstraps

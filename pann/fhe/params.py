@@ -41,6 +41,7 @@ class Params:
     security: str
     memory_gib: dict
     diagonals_per_transform: int | None = None
+    cost_preset: str = "orion-resnet"  # the cost model's preset (pann.cost) that counts these moduli's levels
 
     @property
     def log_n(self) -> int:
@@ -60,6 +61,16 @@ class Params:
         """``log2(QP)`` of the leveled key-switching modulus (bootstrapping adds its own moduli)."""
         ckks = self.orion["ckks_params"]
         return sum(ckks["LogQ"]) + sum(ckks["LogP"])
+
+    def bootstrapping_log_qp(self, log_slots: int) -> int:
+        """``log2(QP)`` of the bootstrapping circuit for ``2^log_slots`` slots: the preset's ``LogQ``, the moduli
+        Lattigo v6.2's default circuit appends (Orion 1.0.2 sets only its ``LogN``, ``LogP``, secret and slots):
+        ``min(3, log_slots)`` SlotsToCoeffs primes of 39 bits, EvalMod's ``ceil(log2(30 + 1)) + 3 = 8`` of 60 (a
+        degree-30 cosine, three double angles), ``min(4, log_slots)`` CoeffsToSlots primes of 56, and
+        ``boot_params.LogP``. What the security of a bootstrapping preset rests on."""
+        ckks = self.orion["ckks_params"]
+        circuit = min(3, log_slots) * 39 + 8 * 60 + min(4, log_slots) * 56
+        return sum(ckks["LogQ"]) + circuit + sum(self.orion["boot_params"]["LogP"])
 
     @property
     def bootstraps(self) -> bool:
@@ -118,7 +129,7 @@ def load_params(source: str | Path | dict) -> Params:
                   {"base": float(memory["base"]),
                    "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()},
                    "parts": {int(k): float(v) for k, v in (memory.get("parts") or {}).items()}},
-                  meta.get("diagonals_per_transform"))
+                  meta.get("diagonals_per_transform"), meta.get("cost_preset", "orion-resnet"))
 
 
 def _problems(data: dict) -> list[str]:
@@ -148,6 +159,9 @@ def _problems(data: dict) -> list[str]:
     if split is not None and not (isinstance(split, int) and not isinstance(split, bool) and split > 0):
         problems.append(f"pann.diagonals_per_transform: expected a positive number of diagonals (or none: a block "
                         f"is one transform), got {split!r}")
+    if not isinstance(meta.get("cost_preset", ""), str):
+        problems.append(f"pann.cost_preset: expected the name of a cost preset (pann cost --preset), "
+                        f"got {meta.get('cost_preset')!r}")
     memory = meta.get("memory_gib")
     if not (isinstance(memory, dict) and isinstance(memory.get("base"), (int, float)) and memory["base"] > 0):
         problems.append(f"pann.memory_gib.base: expected the GiB a check needs besides a bootstrapper, "
