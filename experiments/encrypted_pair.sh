@@ -22,7 +22,7 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 
 profile() {  # name, then the fhe-check arguments
   local name=$1; shift
-  echo "$(date -u +%FT%TZ) $name: pann fhe-check $*" | tee -a "$out/commands.txt"
+  echo "$(date -u +%FT%TZ) $name: pann fhe-check $* --params $params ${extra[*]}" | tee -a "$out/commands.txt"
   python experiments/memory_profile.py --every 10 --disk "$work" --out "$out/${name}_memory.tsv" -- \
     pann fhe-check "$@" --params "$params" --workdir "$work" --json "${extra[@]}" \
     > "$out/${name}.json" 2> "$out/${name}.log" || echo "$name: exit status $?" | tee -a "$out/commands.txt"
