@@ -290,7 +290,7 @@ def _add_numerical_commands(sub) -> None:
     co.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
     co.add_argument("--alphas", default="4-14", help="one uniform ReLU precision per row, e.g. 4-14 (default)")
     co.add_argument("--spec", type=Path, help="cost the per-layer PANN of this spec file instead of --alphas")
-    co.add_argument("--preset", default="mpcnn", help="built-in cost preset (mpcnn, orion-resnet) or a YAML file")
+    co.add_argument("--preset", default="mpcnn", help="built-in cost preset (mpcnn, orion-resnet, orion-resnet-deep) or a YAML file")
     co.add_argument("--json", action="store_true", help="machine-readable output with the bootstrap sites")
     co.set_defaults(run=cmd_cost)
 
@@ -318,7 +318,8 @@ def _add_fhe_check(sub) -> None:
     fc.add_argument("--tracking-uri", help="with --run-id: the MLflow store (default: ./mlflow.db)")
     fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
     fc.add_argument("--params", default="leveled-128",
-                    help="preset (bootstrap-128, leveled-128, insecure-test) or a YAML file (default leveled-128)")
+                    help="preset (leveled-128, bootstrap-128, bootstrap-128-deep: 12 levels between bootstraps, "
+                         "insecure-test) or a YAML file (default leveled-128)")
     fc.add_argument("--margin", type=_positive(float), default=1.2, help="B = margin x observed max |x| (default 1.2)")
     fc.add_argument("--calibration-size", type=_positive(int), default=2000, help="training images for B (default 2000)")
     fc.add_argument("--fit-images", type=_positive(int), default=64,

@@ -272,11 +272,25 @@ def test_graph_that_is_not_series_parallel_is_refused(relu7):
 
 
 def test_built_in_presets():
-    assert preset_names() == ["mpcnn", "orion-resnet"]
-    mpcnn, orion = load_preset("mpcnn"), load_preset("orion-resnet")
+    assert preset_names() == ["mpcnn", "orion-resnet", "orion-resnet-deep"]
+    mpcnn, orion, deep = load_preset("mpcnn"), load_preset("orion-resnet"), load_preset("orion-resnet-deep")
     assert (mpcnn.levels.bootstrap, mpcnn.levels.conv, mpcnn.prescale_folded) == (16, 2, True)
     assert (orion.levels.bootstrap, orion.levels.conv, orion.prescale_folded) == (9, 1, "where-exact")
-    assert "9,481" in mpcnn.source and "20 s" in orion.source
+    assert (deep.levels.bootstrap, deep.levels.fresh_input, deep.prescale_folded) == (12, 12, "where-exact")
+    assert "9,481" in mpcnn.source and "20 s" in orion.source and "540 s" in deep.source
+
+
+def test_twelve_levels_between_bootstraps_let_a_block_of_degree_7_relus_share_one():
+    """At 9 usable levels a residual block with two degree-7 ReLUs (10 levels) takes two bootstraps; at 12 it takes
+    one. The deep preset's times reproduce the uniform alpha-8 ResNet-20 measured encrypted at its moduli: 18
+    bootstraps, 540 s per image (docs/measurements/fhe_deep/uniform8.json)."""
+    model = prepare(build_model("resnet20"))
+    alpha5, alpha8 = relu_for_precision(5), relu_for_precision(8)
+    at_9 = network_cost(model, load_preset("orion-resnet"), approximations=alpha5)
+    at_12 = network_cost(model, load_preset("orion-resnet-deep"), approximations=alpha5)
+    assert (at_9.bootstraps, at_12.bootstraps) == (14, 9)
+    uniform8 = network_cost(model, load_preset("orion-resnet-deep"), approximations=alpha8)
+    assert uniform8.bootstraps == 18 and uniform8.latency == pytest.approx(540, rel=0.01)
 
 
 def test_preset_file_errors_list_every_field(tmp_path):
