@@ -408,3 +408,14 @@ def test_a_dead_checks_work_folder_is_removed_by_the_next_and_a_live_ones_is_kep
     assert left == sorted([f"{PREFIX}anonymous", f"{PREFIX}live", mine.name])
     assert f"removed {tmp_path / (PREFIX + 'dead')}" in caplog.text and "names no owner" in caplog.text
     assert clean_leftovers(tmp_path) == []  # the live run's folder stays
+    # A check that fills the disk (h5py raises OSError with ENOSPC) ends in one line naming the disk and the folder's
+    # size, and leaves nothing behind; other errors pass through as they are.
+    import errno
+    with pytest.raises(OSError, match=r"filled up when the work folder held 0\.0 GB .*--workdir") as info:
+        with work_folder(tmp_path) as full:
+            (full / "diagonals.h5").write_bytes(b"\0" * 4096)
+            raise OSError(errno.ENOSPC, "Can't synchronously write data (No space left on device)")
+    assert info.value.errno == errno.ENOSPC and "\n" not in str(info.value) and not full.exists()
+    with pytest.raises(OSError, match="Permission denied"):
+        with work_folder(tmp_path):
+            raise OSError(errno.EACCES, "Permission denied")

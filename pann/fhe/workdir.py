@@ -9,6 +9,7 @@ saying what it removed and how much, and names those of other machines or live r
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -66,10 +67,19 @@ def clean_leftovers(parent: str | Path | None = None) -> list[tuple[Path, float]
 @contextlib.contextmanager
 def work_folder(parent: str | Path | None = None) -> Iterator[Path]:
     """A new work folder under ``parent``, marked with this process, removed when the block ends; leftovers of dead
-    runs are removed first (:func:`clean_leftovers`)."""
+    runs are removed first (:func:`clean_leftovers`). The free disk under it is logged; a block that fills the disk
+    (``ENOSPC``) raises ``OSError`` in one line naming the folder's disk and how much the folder held."""
     clean_leftovers(parent)
     with tempfile.TemporaryDirectory(prefix=PREFIX, dir=parent) as name:
         folder = Path(name)
         (folder / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
-        yield folder
+        logger.info("keys and diagonals in %s: %.1f GB free on its disk", folder, shutil.disk_usage(folder).free / 1e9)
+        try:
+            yield folder
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC and "No space left on device" not in str(exc):
+                raise
+            raise OSError(errno.ENOSPC, f"the disk under {folder.parent} filled up when the work folder held "
+                                        f"{_size_gib(folder) * 2**30 / 1e9:.1f} GB of keys and diagonals (removed "
+                                        "now): free disk space or give --workdir a larger disk") from None
