@@ -344,15 +344,18 @@ def test_blocks_split_into_transforms_of_a_few_diagonals_compute_the_same_networ
         load_params(preset)
 
 
-def test_progress_reads_orion_compile_lines_and_estimates_the_time_left():
+def test_progress_reads_orion_compile_lines_and_estimates_the_time_left(caplog):
     from pann.fhe.progress import CompileLines, Progress, images_left
 
     seen = []
     lines = CompileLines(seen.append, clock=lambda: 75.0)
-    for line in ["Processing input data", "{1} Finding per-layer input/output ranges and shapes...",
-                 "{3} Generating matrix diagonals...", "Packing layers.conv1:", "{5} Compiling network layers...",
-                 "├── layers.relu1.mult1 @ level=9", "done! [0.1 secs.]"]:
-        lines(line)
+    with caplog.at_level("INFO", logger="pann.fhe.progress"):
+        for line in ["Processing input data", "{1} Finding per-layer input/output ranges and shapes...",
+                     "{3} Generating matrix diagonals...", "Packing layers.conv1:",
+                     "├── Network requires 9 bootstrap operations.", "{5} Compiling network layers...",
+                     "├── layers.relu1.mult1 @ level=9", "done! [0.1 secs.]"]:
+            lines(line)
+    assert "Orion's bootstrap placement: 9 bootstraps per image" in caplog.text  # logged before keys are made
     assert [(p.step, p.detail) for p in seen] == [
         (1, "Finding per-layer input/output ranges and shapes"), (3, "Generating matrix diagonals"),
         (3, "Generating matrix diagonals: layers.conv1"), (5, "Compiling network layers"),

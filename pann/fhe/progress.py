@@ -6,13 +6,17 @@ the lines Orion prints; running has one step per layer of each image. Nothing he
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+logger = logging.getLogger(__name__)
+
 COMPILE_PHASES = 5  # Orion 1.0.2's "{1} ... {5}" compile phases
 _PHASE = re.compile(r"^\{(\d)\}\s*(.*?)[.\s]*$")
 _LAYER = re.compile(r"^(?:Packing (\S+?):|\W*(\S+) @ level=(\d+))")
+_PLACED = re.compile(r"Network requires (\d+) bootstrap operations")
 
 
 @dataclass(frozen=True)
@@ -59,6 +63,9 @@ class CompileLines:
             self.phase, self.title = int(phase.group(1)), phase.group(2)
             self.report(Progress("compile", self.phase, COMPILE_PHASES, self.title, self.clock()))
             return
+        placed = _PLACED.search(line)
+        if placed:  # logged when Orion decides, so that a compilation that fails later still tells
+            logger.info("Orion's bootstrap placement: %s bootstraps per image", placed.group(1))
         layer = _LAYER.match(line.strip())
         if layer and self.phase:
             name = layer.group(1) or layer.group(2)
