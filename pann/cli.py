@@ -290,7 +290,8 @@ def _add_numerical_commands(sub) -> None:
     co.add_argument("--model", required=True, help="resnet20/32/44/56/110, vgg11_bn..vgg19_bn, or a torchvision name")
     co.add_argument("--alphas", default="4-14", help="one uniform ReLU precision per row, e.g. 4-14 (default)")
     co.add_argument("--spec", type=Path, help="cost the per-layer PANN of this spec file instead of --alphas")
-    co.add_argument("--preset", default="mpcnn", help="built-in cost preset (mpcnn, orion-resnet, orion-resnet-deep) or a YAML file")
+    co.add_argument("--preset", default="mpcnn",
+                    help="built-in cost preset (mpcnn, orion-resnet, orion-resnet-deep) or a YAML file")
     co.add_argument("--json", action="store_true", help="machine-readable output with the bootstrap sites")
     co.set_defaults(run=cmd_cost)
 

@@ -307,8 +307,8 @@ class _Watch:
         boot_seconds = now[2] - self.last[2]
         self.rows.append({"layer": layer, "kind": self.kinds.get(layer, "other"),
                           "level": int(value.level()) if hasattr(value, "level") else None,
-                          "seconds": round(now[0] - self.last[0] - boot_seconds, 3), "bootstraps": now[1] - self.last[1],
-                          "bootstrap_seconds": round(boot_seconds, 3)})
+                          "seconds": round(now[0] - self.last[0] - boot_seconds, 3),
+                          "bootstraps": now[1] - self.last[1], "bootstrap_seconds": round(boot_seconds, 3)})
         self.last = now
         if self.progress is not None:
             left = images_left([r.seconds for r in self.done], self.images, step / steps)
