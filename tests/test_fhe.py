@@ -372,6 +372,26 @@ def test_importing_pann_never_imports_the_fhe_library():
     assert run.stdout.strip() == "False", run.stderr
 
 
+@needs_orion
+def test_a_check_stopped_by_sigterm_removes_its_work_folder(tmp_path):
+    """SIGTERM (a scheduler's stop, `kill PID`) ends a running check with status 143 and no work folder left."""
+    import signal
+    import time
+
+    command = [sys.executable, "-m", "pann.cli", "fhe-check", "--model", "resnet20", "--dataset", "synthetic",
+               "--calibration-size", "16", "--fit-images", "2", "--alpha", "8", "--images", "2",
+               "--params", "insecure-test", "--workdir", str(tmp_path)]
+    check = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("pann-fhe-*")) and check.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert list(tmp_path.glob("pann-fhe-*")), "the check never made its work folder"
+    check.send_signal(signal.SIGTERM)
+    _, err = check.communicate(timeout=120)
+    assert check.returncode == 143, err
+    assert not list(tmp_path.glob("pann-fhe-*"))
+
+
 # The back end made unimportable (as where it is not installed), so the hint is tested with Orion installed too.
 _WITHOUT_ORION = "import sys; sys.modules['orion'] = None; from pann.cli import main; sys.exit(main())"
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import resource
+import signal
 import sys
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 
 from pann.approximation.catalog import check_alpha, relu_for_precision
 from pann.fhe.params import available_memory_gib, go_memory_limit, load_params
@@ -62,9 +65,10 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
         print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
         return
     show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
-    check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
-                      progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps),
-                      trace=args.trace)
+    with _sigterm_exits():
+        check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
+                          progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps),
+                          trace=args.trace)
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": params.cost_preset, "cost_model_bootstraps": predicted,
@@ -103,6 +107,20 @@ def _print_results(check, predicted: int, cost_preset: str) -> None:
           + (f"{check.prescales_kept} ReLU(s) kept their 1/B (input not a linear layer's alone, e.g. after a "
              "residual add), the others have it folded into the layer before" if check.prescales_kept
              else "every ReLU has its 1/B folded into the layer before"))
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While the check runs, SIGTERM ends it as an exception would (exit status 143), so that its work folder, tens
+    of GB of keys and diagonals, is removed on the way out (the signal is handled once Lattigo's current call returns)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _peak_memory_gib() -> float:
