@@ -9,6 +9,9 @@ timed on one encrypted input ``--repeats`` times. Keys and diagonals go to a tem
 layer runs, as ``pann fhe-check`` runs a bootstrapping preset (``io_mode: save``), and no bootstrapper is built, so
 this needs the scheme's keys and one layer's, not a network's. What it shows: the price of a
 linear layer placed high in the chain, where a per-layer answer that shares a bootstrap between two ReLUs must put it.
+Each level's compilation stays in Orion's Go back end until the process ends, so at N = 2^16 give one level per
+process (``docs/measurements/fhe_deep/conv_levels.sh``; two levels of a 64-channel layer in one process were killed
+for memory on a 23 GiB machine).
 Needs ``pip install 'pann[fhe]'``.
 """
 
@@ -36,8 +39,7 @@ def main() -> None:
     from pann.fhe import backend as fhe
     from pann.fhe.params import load_params
 
-    orion, on = fhe.orion_modules()
-    fhe._install_patches()  # the sparse diagonalization: Orion's own densifies a 2^15 x 2^15 block (17 GB)
+    orion, on = fhe.orion_modules()  # with the sparse diagonalization: Orion's own densifies a 2^15 x 2^15 block
     params = load_params(args.params)
     config = copy.deepcopy(params.orion)
     folder = tempfile.TemporaryDirectory(prefix="linear-by-level-")

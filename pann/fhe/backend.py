@@ -46,7 +46,8 @@ class FheUnavailable(ImportError):
 
 
 def orion_modules():
-    """``(orion, orion.nn)`` of the pinned version; :class:`FheUnavailable` (with the install hint) otherwise."""
+    """``(orion, orion.nn)`` of the pinned version, with :mod:`pann.fhe.patches`' sparse diagonalization in place
+    (Orion's own densifies every block); :class:`FheUnavailable` (with the install hint) otherwise."""
     try:
         version = importlib.metadata.version("orion-fhe")
         import orion
@@ -56,6 +57,7 @@ def orion_modules():
     if version != ORION_VERSION:
         raise FheUnavailable(f"orion-fhe {version} is installed; pann supports {ORION_VERSION} only: "
                              "pip install 'pann[fhe]'")
+    _install_patches()
     return orion, on
 
 
@@ -81,7 +83,6 @@ def _quiet(lines: Callable[[str], None] | None = None):
 def build_network(plan: Plan) -> nn.Module:
     """The Orion network of a lowered PANN (:func:`pann.fhe.graph.lower`), in cleartext mode."""
     _, on = orion_modules()
-    _install_patches()
     return fhe_layers.network(on, plan)
 
 
