@@ -9,6 +9,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -389,7 +390,34 @@ def test_a_check_stopped_by_sigterm_removes_its_work_folder(tmp_path):
     check.send_signal(signal.SIGTERM)
     _, err = check.communicate(timeout=120)
     assert check.returncode == 143, err
-    assert not list(tmp_path.glob("pann-fhe-*"))
+    left = {folder.name: sorted(f.name for f in folder.iterdir()) for folder in tmp_path.glob("pann-fhe-*")}
+    assert not left, f"{left}\n{err}"
+
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_sigterm_dropped_inside_a_destructor_still_ends_the_check_at_its_next_step():
+    """Python drops an exception raised while it runs ``__del__`` (where Orion frees ciphertexts); the check's next
+    progress step raises SIGTERM's exit again."""
+    import signal
+    import threading
+
+    from pann.fhe.cli import _sigterm_exits
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signal handlers are installed from the main thread only")
+
+    class Ciphertext:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # the handler runs here, inside __del__, and its exit is dropped
+                pass
+
+    with _sigterm_exits() as exit_if_stopped:
+        Ciphertext()
+        with pytest.raises(SystemExit) as info:
+            exit_if_stopped()
+    assert info.value.code == 143
 
 
 # The back end made unimportable (as where it is not installed), so the hint is tested with Orion installed too.
@@ -426,6 +454,7 @@ def test_a_dead_checks_work_folder_is_removed_by_the_next_and_a_live_ones_is_kep
     with caplog.at_level("WARNING", logger="pann.fhe.workdir"):
         with work_folder(tmp_path) as mine:
             assert json.loads((mine / "owner.json").read_text())["pid"] == os.getpid()
+            assert mine.name.startswith(f"{PREFIX}{os.getpid()}-")
             left = sorted(p.name for p in tmp_path.iterdir())
         assert not mine.exists()
     assert left == sorted([f"{PREFIX}anonymous", f"{PREFIX}live", mine.name])
@@ -442,3 +471,28 @@ def test_a_dead_checks_work_folder_is_removed_by_the_next_and_a_live_ones_is_kep
     with pytest.raises(OSError, match="Permission denied"):
         with work_folder(tmp_path):
             raise OSError(errno.EACCES, "Permission denied")
+
+
+def test_a_signal_landing_during_the_removal_still_removes_the_whole_work_folder(tmp_path, monkeypatch):
+    """Ctrl-C (or SIGTERM's exit) arriving while the folder is being removed: the removal finishes, then the
+    interruption is raised."""
+    import shutil
+
+    from pann.fhe.workdir import work_folder
+
+    remove, calls = shutil.rmtree, []
+
+    def interrupted_once(path, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            (Path(path) / "keys.h5").unlink()  # part of the folder gone when the signal lands
+            raise KeyboardInterrupt
+        remove(path, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        with work_folder(tmp_path) as folder:
+            (folder / "keys.h5").write_bytes(b"\0" * 4096)
+            (folder / "diagonals.h5").write_bytes(b"\0" * 4096)
+            monkeypatch.setattr(shutil, "rmtree", interrupted_once)
+    monkeypatch.undo()
+    assert len(calls) == 2 and not folder.exists() and not list(tmp_path.iterdir())

@@ -65,9 +65,12 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
         print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
         return
     show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
-    with _sigterm_exits():
-        check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir,
-                          progress=lambda p: show(p.line(), final=p.stage == "image" and p.step == p.steps),
+    with _sigterm_exits() as exit_if_stopped:
+        def progress(p) -> None:
+            exit_if_stopped()
+            show(p.line(), final=p.stage == "image" and p.step == p.steps)
+
+        check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir, progress=progress,
                           trace=args.trace)
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
@@ -110,15 +113,29 @@ def _print_results(check, predicted: int, cost_preset: str) -> None:
 
 
 @contextlib.contextmanager
-def _sigterm_exits() -> Iterator[None]:
+def _sigterm_exits() -> Iterator[Callable[[], None]]:
     """While the check runs, SIGTERM ends it as an exception would (exit status 143), so that its work folder, tens
-    of GB of keys and diagonals, is removed on the way out (the signal is handled once Lattigo's current call returns)."""
+    of GB of keys and diagonals, is removed on the way out (the signal is handled once Lattigo's current call returns).
+
+    Yields a function to call at each progress step: it raises the exit again where the first one was dropped
+    (Python prints and drops an exception raised while it runs an object's ``__del__``, where Orion frees its
+    ciphertexts)."""
+    stopped: list[int] = []
+
+    def stop(signum: int, frame) -> None:
+        stopped.append(signum)
+        sys.exit(128 + signum)
+
+    def exit_if_stopped() -> None:
+        if stopped:
+            sys.exit(128 + stopped[0])
+
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield exit_if_stopped
         return
-    previous = signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
-        yield
+        yield exit_if_stopped
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -13,6 +13,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import socket
 import tempfile
@@ -64,22 +65,41 @@ def clean_leftovers(parent: str | Path | None = None) -> list[tuple[Path, float]
     return removed
 
 
+def _remove(folder: Path) -> None:
+    """Remove ``folder`` whole, also when a signal's exception (SIGTERM's exit, Ctrl-C's ``KeyboardInterrupt``) lands
+    in the middle of the removal: it is raised once the folder is gone."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            break
+        except BaseException as exc:  # noqa: BLE001 - raised below, once the folder is gone
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
 @contextlib.contextmanager
 def work_folder(parent: str | Path | None = None) -> Iterator[Path]:
-    """A new work folder under ``parent``, marked with this process, removed when the block ends; leftovers of dead
-    runs are removed first (:func:`clean_leftovers`). The free disk under it is logged; a block that fills the disk
-    (``ENOSPC``) raises ``OSError`` in one line naming the folder's disk and how much the folder held."""
+    """A new work folder under ``parent``, named after this process and marked with it, removed when the block ends;
+    leftovers of dead runs are removed first (:func:`clean_leftovers`). The free disk under it is logged; a block that
+    fills the disk (``ENOSPC``) raises ``OSError`` in one line naming the folder's disk and how much the folder held.
+
+    The folder is made inside the block that removes it (no instant at which a signal's exception could leave it
+    behind, as ``tempfile.TemporaryDirectory`` has between making and registering its folder)."""
     clean_leftovers(parent)
-    with tempfile.TemporaryDirectory(prefix=PREFIX, dir=parent) as name:
-        folder = Path(name)
+    folder = Path(parent or tempfile.gettempdir()) / f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    try:
+        folder.mkdir(mode=0o700)
         (folder / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
                                                  "started": time.strftime("%Y-%m-%d %H:%M:%S")}))
         logger.info("keys and diagonals in %s: %.1f GB free on its disk", folder, shutil.disk_usage(folder).free / 1e9)
-        try:
-            yield folder
-        except OSError as exc:
-            if exc.errno != errno.ENOSPC and "No space left on device" not in str(exc):
-                raise
-            raise OSError(errno.ENOSPC, f"the disk under {folder.parent} filled up when the work folder held "
-                                        f"{_size_gib(folder) * 2**30 / 1e9:.1f} GB of keys and diagonals (removed "
-                                        "now): free disk space or give --workdir a larger disk") from None
+        yield folder
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC and "No space left on device" not in str(exc):
+            raise
+        raise OSError(errno.ENOSPC, f"the disk under {folder.parent} filled up when the work folder held "
+                                    f"{_size_gib(folder) * 2**30 / 1e9:.1f} GB of keys and diagonals (removed "
+                                    "now): free disk space or give --workdir a larger disk") from None
+    finally:
+        _remove(folder)
