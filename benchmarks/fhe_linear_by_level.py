@@ -5,8 +5,9 @@
 
 A 3x3 convolution of ``--channels`` channels on ``--size`` x ``--size`` images (ResNet-20's layer3: 64 x 8 x 8; layer1:
 16 x 32 x 32), compiled by Orion to run at each given level (its module's ``level``: the level of its input), then
-timed on one encrypted input ``--repeats`` times. Keys and diagonals go to a temporary folder and are loaded when the
-layer runs, as ``pann fhe-check`` runs a bootstrapping preset (``io_mode: save``), and no bootstrapper is built, so
+timed on one encrypted input ``--repeats`` times. Keys and diagonals go to ``pann fhe-check``'s work folder (under
+``--workdir``; :mod:`pann.fhe.workdir`: removed at the end, and by the next run where this one was killed) and are
+loaded when the layer runs, as the check runs a bootstrapping preset (``io_mode: save``), and no bootstrapper is built, so
 this needs the scheme's keys and one layer's, not a network's. What it shows: the price of a
 linear layer placed high in the chain, where a per-layer answer that shares a bootstrap between two ReLUs must put it.
 Each level's compilation stays in Orion's Go back end until the process ends, so at N = 2^16 give one level per
@@ -21,8 +22,8 @@ import argparse
 import copy
 import json
 import statistics
-import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -35,18 +36,28 @@ def main() -> None:
     p.add_argument("--size", type=int, default=8)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", help="write the rows here too")
+    p.add_argument("--workdir", help="where the keys and diagonals go (default: the system's temporary folder)")
     args = p.parse_args()
     from pann.fhe import backend as fhe
     from pann.fhe.params import load_params
+    from pann.fhe.workdir import work_folder
 
     orion, on = fhe.orion_modules()  # with the sparse diagonalization: Orion's own densifies a 2^15 x 2^15 block
     params = load_params(args.params)
-    config = copy.deepcopy(params.orion)
-    folder = tempfile.TemporaryDirectory(prefix="linear-by-level-")
-    config["orion"].update(io_mode="save", diags_path=f"{folder.name}/d.h5", keys_path=f"{folder.name}/k.h5")
     levels = [int(v) for v in args.levels.split(",")]
     if max(levels) > params.levels:
         p.error(f"--levels: {args.params} has {params.levels} levels")
+    with work_folder(args.workdir) as folder:
+        rows = _time_levels(orion, on, params, levels, args, folder)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=2)
+
+
+def _time_levels(orion, on, params, levels: list[int], args: argparse.Namespace, folder: Path) -> list[dict]:
+    """One row per level: the convolution compiled to run there, timed ``args.repeats`` times."""
+    config = copy.deepcopy(params.orion)
+    config["orion"].update(io_mode="save", diags_path=str(folder / "d.h5"), keys_path=str(folder / "k.h5"))
     torch.manual_seed(0)
     x = torch.randn(1, args.channels, args.size, args.size)
     weight = torch.randn(args.channels, args.channels, 3, 3) * 0.05
@@ -88,10 +99,7 @@ def main() -> None:
         net.eval()
         del net, conv, out, ciphertext
     orion.delete_scheme()
-    folder.cleanup()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":
