@@ -88,7 +88,8 @@ def work_folder(parent: str | Path | None = None) -> Iterator[Path]:
     The folder is made inside the block that removes it (no instant at which a signal's exception could leave it
     behind, as ``tempfile.TemporaryDirectory`` has between making and registering its folder)."""
     clean_leftovers(parent)
-    folder = Path(parent or tempfile.gettempdir()) / f"{PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+    # 64 random bits beside the process id: the name is no other run's, on this machine or another sharing the disk
+    folder = Path(parent or tempfile.gettempdir()) / f"{PREFIX}{os.getpid()}-{secrets.token_hex(8)}"
     try:
         folder.mkdir(mode=0o700)
         (folder / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
