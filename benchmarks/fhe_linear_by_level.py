@@ -7,8 +7,8 @@ A 3x3 convolution of ``--channels`` channels on ``--size`` x ``--size`` images (
 16 x 32 x 32), compiled by Orion to run at each given level (its module's ``level``: the level of its input), then
 timed on one encrypted input ``--repeats`` times. Keys and diagonals go to ``pann fhe-check``'s work folder (under
 ``--workdir``; :mod:`pann.fhe.workdir`: removed at the end, and by the next run where this one was killed) and are
-loaded when the layer runs, as the check runs a bootstrapping preset (``io_mode: save``), and no bootstrapper is built, so
-this needs the scheme's keys and one layer's, not a network's. What it shows: the price of a
+loaded when the layer runs, as the check runs a bootstrapping preset (``io_mode: save``), and no bootstrapper is
+built, so this needs the scheme's keys and one layer's, not a network's. What it shows: the price of a
 linear layer placed high in the chain, where a per-layer answer that shares a bootstrap between two ReLUs must put it.
 Each level's compilation stays in Orion's Go back end until the process ends, so at N = 2^16 give one level per
 process (``docs/measurements/fhe_deep/conv_levels.sh``; two levels of a 64-channel layer in one process were killed
@@ -61,7 +61,7 @@ def _time_levels(orion, on, params, levels: list[int], args: argparse.Namespace,
     torch.manual_seed(0)
     x = torch.randn(1, args.channels, args.size, args.size)
     weight = torch.randn(args.channels, args.channels, 3, 3) * 0.05
-    scheme = orion.init_scheme(config)
+    orion.init_scheme(config)
     rows = []
     for level in levels:
         class Net(on.Module):  # the layer named after its level: Orion saves each layer's keys under its name

@@ -21,18 +21,9 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
+
 _ORION_LEVEL = re.compile(r"layers_(\S+?) @ level=(\d+)")
-
-
-def interpolate(points: dict[int, float], level: int) -> float:
-    """The benchmark's seconds at ``level``: linear between the measured levels, the nearest end outside them."""
-    levels = sorted(points)
-    if level <= levels[0]:
-        return points[levels[0]]
-    for low, high in zip(levels, levels[1:]):
-        if level <= high:
-            return points[low] + (points[high] - points[low]) * (level - low) / (high - low)
-    return points[levels[-1]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,19 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     for item in args.default_level:
         name, _, level = item.partition("=")
         placed.setdefault(name, int(level))
-    rows = [row for row in report["results"][0]["layers"] if row["kind"] == "conv2d"]
-    missing = [row["layer"] for row in rows if row["layer"] not in placed]
+    convolutions = [(index, row) for index, row in enumerate(report["results"][0]["layers"]) if row["kind"] == "conv2d"]
+    missing = [row["layer"] for _, row in convolutions if row["layer"] not in placed]
     if missing:
         print(f"fhe_conv_time_at_levels: no level for {', '.join(missing)} (--default-level NAME=LEVEL)",
               file=sys.stderr)
         return 2
+    levels = sorted(points)
+
+    def benchmark_seconds(level: int) -> float:  # linear between the measured levels, the nearest end outside them
+        return float(np.interp(level, levels, [points[v] for v in levels]))
+
     measured = estimated = 0.0
-    for index, row in enumerate(report["results"][0]["layers"]):
-        if row["kind"] != "conv2d":
-            continue
+    for index, row in convolutions:
         ran_at = report["input_level"] if index == 0 else 2 if row["bootstraps"] else row["level"] + 1
         measured += row["seconds"]
-        estimated += row["seconds"] * interpolate(points, placed[row["layer"]]) / interpolate(points, ran_at)
+        estimated += row["seconds"] * benchmark_seconds(placed[row["layer"]]) / benchmark_seconds(ran_at)
     print(f"convolutions: {measured:.1f} s measured, {estimated:.1f} s at the other levels "
           f"({estimated / measured:.2f}x)")
     return 0
