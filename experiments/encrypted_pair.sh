@@ -6,8 +6,8 @@
 #   PANN_DATA_DIR=../shared/data bash experiments/encrypted_pair.sh RUN_ID OUT_DIR [IMAGES] [PARAMS] [ARGS...]
 #
 # RUN_ID: the search's MLflow parent run in ./mlflow.db; OUT_DIR: where the reports, logs and samples go; IMAGES for
-# the answer (default 4; the uniform network gets 1); PARAMS: a preset name or YAML (default bootstrap-128); ARGS:
-# more pann fhe-check options for both (e.g. --diagonals-per-transform 32).
+# the answer (default 4; the uniform network gets UNIFORM_IMAGES, default 1); PARAMS: a preset name or YAML (default
+# bootstrap-128); ARGS: more pann fhe-check options for both (e.g. --diagonals-per-transform 32 --batch 4).
 # GOMEMLIMIT, GOGC and OMP_NUM_THREADS are taken from the environment when set (pann fhe-check's defaults otherwise).
 set -euo pipefail
 run_id=${1:?usage: encrypted_pair.sh RUN_ID OUT_DIR [IMAGES] [PARAMS]}
@@ -29,5 +29,5 @@ profile() {  # name, then the fhe-check arguments
   tail -1 "$out/${name}.log"
 }
 
-profile uniform8 --model resnet20 --weights resnet20_cifar10 --alpha 8 --images 1
+profile uniform8 --model resnet20 --weights resnet20_cifar10 --alpha 8 --images "${UNIFORM_IMAGES:-1}"
 profile answer --run-id "$run_id" --images "$images"

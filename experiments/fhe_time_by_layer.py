@@ -1,11 +1,13 @@
 """Where encrypted images spent their time, side by side: `pann fhe-check --json` reports in, one table out.
 
-    python experiments/fhe_time_by_layer.py NAME=REPORT.json [NAME=REPORT.json ...] [--by kind|stage]
+    python experiments/fhe_time_by_layer.py NAME=REPORT.json [NAME=REPORT.json ...] [--by kind|stage|loading]
 
-For each report, the mean seconds per image by layer kind (``bootstrap`` apart; ``pann.fhe.reference.seconds_by_kind``)
-or by ResNet stage, bootstraps included (a layer named ``...layerN...`` and the unnamed ones after it, such as the
-residual adds, are stage N; ``stem`` before the first; pooling, flatten and the classifier are ``head``); then the
-bootstraps and seconds per image. Reads only the reports' ``results[*].layers`` rows.
+For each report, the mean seconds per image by layer kind (``bootstrap`` apart; ``pann.fhe.reference.seconds_by_kind``),
+by ResNet stage, bootstraps included (a layer named ``...layerN...`` and the unnamed ones after it, such as the
+residual adds, are stage N; ``stem`` before the first; pooling, flatten and the classifier are ``head``), or, for a run
+with its linear layers in parts (``--diagonals-per-transform``), by what the linear layers did: load rotation keys
+(and how many), load diagonals, compute; then the bootstraps and seconds per image. Reads only the reports'
+``results[*].layers`` rows.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pann.fhe.reference import seconds_by_kind
 
 
 _HEAD = {"adaptive_avgpool", "avgpool", "flatten", "linear"}
+_LINEAR = {"conv2d", "linear", "adaptive_avgpool", "avgpool"}  # Orion evaluates these as linear transforms
 
 
 def _by_stage(rows: list[dict]) -> dict[str, float]:
@@ -32,8 +35,20 @@ def _by_stage(rows: list[dict]) -> dict[str, float]:
     return spent
 
 
+def _by_loading(rows: list[dict]) -> dict[str, float]:
+    if "key_seconds" not in rows[0]:
+        raise ValueError("no loading times in its rows (a run without --diagonals-per-transform, or before they "
+                         "were recorded)")
+    keys, diagonals = (sum(row[key] for row in rows) for key in ("key_seconds", "diagonal_seconds"))
+    linear = sum(row["seconds"] for row in rows if row["kind"] in _LINEAR)
+    return {"linear: loading rotation keys": keys, "linear: rotation keys loaded": sum(r["keys_loaded"] for r in rows),
+            "linear: loading diagonals": diagonals, "linear: computing": linear - keys - diagonals,
+            "bootstrap": sum(row["bootstrap_seconds"] for row in rows),
+            "other layers": sum(row["seconds"] for row in rows) - linear}
+
+
 def table(reports: dict[str, dict], by: str) -> str:
-    split = {"kind": seconds_by_kind, "stage": _by_stage}[by]
+    split = {"kind": seconds_by_kind, "stage": _by_stage, "loading": _by_loading}[by]
     columns = {}
     for name, report in reports.items():
         images = report["results"]
@@ -58,7 +73,7 @@ def table(reports: dict[str, dict], by: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", help="NAME=REPORT.json (pann fhe-check --json)")
-    parser.add_argument("--by", choices=("kind", "stage"), default="kind")
+    parser.add_argument("--by", choices=("kind", "stage", "loading"), default="kind")
     args = parser.parse_args(argv)
     reports = {}
     for item in args.reports:

@@ -318,6 +318,9 @@ def _add_fhe_check(sub) -> None:
                         "backbone weights from the run) and record the results under that run")
     fc.add_argument("--tracking-uri", help="with --run-id: the MLflow store (default: ./mlflow.db)")
     fc.add_argument("--images", type=_positive(int), default=1, help="test images to encrypt (default 1)")
+    fc.add_argument("--batch", type=_positive(int), default=4,
+                    help="images run beside each other, layer by layer, each linear layer's keys and diagonals "
+                         "loaded once for them all: less time per image, a few ciphertexts more memory (default 4)")
     fc.add_argument("--params", default="leveled-128",
                     help="preset (leveled-128, bootstrap-128, bootstrap-128-deep: 12 levels between bootstraps, "
                          "insecure-test) or a YAML file (default leveled-128)")

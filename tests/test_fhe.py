@@ -340,6 +340,27 @@ def test_blocks_split_into_transforms_of_a_few_diagonals_compute_the_same_networ
     assert transforms > blocks > 0  # the blocks were split ...
     assert result.agrees and result.max_logit_error < TOLERANCE  # ... and their parts add up to the network
     assert result.bootstraps >= 1 and not list(tmp_path.iterdir())  # the work folder is gone
+    # Where the linear layers' time went: only they (the average pool is one too) load keys and diagonals, within
+    # their own seconds, and the keys the rows count are the ones the evaluator loaded.
+    linear = [row for row in result.layers if row["kind"] in ("conv2d", "linear", "adaptive_avgpool")]
+    others = [row for row in result.layers if row not in linear]
+    assert all(row["keys_loaded"] > 0 and 0 < row["key_seconds"] + row["diagonal_seconds"] <= row["seconds"] + 1e-3
+               for row in linear)
+    assert all(row["keys_loaded"] == row["key_seconds"] == row["diagonal_seconds"] == 0 for row in others)
+    (loads,) = [r.getMessage() for r in caplog.records if "rotation keys loaded for 1 image" in r.getMessage()]
+    assert sum(row["keys_loaded"] for row in result.layers) == int(loads.split()[0])
+    # Three images beside each other, layer by layer: each part's keys are loaded once for all three (as many as
+    # for one image alone), each image gets a third of them, and every image's result is its own (each within the
+    # tolerance of its own plaintext logits).
+    caplog.clear()
+    batch = fhe.check(pann, data[:3], load_params(preset), calibration=data, workdir=tmp_path, batch=3)
+    (loads3,) = [r.getMessage() for r in caplog.records if "rotation keys loaded for 3 image" in r.getMessage()]
+    assert batch.batch == 3 and int(loads3.split()[0]) == int(loads.split()[0])
+    assert [r.index for r in batch.results] == [0, 1, 2]
+    assert all(r.agrees and r.max_logit_error < TOLERANCE and r.bootstraps == result.bootstraps
+               for r in batch.results)
+    for r in batch.results:
+        assert sum(row["keys_loaded"] for row in r.layers) == pytest.approx(int(loads.split()[0]) / 3, abs=0.1)
     preset["pann"]["diagonals_per_transform"] = 0
     with pytest.raises(ValueError, match="pann.diagonals_per_transform: expected a positive number"):
         load_params(preset)
@@ -365,6 +386,10 @@ def test_progress_reads_orion_compile_lines_and_estimates_the_time_left(caplog):
     assert images_left([], 3, 0.5) is None and images_left([10.0, 20.0], 3, 0.5) == pytest.approx(7.5)
     image = Progress("image", 35, 71, "layer2_0_relu", 912.0, 2, 3, 9, 600.0)
     assert image.line() == "image 2/3: layer 35/71 layer2_0_relu, 9 bootstraps [15m12s, about 10m00s left]"
+    # Four images run layer by layer beside each other, two done before them at 100 s each, half of their layers done.
+    assert images_left([100.0, 100.0], 8, 0.5, current=4) == pytest.approx(400.0)
+    batch = Progress("image", 35, 71, "layer2_0_relu", 912.0, 3, 8, 9, 400.0, batch=4)
+    assert batch.line() == "images 3-6/8: layer 35/71 layer2_0_relu, 9 bootstraps [15m12s, about 6m40s left]"
 
 
 def test_importing_pann_never_imports_the_fhe_library():

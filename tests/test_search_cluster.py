@@ -41,26 +41,50 @@ def two_node_cluster():
     port, dashboard = free_port(), free_port()
     ray = str(BIN / "ray")
     nodes = []
+
+    def start(name: str, *args: str) -> None:
+        with open(tmp / f"{name}.out", "w") as out:  # the ray start's own output, shown if the cluster fails to form
+            nodes.append(subprocess.Popen([ray, "start", "--block", *args, "--num-cpus", "1", "--node-ip-address",
+                                           "127.0.0.1", "--disable-usage-stats"], env=env, stdout=out,
+                                          stderr=subprocess.STDOUT, start_new_session=True))
+
+    def up(condition):
+        """``condition``, failing at once (with the node's output) where a node's ``ray start`` has ended."""
+        def check():
+            for name, node in zip(("head", "worker"), nodes):
+                if node.poll() is not None:
+                    raise RuntimeError(f"ray start ({name}) exited with {node.returncode}:\n"
+                                       + (tmp / f"{name}.out").read_text()[-3000:])
+            return condition()
+        return check
+
     try:
-        nodes.append(subprocess.Popen(
-            [ray, "start", "--head", "--block", "--temp-dir", str(tmp / "ray"), "--port", str(port), "--num-cpus",
-             "1", "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port",
-             str(dashboard), "--node-ip-address", "127.0.0.1", "--disable-usage-stats"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_for(lambda: listening(port), 180, "Ray head")
-        nodes.append(subprocess.Popen(
-            [ray, "start", "--block", "--address", f"127.0.0.1:{port}", "--num-cpus", "1", "--node-ip-address",
-             "127.0.0.1", "--disable-usage-stats"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
-        wait_for(lambda: listening(dashboard), 120, "Ray dashboard")
+        start("head", "--head", "--temp-dir", str(tmp / "ray"), "--port", str(port), "--include-dashboard", "true",
+              "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dashboard))
+        wait_for(up(lambda: listening(port)), 180, "Ray head")
+        start("worker", "--address", f"127.0.0.1:{port}")
+        wait_for(up(lambda: listening(dashboard)), 120, "Ray dashboard")
         # The second raylet registers with the head asynchronously after `ray start` returns.
-        wait_for(lambda: alive_nodes(f"127.0.0.1:{port}", env) >= 2, 120, "the second node to join")
+        try:
+            wait_for(up(lambda: alive_nodes(f"127.0.0.1:{port}", env) >= 2), 120, "the second node to join")
+        except TimeoutError:
+            print(_cluster_logs(tmp))  # pytest shows it with the failure; the folder is removed below
+            raise
         yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dashboard}", "env": env,
                "worker": nodes[1]}
     finally:
         for node in reversed(nodes):
             stop_group(node, grace_s=5)  # the cluster is thrown away: a head left running after 5 s is killed
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cluster_logs(tmp: Path) -> str:
+    """The tails of the ``ray start`` outputs and of the raylets' and GCS's logs under ``tmp``: why a node did
+    not join."""
+    paths = [tmp / "head.out", tmp / "worker.out",
+             *sorted((tmp / "ray").glob("session_latest/logs/*raylet*")),
+             *sorted((tmp / "ray").glob("session_latest/logs/gcs_server*"))]
+    return "\n".join(f"--- {path}\n{path.read_text(errors='replace')[-2000:]}" for path in paths if path.is_file())
 
 
 def alive_nodes(address: str, env: dict) -> int:

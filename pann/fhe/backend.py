@@ -183,6 +183,7 @@ class CheckReport:
     compile_seconds: float
     results: list[ImageResult]
     prescales_kept: int = 0  # ReLUs whose 1/B could not be folded into the layer before (after a residual add)
+    batch: int = 1  # images run beside each other, layer by layer
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "results"},
@@ -202,7 +203,7 @@ def encrypted_plan(pann: fx.GraphModule, example: torch.Tensor) -> tuple[Plan, l
 
 def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128",
           calibration: torch.Tensor | None = None, workdir: str | Path | None = None,
-          progress: Callable[[Progress], None] | None = None, trace: bool = False) -> CheckReport:
+          progress: Callable[[Progress], None] | None = None, trace: bool = False, batch: int = 4) -> CheckReport:
     """Encrypt each image, run the PANN under CKKS, decrypt, and compare with the plaintext PANN.
 
     ``images`` are the PANN's inputs ``(N, C, H, W)``; ``calibration`` (default: ``images``)
@@ -212,11 +213,16 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     given, receives a :class:`~pann.fhe.progress.Progress` at each compile phase and after each
     layer of each image. ``trace`` also decrypts every layer's output and compares it with the Orion network run
     in the clear (:attr:`ImageResult.trace`; a layer into which Orion fuses a batch norm, with the batch norm's
-    output): where a run that disagrees went wrong. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
+    output): where a run that disagrees went wrong. ``batch`` images run beside each other, layer by layer (with
+    ``trace``, one at a time): with the linear layers in parts (``diagonals_per_transform``) each part's keys and
+    diagonals are loaded once for all of them, and each image is given an equal share of that layer's time; the
+    ciphertexts of the images beside it are all the memory it costs. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
     ``ValueError`` for bad parameters or when the memory estimate exceeds this machine's
     available memory (before any key is made).
     """
     params = params if isinstance(params, Params) else load_params(params)
+    if batch < 1:
+        raise ValueError(f"batch: expected at least 1 image, got {batch}")
     orion, _ = orion_modules()
     plan, kept = encrypted_plan(pann, images)
     depth = plan_depth(plan)
@@ -240,15 +246,26 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
         results: list[ImageResult] = []
         kinds = {layer.name: layer.kind for layer in plan.layers}
         fused = _fused_pairs(network) if trace else {}
-        for i in range(len(images)):
-            watch = _Watch(progress, clock, scheme.bootstrapper, i, len(images), results, kinds)
-            tracer = _Trace(clear[i], fused, scheme.bootstrapper) if trace else None
-            results.append(_run_one(orion, network, inputs[i:i + 1], logits[i], input_level, i, depth, watch, tracer))
-            r = results[-1]
-            logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
-                        "%d bootstraps, %.1f s (%s)", i + 1, len(images), r.encrypted_class, r.plaintext_class,
-                        r.max_logit_error, r.bootstraps, r.seconds,
-                        ", ".join(f"{kind} {s:.1f} s" for kind, s in seconds_by_kind(r.layers).items()))
+        transforms = scheme.lt_evaluator if params.diagonals_per_transform else None
+        batch = 1 if trace else min(batch, len(images))
+        for first in range(0, len(images), batch):
+            indices = list(range(first, min(first + batch, len(images))))
+            watches = [_Watch(progress if i == indices[-1] else None, clock, scheme.bootstrapper, i, len(images),
+                              results, kinds, transforms, len(indices)) for i in indices]
+            tracers = [_Trace(clear[i], fused, scheme.bootstrapper) for i in indices] if trace else None
+            results.extend(_run_batch(orion, network, inputs, logits, indices, input_level, depth, watches, tracers,
+                                      _together(transforms, watches)))
+            for r in results[first:]:
+                logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
+                            "%d bootstraps, %.1f s (%s)", r.index + 1, len(images), r.encrypted_class,
+                            r.plaintext_class, r.max_logit_error, r.bootstraps, r.seconds,
+                            ", ".join(f"{kind} {s:.1f} s" for kind, s in seconds_by_kind(r.layers).items()))
+                if transforms is not None:
+                    logger.info("image %d/%d: its linear layers spent %.1f s loading %.0f rotation keys and %.1f s "
+                                "loading diagonals%s", r.index + 1, len(images),
+                                *(sum(row[key] for row in r.layers) for key in ("key_seconds", "keys_loaded")),
+                                sum(row["diagonal_seconds"] for row in r.layers),
+                                f" (its share of {len(indices)} images')" if len(indices) > 1 else "")
         if params.diagonals_per_transform:
             logger.info("%d rotation keys loaded for %d image(s)", scheme.lt_evaluator.loads, len(images))
         # Orion's modules hold ciphertext and plaintext ids in reference cycles, deleted by id when collected:
@@ -257,7 +274,7 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
         gc.collect()
         orion.delete_scheme()
     return CheckReport(params.name, params.secure, depth, bootstrapping, need, input_level, compile_seconds, results,
-                       len(kept))
+                       len(kept), batch)
 
 
 def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128") -> dict:
@@ -281,40 +298,75 @@ def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dic
 
 
 class _Watch:
-    """Counts one image's bootstraps, times each layer it finishes (its own seconds, and the bootstraps it ended
-    with, apart: :attr:`rows`), and reports each to ``progress`` (if any)."""
+    """Times each layer one image runs (from :meth:`begin` to the call after it: its own seconds, and the
+    bootstraps it ended with, apart: :attr:`rows`), counts its bootstraps, and reports each layer to ``progress``
+    (if any) for the ``batch`` images it ends. With ``transforms`` (the linear layers split into parts,
+    :func:`pann.fhe.patches.split_transforms`) a row also says how many of its own seconds went to loading rotation
+    keys and diagonals, and how many keys it loaded. ``shared``, while set (by :func:`_together`), is this image's
+    share of the work its layer did for every image of the batch at once, added to its row."""
 
     def __init__(self, progress, clock, bootstrapper, index: int, images: int, done: list[ImageResult],
-                 kinds: dict[str, str]):
-        self.progress, self.clock, self.bootstrapper = progress, clock, bootstrapper
-        self.index, self.images, self.done, self.kinds = index, images, done, kinds
-        self.first = bootstrapper.count
+                 kinds: dict[str, str], transforms=None, batch: int = 1):
+        self.progress, self.clock, self.bootstrapper, self.transforms = progress, clock, bootstrapper, transforms
+        self.index, self.images, self.done, self.kinds, self.batch = index, images, done, kinds, batch
         self.rows: list[dict] = []
-        self.start()
+        self.bootstraps, self.seconds, self.shared = 0, 0.0, None
+        self.begin()
 
-    def start(self) -> None:
-        """The first layer's time counts from here (after the image is encrypted)."""
-        self.last = self._now()
+    def begin(self) -> None:
+        """The next layer's time counts from here."""
+        self.last = self.counters()
 
-    def _now(self) -> tuple[float, int, float]:
-        return time.perf_counter(), self.bootstrapper.count, self.bootstrapper.seconds
-
-    @property
-    def bootstraps(self) -> int:
-        return self.bootstrapper.count - self.first
+    def counters(self) -> tuple:
+        """(time, bootstraps, bootstrap seconds[, key seconds, diagonal seconds, keys loaded]) so far."""
+        loading = (() if self.transforms is None else
+                   (self.transforms.key_seconds, self.transforms.diagonal_seconds, self.transforms.loads))
+        return (time.perf_counter(), self.bootstrapper.count, self.bootstrapper.seconds, *loading)
 
     def __call__(self, step: int, steps: int, layer: str, value=None) -> None:
-        now = self._now()
-        boot_seconds = now[2] - self.last[2]
-        self.rows.append({"layer": layer, "kind": self.kinds.get(layer, "other"),
-                          "level": int(value.level()) if hasattr(value, "level") else None,
-                          "seconds": round(now[0] - self.last[0] - boot_seconds, 3),
-                          "bootstraps": now[1] - self.last[1], "bootstrap_seconds": round(boot_seconds, 3)})
-        self.last = now
+        spent = [now - last for now, last in zip(self.counters(), self.last)]
+        if self.shared is not None:
+            spent = [own + share for own, share in zip(spent, self.shared)]
+        seconds, bootstraps, boot_seconds = spent[0], int(spent[1]), spent[2]
+        row = {"layer": layer, "kind": self.kinds.get(layer, "other"),
+               "level": int(value.level()) if hasattr(value, "level") else None,
+               "seconds": round(seconds - boot_seconds, 3), "bootstraps": bootstraps,
+               "bootstrap_seconds": round(boot_seconds, 3)}
+        if self.transforms is not None:
+            keys_loaded = spent[5] if self.batch > 1 else int(spent[5])  # a share of a batch's: a fraction
+            row.update(key_seconds=round(spent[3], 3), diagonal_seconds=round(spent[4], 3),
+                       keys_loaded=round(keys_loaded, 2))
+        self.rows.append(row)
+        self.bootstraps += bootstraps
+        self.seconds += seconds
         if self.progress is not None:
-            left = images_left([r.seconds for r in self.done], self.images, step / steps)
-            self.progress(Progress("image", step, steps, layer, self.clock(), self.index + 1, self.images,
-                                   self.bootstraps, left))
+            left = images_left([r.seconds for r in self.done], self.images, step / steps, self.batch)
+            self.progress(Progress("image", step, steps, layer, self.clock(), self.index - self.batch + 2,
+                                   self.images, self.bootstraps, left, self.batch))
+
+
+def _together(transforms, watches: list[_Watch]):
+    """``together(module, inputs)`` for :meth:`Network.run`: a linear layer's transforms on every image of the batch
+    at once (:meth:`SplitTransforms.together`), each image's watch given an equal share of what that took; other
+    layers, or without ``transforms``, nothing."""
+
+    @contextlib.contextmanager
+    def together(module, inputs):
+        if transforms is None or len(inputs) < 2 or not hasattr(module, "transform_ids"):
+            yield
+            return
+        before = watches[0].counters()
+        with transforms.together(module, inputs):
+            share = [(now - last) / len(inputs) for now, last in zip(watches[0].counters(), before)]
+            for watch in watches:
+                watch.shared = share
+            try:
+                yield
+            finally:
+                for watch in watches:
+                    watch.shared = None
+
+    return together
 
 
 def _clear_values(network: nn.Module, inputs: torch.Tensor) -> list[dict[str, torch.Tensor]]:
@@ -363,18 +415,27 @@ def _multiplexed(clear: torch.Tensor, shape: torch.Size) -> torch.Tensor | None:
     return shuffled if shuffled.shape == shape else None
 
 
-def _run_one(orion, network, x, reference, input_level, index, depth, watch: _Watch,
-             tracer: _Trace | None = None) -> ImageResult:
-    start = time.perf_counter()
+def _run_batch(orion, network, inputs, logits, indices: list[int], input_level, depth, watches: list[_Watch],
+               tracers: list[_Trace] | None, together) -> list[ImageResult]:
+    """Images ``indices`` of ``inputs`` encrypted, run beside each other layer by layer, decrypted, compared with
+    their ``logits``; each image's seconds are its own encryption and decryption and its layers' rows."""
+    ciphertexts, own = [], []
     with _quiet():
-        ciphertext = orion.encrypt(orion.encode(x.float(), input_level))
+        for i in indices:
+            start = time.perf_counter()
+            ciphertexts.append(orion.encrypt(orion.encode(inputs[i:i + 1].float(), input_level)))
+            own.append(time.perf_counter() - start)
         network.he()
-        network.on_step, network.on_value = watch, tracer
-        watch.start()
         try:
-            out = network(ciphertext).decrypt().decode()
+            outputs = network.run(ciphertexts, watches, tracers, together)
+            del ciphertexts
+            decrypted = []
+            for k, out in enumerate(outputs):
+                start = time.perf_counter()
+                decrypted.append(out.decrypt().decode())
+                own[k] += time.perf_counter() - start
         finally:
-            network.on_step = network.on_value = None
             network.eval()
-    return compare(index, out, reference, depth, watch.bootstraps, time.perf_counter() - start,
-                   tuple(tracer.rows) if tracer else (), tuple(watch.rows))
+    return [compare(i, decrypted[k], logits[i], depth, watches[k].bootstraps, own[k] + watches[k].seconds,
+                    tuple(tracers[k].rows) if tracers else (), tuple(watches[k].rows))
+            for k, i in enumerate(indices)]

@@ -71,7 +71,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
             show(p.line(), final=p.stage == "image" and p.step == p.steps)
 
         check = fhe.check(pann, images, params, calibration=fit_images, workdir=args.workdir, progress=progress,
-                          trace=args.trace)
+                          trace=args.trace, batch=args.batch)
     show(None)
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": params.cost_preset, "cost_model_bootstraps": predicted,
@@ -102,7 +102,7 @@ def _print_results(check, predicted: int, cost_preset: str) -> None:
                   f"{off['max_abs']:.3g}; level {off['level']}, after {off['bootstraps']} bootstraps)"))
     per_image = sum(r.seconds for r in check.results) / len(check.results)
     print(f"{per_image:.1f} s per image; 100 images would take about {check.compile_seconds + 100 * per_image:.0f} s "
-          "(one compilation, then each image)")
+          f"(one compilation, then the images in batches of {check.batch})")
     spent = seconds_by_kind([row for r in check.results for row in r.layers])
     print("where an image's time went (mean): " + ", ".join(
         f"{kind} {seconds / len(check.results):.1f} s" for kind, seconds in spent.items()))

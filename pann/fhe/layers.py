@@ -8,6 +8,7 @@ Chebyshev stages in Orion's composite-sign evaluation, and ``t * s(t)``.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
@@ -94,18 +95,54 @@ def _classes(on):
             self.steps = steps
             self.output = output
             self.on_step = self.on_value = None
+            read = {name: done for done, (_, inputs) in enumerate(steps) for name in inputs}
+            # the values no step after this one reads: dropped, so an image holds only the ones still needed
+            self._dead = [[name for name in (layer, *inputs) if read.get(name, -1) <= done and name != output]
+                          for done, (layer, inputs) in enumerate(steps)]
 
         def forward(self, x):
-            env = {"input": x}
+            return self.run([x], None if self.on_step is None else [_Step(self.on_step)],
+                            None if self.on_value is None else [self.on_value])[0]
+
+        def run(self, xs: list, watches: list | None = None, tracers: list | None = None, together=None) -> list:
+            """The outputs for the inputs ``xs`` (several encrypted images), layer by layer: each layer runs on
+            every image before the next, inside ``together(module, inputs)`` where that is given (a context that
+            may evaluate the layer's linear transforms on all the images at once). ``watches[k]``, if given, is
+            told ``begin()`` before image ``k`` runs a layer and is called with ``(layers done, layers, name,
+            output)`` after; ``tracers[k]`` with ``(name, output)``."""
+            envs = [{"input": x} for x in xs]
             for done, (layer, inputs) in enumerate(self.steps, 1):
-                env[layer] = self.layers[layer](*(env[i] for i in inputs))
-                if self.on_value is not None:
-                    self.on_value(layer, env[layer])
-                if self.on_step is not None:
-                    self.on_step(done, len(self.steps), layer, env[layer])
-            return env[self.output]
+                module = self.layers[layer]
+                args = [tuple(env[i] for i in inputs) for env in envs]
+                with together(module, [a[0] for a in args]) if together else contextlib.nullcontext():
+                    for k, env in enumerate(envs):
+                        if watches is not None:
+                            watches[k].begin()
+                        env[layer] = module(*args[k])
+                        if tracers is not None:
+                            tracers[k](layer, env[layer])
+                        if watches is not None:
+                            watches[k](done, len(self.steps), layer, env[layer])
+                del args
+                for env in envs:
+                    for name in self._dead[done - 1]:
+                        env.pop(name, None)
+            return [env[self.output] for env in envs]
 
     return Stage, EncryptedReLU, Network
+
+
+class _Step:
+    """A plain ``on_step`` callback as a watch of :meth:`Network.run` (nothing to do before a layer)."""
+
+    def __init__(self, call):
+        self.call = call
+
+    def begin(self) -> None:
+        pass
+
+    def __call__(self, *args) -> None:
+        self.call(*args)
 
 
 def _layer(layer: Layer, on, EncryptedReLU) -> nn.Module:

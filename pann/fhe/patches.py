@@ -21,6 +21,7 @@ another version of the library rather than patching it blindly.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import math
@@ -147,7 +148,10 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
     parts share some (the baby steps), so smaller parts trade time (more keys loaded) for memory. ``transform_ids``
     of a layer maps each block to the list of its parts' ids; a part's diagonals are saved as block
     ``"{row}_{col}_{part}"``. ``blocks``, ``transforms`` and ``loads`` count the blocks and transforms generated and
-    the rotation keys loaded.
+    the rotation keys loaded; ``key_seconds`` and ``diagonal_seconds`` add up the time spent loading rotation keys and
+    diagonals from disk while transforms are evaluated (the rest of a linear layer's time is computing).
+    ``together(layer, inputs)`` evaluates one layer on several ciphertexts (several images) at once, so each part's
+    keys and diagonals are loaded once for all of them.
     """
 
     class SplitTransforms(base):
@@ -155,6 +159,8 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
             super().__init__(scheme)
             self.held: set[int] = set()  # the rotation keys loaded now
             self.blocks = self.transforms = self.loads = 0
+            self.key_seconds = self.diagonal_seconds = 0.0
+            self.results = {}  # id of an input tensor -> the layer's transforms of it, inside together()
 
         def generate_transforms(self, linear_layer):
             transform_ids = {}
@@ -175,20 +181,41 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
             return transform_ids
 
         def evaluate_transforms(self, linear_layer, in_ctensor):
+            if id(in_ctensor) in self.results:
+                return self.results.pop(id(in_ctensor))
+            return self._evaluate(linear_layer, [in_ctensor])[0]
+
+        @contextlib.contextmanager
+        def together(self, linear_layer, inputs):
+            """Evaluates the layer's transforms on all ``inputs`` (ciphertext tensors) now, part by part, each
+            part's keys and diagonals loaded once for all of them; inside the block the layer's own evaluation of
+            each of these inputs takes its result."""
+            self.results = dict(zip(map(id, inputs), self._evaluate(linear_layer, inputs)))
+            try:
+                yield
+            finally:
+                self.results = {}
+
+        def _evaluate(self, linear_layer, inputs):
             shapes = linear_layer.output_shape, linear_layer.fhe_output_shape
-            rows = {}
+            rows = [{} for _ in inputs]
             for (row, col), parts in linear_layer.transform_ids.items():
                 for part, transform_id in enumerate(parts):
                     if self.io_mode != "none":
+                        start = time.perf_counter()
                         self._hold_keys(transform_id)
+                        loaded = time.perf_counter()
                         self.load_plaintext_diagonals(linear_layer.name, row, f"{col}_{part}", transform_id)
-                    out = tensor(self.scheme, self.backend.EvaluateLinearTransform(transform_id, in_ctensor.ids[col]),
-                                 *shapes)
-                    rows[row] = out if row not in rows else rows[row] + out
+                        self.key_seconds += loaded - start
+                        self.diagonal_seconds += time.perf_counter() - loaded
+                    for sums, in_ctensor in zip(rows, inputs):
+                        out = tensor(self.scheme, self.backend.EvaluateLinearTransform(
+                            transform_id, in_ctensor.ids[col]), *shapes)
+                        sums[row] = out if row not in sums else sums[row] + out
                     if self.io_mode != "none":
                         self.remove_plaintext_diagonals(transform_id)
-            outputs = [self.evaluator.rescale(rows[row].ids[0], in_place=False) for row in sorted(rows)]
-            return tensor(self.scheme, outputs, *shapes)
+            return [tensor(self.scheme, [self.evaluator.rescale(sums[row].ids[0], in_place=False)
+                                         for row in sorted(sums)], *shapes) for sums in rows]
 
         def _hold_keys(self, transform_id):
             """Load the rotation keys a part needs that are not loaded yet (consecutive parts share their baby

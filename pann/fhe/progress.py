@@ -22,8 +22,9 @@ _PLACED = re.compile(r"Network requires (\d+) bootstrap operations")
 @dataclass(frozen=True)
 class Progress:
     """``stage`` "compile" (``step`` = Orion's phase of :data:`COMPILE_PHASES`) or "image" (image ``image`` of
-    ``images``, ``step`` = layers done of ``steps``); ``detail``: the phase or layer; ``bootstraps`` of this
-    image so far; seconds since the check began, and an estimate of those left once an image has finished."""
+    ``images``, and the ``batch - 1`` after it that run beside it, layer by layer; ``step`` = layers done of
+    ``steps``); ``detail``: the phase or layer; ``bootstraps`` of this image so far; seconds since the check began,
+    and an estimate of those left once an image has finished."""
 
     stage: str
     step: int
@@ -34,13 +35,15 @@ class Progress:
     images: int = 0
     bootstraps: int = 0
     left_s: float | None = None
+    batch: int = 1
 
     def line(self) -> str:
         if self.stage == "compile":
             return f"compiling {self.step}/{self.steps}: {self.detail} [{_duration(self.elapsed_s)}]"
         left = "" if self.left_s is None else f", about {_duration(self.left_s)} left"
         plural = "" if self.bootstraps == 1 else "s"
-        return (f"image {self.image}/{self.images}: layer {self.step}/{self.steps} {self.detail}, "
+        which = f"image {self.image}" if self.batch == 1 else f"images {self.image}-{self.image + self.batch - 1}"
+        return (f"{which}/{self.images}: layer {self.step}/{self.steps} {self.detail}, "
                 f"{self.bootstraps} bootstrap{plural} [{_duration(self.elapsed_s)}{left}]")
 
 
@@ -72,9 +75,10 @@ class CompileLines:
             self.report(Progress("compile", self.phase, COMPILE_PHASES, f"{self.title}: {name}", self.clock()))
 
 
-def images_left(done_seconds: list[float], images: int, fraction_of_current: float) -> float | None:
-    """Seconds left for ``images`` images, from the mean of those done (None before the first is done)."""
+def images_left(done_seconds: list[float], images: int, fraction_of_current: float, current: int = 1) -> float | None:
+    """Seconds left for ``images`` images, ``current`` of them running (``fraction_of_current`` done), from the mean
+    of those done (None before the first is done)."""
     if not done_seconds:
         return None
     mean = sum(done_seconds) / len(done_seconds)
-    return mean * (images - len(done_seconds) - fraction_of_current)
+    return mean * (images - len(done_seconds) - current * fraction_of_current)
