@@ -113,6 +113,7 @@ def test_run_id_checks_the_answer_encrypted_and_records_it_under_the_run(store, 
     run = client.get_run(ids["found"])
     metrics = run.data.metrics
     assert metrics["fhe_check/insecure-test/agreement"] == 1.0 and metrics["fhe_check/insecure-test/images"] == 2
+    assert report["batch"] == metrics["fhe_check/insecure-test/batch"] == 2  # --batch 4 by default: both together
     assert metrics["fhe_check/insecure-test/max_logit_error"] == max(r["max_logit_error"] for r in results)
     assert metrics["fhe_check/insecure-test/peak_memory_gib"] > 0
     # Each image's layers timed; this MLP never bootstraps, so no second of it went to bootstraps.

@@ -59,6 +59,7 @@ def summary(report: dict[str, Any]) -> dict[str, float]:
                      "max_logit_error": max(r["max_logit_error"] for r in results),
                      "bootstraps": max(r["bootstraps"] for r in results), "levels": report["depth"],
                      "seconds_per_image": sum(r["seconds"] for r in results) / n,
+                     "batch": report.get("batch", 1),  # images run beside each other (the seconds are per image)
                      "bootstrap_seconds_per_image": sum(row["bootstrap_seconds"] for r in results
                                                         for row in r.get("layers", ())) / n,
                      # what 100 images would take: one compilation, then each image as these took on average
