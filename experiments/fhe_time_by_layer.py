@@ -1,13 +1,14 @@
 """Where encrypted images spent their time, side by side: `pann fhe-check --json` reports in, one table out.
 
-    python experiments/fhe_time_by_layer.py NAME=REPORT.json [NAME=REPORT.json ...] [--by kind|stage|loading]
+    python experiments/fhe_time_by_layer.py NAME=REPORT.json [NAME=REPORT.json ...] [--by kind|stage|loading|computing]
 
 For each report, the mean seconds per image by layer kind (``bootstrap`` apart; ``pann.fhe.reference.seconds_by_kind``),
 by ResNet stage, bootstraps included (a layer named ``...layerN...`` and the unnamed ones after it, such as the
 residual adds, are stage N; ``stem`` before the first; pooling, flatten and the classifier are ``head``), or, for a run
 with its linear layers in parts (``--diagonals-per-transform``), by what the linear layers did: load rotation keys
-(and how many), load diagonals, compute; then the bootstraps and seconds per image. Reads only the reports'
-``results[*].layers`` rows.
+(and how many), load diagonals, compute; or each linear layer's computing seconds (its own less its loading; the
+same run's rows) by layer; then the bootstraps and seconds per image. Reads only the reports' ``results[*].layers``
+rows.
 """
 
 from __future__ import annotations
@@ -47,8 +48,14 @@ def _by_loading(rows: list[dict]) -> dict[str, float]:
             "other layers": sum(row["seconds"] for row in rows) - linear}
 
 
+def _computing(rows: list[dict]) -> dict[str, float]:
+    _by_loading(rows)  # the same check: rows with loading times
+    return {row["layer"]: row["seconds"] - row["key_seconds"] - row["diagonal_seconds"]
+            for row in rows if row["kind"] in _LINEAR}
+
+
 def table(reports: dict[str, dict], by: str) -> str:
-    split = {"kind": seconds_by_kind, "stage": _by_stage, "loading": _by_loading}[by]
+    split = {"kind": seconds_by_kind, "stage": _by_stage, "loading": _by_loading, "computing": _computing}[by]
     columns = {}
     for name, report in reports.items():
         images = report["results"]
@@ -73,7 +80,7 @@ def table(reports: dict[str, dict], by: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("reports", nargs="+", help="NAME=REPORT.json (pann fhe-check --json)")
-    parser.add_argument("--by", choices=("kind", "stage", "loading"), default="kind")
+    parser.add_argument("--by", choices=("kind", "stage", "loading", "computing"), default="kind")
     args = parser.parse_args(argv)
     reports = {}
     for item in args.reports:
