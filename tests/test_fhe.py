@@ -361,6 +361,9 @@ def test_blocks_split_into_transforms_of_a_few_diagonals_compute_the_same_networ
                for r in batch.results)
     for r in batch.results:
         assert sum(row["keys_loaded"] for row in r.layers) == pytest.approx(int(loads.split()[0]) / 3, abs=0.1)
+    with pytest.raises(ValueError, match="batch: expected at least 1 image, got 0"):  # before any key is made
+        fhe.check(pann, data[:1], load_params(preset), calibration=data, workdir=tmp_path, batch=0)
+    assert not list(tmp_path.iterdir())
     preset["pann"]["diagonals_per_transform"] = 0
     with pytest.raises(ValueError, match="pann.diagonals_per_transform: expected a positive number"):
         load_params(preset)
