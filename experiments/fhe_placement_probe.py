@@ -1,0 +1,98 @@
+"""Where Orion places a network's bootstraps, and where it would with its latency weights scaled: no keys made.
+
+    PANN_DATA_DIR=../shared/data python experiments/fhe_placement_probe.py --run-id RUN [--params bootstrap-128] \
+        [--linear-scale 3.7] [--bootstrap-seconds 13.4] [--json OUT]
+
+Orion 1.0.2 places bootstraps by a shortest path over levels (``orion/core/level_dag.py``): a linear layer at level
+``l`` weighs ``0.001 x diagonals x l`` per block, a bootstrap ``3.41 e^(0.18 L) + 4.81`` per ciphertext (``L``: the
+preset's levels). ``--linear-scale`` multiplies the first, ``--bootstrap-seconds`` replaces the second; without them
+Orion's own weights are used. The check (``pann.fhe.backend.check``, the search's answer of ``--run-id`` as ``pann
+fhe-check --run-id`` builds it) runs to the placement, then stops before any key is made (its work folder removed);
+printed: the bootstraps, the input level, and each linear layer's level and diagonals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+
+class _Placed(Exception):
+    """Raised once Orion has placed the bootstraps: the check stops there."""
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--run-id", required=True, help="a search's MLflow parent run (its answer)")
+    p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
+    p.add_argument("--params", default="bootstrap-128")
+    p.add_argument("--linear-scale", type=float, help="multiply Orion's linear-layer weight by this")
+    p.add_argument("--bootstrap-seconds", type=float, help="a bootstrap's weight per ciphertext (Orion's: formula)")
+    p.add_argument("--json", help="write the placement here too")
+    args = p.parse_args()
+
+    from orion.core import auto_bootstrap, level_dag
+
+    from pann.fhe import backend as fhe
+
+    _weights(level_dag.LevelDAG, args.linear_scale, args.bootstrap_seconds)
+    placed = {}
+    solve = auto_bootstrap.BootstrapSolver.solve
+
+    def solve_and_stop(self):
+        input_level, bootstraps, slots = solve(self)
+        linear = {node.split("@")[0]: int(node.split("=")[-1]) for node in self.shortest_path}
+        modules = {n: self.network_dag.nodes[n]["module"] for n in self.network_dag.nodes}
+        placed.update(bootstraps=bootstraps, input_level=input_level, layers=[
+            {"layer": name, "level": level, "diagonals": sum(len(d) for d in modules[name].diagonals.values())}
+            for name, level in linear.items() if getattr(modules.get(name), "diagonals", None)])
+        raise _Placed
+
+    auto_bootstrap.BootstrapSolver.solve = solve_and_stop
+    pann, images, fit_images = _answer(args)
+    try:
+        fhe.check(pann, images, args.params, calibration=fit_images)
+    except _Placed:
+        pass
+    print(f"{placed['bootstraps']} bootstraps, input at level {placed['input_level']}")
+    for row in placed["layers"]:
+        print(f"  {row['layer']:40s} level {row['level']:3d}  {row['diagonals']:5d} diagonals")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**vars(args), **placed}, f, indent=2)
+    return 0
+
+
+def _weights(dag: type, linear_scale: float | None, bootstrap_seconds: float | None) -> None:
+    """Scale Orion's linear-layer weight and replace its bootstrap weight (infinite weights stay infinite)."""
+    layer, boot = dag.estimate_layer_latency, dag.estimate_bootstrap_latency
+    if linear_scale is not None:
+        dag.estimate_layer_latency = lambda self, module, level: layer(self, module, level) * linear_scale
+    if bootstrap_seconds is not None:
+        def bootstrap(self, prev_node, curr_node):
+            weight, count = boot(self, prev_node, curr_node)
+            return (weight if math.isinf(weight) or count == 0 else bootstrap_seconds * count), count
+        dag.estimate_bootstrap_latency = bootstrap
+
+
+def _answer(args):
+    """The answer's PANN, 1 test image and the fit images, as ``pann fhe-check --run-id`` builds them."""
+    import tempfile
+
+    from mlflow import MlflowClient
+
+    from pann.fhe.cli import _fhe_pann
+    from tracking.checks import answer_source
+
+    with tempfile.TemporaryDirectory(prefix="pann-probe-") as folder:
+        source = answer_source(MlflowClient(args.tracking_uri), args.run_id, folder)
+        ns = argparse.Namespace(model=source.model, weights=source.weights or None, dataset=source.dataset,
+                                data_dir=None, spec=source.spec, alpha=None, margin=1.2, calibration_size=2000,
+                                images=1, fit_images=64)
+        return _fhe_pann(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
