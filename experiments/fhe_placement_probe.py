@@ -8,14 +8,18 @@ Orion 1.0.2 places bootstraps by a shortest path over levels (``orion/core/level
 preset's levels). ``--linear-scale`` multiplies the first, ``--bootstrap-seconds`` replaces the second; without them
 Orion's own weights are used. The check (``pann.fhe.backend.check``, the search's answer of ``--run-id`` as ``pann
 fhe-check --run-id`` builds it) runs to the placement, then stops before any key is made (its work folder removed);
-printed: the bootstraps, the input level, and each linear layer's level and diagonals.
+printed: the bootstraps, the input level, and each linear layer's level and diagonals. With ``--images N`` the check
+runs on (N test images, in batches of ``--batch``), and ``--json`` gets its report as ``pann fhe-check --json``'s
+results, with the peak resident memory.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
+import resource
 import sys
 
 
@@ -30,12 +34,16 @@ def main() -> int:
     p.add_argument("--params", default="bootstrap-128")
     p.add_argument("--linear-scale", type=float, help="multiply Orion's linear-layer weight by this")
     p.add_argument("--bootstrap-seconds", type=float, help="a bootstrap's weight per ciphertext (Orion's: formula)")
-    p.add_argument("--json", help="write the placement here too")
+    p.add_argument("--json", help="write the placement (with --images: the report) here too")
+    p.add_argument("--images", type=int, help="run the check on this many test images")
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--diagonals-per-transform", type=int)
     args = p.parse_args()
 
     from orion.core import auto_bootstrap, level_dag
 
     from pann.fhe import backend as fhe
+    from pann.fhe.params import load_params
 
     _weights(level_dag.LevelDAG, args.linear_scale, args.bootstrap_seconds)
     placed = {}
@@ -48,14 +56,24 @@ def main() -> int:
         placed.update(bootstraps=bootstraps, input_level=input_level, layers=[
             {"layer": name, "level": level, "diagonals": sum(len(d) for d in modules[name].diagonals.values())}
             for name, level in linear.items() if getattr(modules.get(name), "diagonals", None)])
+        if args.images:
+            return input_level, bootstraps, slots
         raise _Placed
 
     auto_bootstrap.BootstrapSolver.solve = solve_and_stop
-    pann, images, fit_images = _answer(args)
+    pann, images, fit_images = _answer(args, args.images or 1)
+    params = load_params(args.params)
+    if args.diagonals_per_transform:
+        params = dataclasses.replace(params, diagonals_per_transform=args.diagonals_per_transform)
     try:
-        fhe.check(pann, images, args.params, calibration=fit_images)
+        report = fhe.check(pann, images, params, calibration=fit_images, batch=args.batch)
     except _Placed:
-        pass
+        report = None
+    if report is not None:
+        placed.update(report.to_dict(), peak_memory_gib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
+        for r in report.results:
+            print(f"image {r.index}: agrees {r.agrees}, max logit error {r.max_logit_error:.2g}, "
+                  f"{r.bootstraps} bootstraps, {r.seconds:.1f} s")
     print(f"{placed['bootstraps']} bootstraps, input at level {placed['input_level']}")
     for row in placed["layers"]:
         print(f"  {row['layer']:40s} level {row['level']:3d}  {row['diagonals']:5d} diagonals")
@@ -77,8 +95,8 @@ def _weights(dag: type, linear_scale: float | None, bootstrap_seconds: float | N
         dag.estimate_bootstrap_latency = bootstrap
 
 
-def _answer(args):
-    """The answer's PANN, 1 test image and the fit images, as ``pann fhe-check --run-id`` builds them."""
+def _answer(args, images: int):
+    """The answer's PANN, ``images`` test images and the fit images, as ``pann fhe-check --run-id`` builds them."""
     import tempfile
 
     from mlflow import MlflowClient
@@ -90,7 +108,7 @@ def _answer(args):
         source = answer_source(MlflowClient(args.tracking_uri), args.run_id, folder)
         ns = argparse.Namespace(model=source.model, weights=source.weights or None, dataset=source.dataset,
                                 data_dir=None, spec=source.spec, alpha=None, margin=1.2, calibration_size=2000,
-                                images=1, fit_images=64)
+                                images=images, fit_images=64)
         return _fhe_pann(ns)
 
 
