@@ -85,24 +85,22 @@ def _classes(on):
             return self.mult2(t, self.sign(t)) if self.composite else self.sign(t)
 
     class Network(on.Module):
-        """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it; ``on_step``, if
-        set, is called with ``(layers done, layers, name, output)`` after each (the progress of an encrypted run), and
-        ``on_value``, if set, with ``(name, output)`` (a trace)."""
+        """Runs ``steps`` ``(layer, inputs)`` in order, each layer's output named after it; ``on_value``, if set,
+        is called with ``(name, output)`` after each (a trace). :meth:`run` runs several encrypted images at once."""
 
         def __init__(self, layers: dict[str, nn.Module], steps: list[tuple[str, tuple[str, ...]]], output: str):
             super().__init__()
             self.layers = nn.ModuleDict(layers)
             self.steps = steps
             self.output = output
-            self.on_step = self.on_value = None
+            self.on_value = None
             read = {name: done for done, (_, inputs) in enumerate(steps) for name in inputs}
             # the values no step after this one reads: dropped, so an image holds only the ones still needed
             self._dead = [[name for name in (layer, *inputs) if read.get(name, -1) <= done and name != output]
                           for done, (layer, inputs) in enumerate(steps)]
 
         def forward(self, x):
-            return self.run([x], None if self.on_step is None else [_Step(self.on_step)],
-                            None if self.on_value is None else [self.on_value])[0]
+            return self.run([x], tracers=None if self.on_value is None else [self.on_value])[0]
 
         def run(self, xs: list, watches: list | None = None, tracers: list | None = None, together=None) -> list:
             """The outputs for the inputs ``xs`` (several encrypted images), layer by layer: each layer runs on
@@ -130,19 +128,6 @@ def _classes(on):
             return [env[self.output] for env in envs]
 
     return Stage, EncryptedReLU, Network
-
-
-class _Step:
-    """A plain ``on_step`` callback as a watch of :meth:`Network.run` (nothing to do before a layer)."""
-
-    def __init__(self, call):
-        self.call = call
-
-    def begin(self) -> None:
-        pass
-
-    def __call__(self, *args) -> None:
-        self.call(*args)
 
 
 def _layer(layer: Layer, on, EncryptedReLU) -> nn.Module:
