@@ -364,6 +364,11 @@ def test_blocks_split_into_transforms_of_a_few_diagonals_compute_the_same_networ
     with pytest.raises(ValueError, match="batch: expected at least 1 image, got 0"):  # before any key is made
         fhe.check(pann, data[:1], load_params(preset), calibration=data, workdir=tmp_path, batch=0)
     assert not list(tmp_path.iterdir())
+    # The work folder's size, estimated before the first key from each transform's level and diagonals, is what
+    # the keys and diagonals then took (a rotation key is 2% of it: one key missed or too many would show).
+    for folder in (report.work_folder, batch.work_folder):
+        assert folder["gb"] == pytest.approx(folder["estimated_gb"], rel=0.005) and folder["rotation_keys"] > 0
+    assert batch.work_folder["estimated_gb"] == report.work_folder["estimated_gb"]
     preset["pann"]["diagonals_per_transform"] = 0
     with pytest.raises(ValueError, match="pann.diagonals_per_transform: expected a positive number"):
         load_params(preset)
@@ -463,6 +468,58 @@ def test_cli_explains_bad_input_in_one_line(params, blocked, expected):
     run = subprocess.run(args, capture_output=True, text=True, timeout=300)
     assert run.returncode == 2 and len(run.stderr.strip().splitlines()) == 1, run.stderr
     assert expected in run.stderr
+
+
+def test_bsgs_rotations_are_lattigos_baby_and_giant_steps():
+    from pann.fhe.workdir import bsgs_rotations, folder_size
+
+    # Diagonals 0..7 of 16 slots at ratio 2^0: N1 = 1 gives 0 baby steps, N1 = 2 a ratio of 1/3, N1 = 4 one of 3,
+    # past 1, so N1 = 2: giant steps 0, 2, 4, 6 and baby steps 0, 1.
+    assert bsgs_rotations(range(8), 16, 0) == {0, 1, 2, 4, 6}
+    assert bsgs_rotations([-1, 3], 16, -1) == {15, 3}  # no baby steps: a key per diagonal (taken mod the slots)
+    assert bsgs_rotations([5], 16, 0) == {0, 5}  # one diagonal: no ratio to reach, N1 = 1, baby step 0 beside it
+    # Keys are shared between transforms and diagonals counted in each: two transforms of diagonals 0..7 at level 1,
+    # N = 32, 2 + 1 moduli: 5 keys of 2 digits (ceil(2 / 1)) x 2 polynomials x 3 moduli, the secret key, and 16
+    # diagonals of (1 + 1 + 1) x 32 encoded words and 16 of Orion's own.
+    size = folder_size([(1, range(8), 0), (1, range(8), 0)], log_n=5, q_primes=2, p_primes=1)
+    assert (size.keys, size.diagonals) == (5, 16)
+    assert size.key_bytes == (5 * 2 * 2 + 1) * 3 * 32 * 8 and size.diagonal_bytes == 16 * (3 * 32 + 16) * 8
+
+
+@needs_orion
+def test_a_check_whose_work_folder_would_not_fit_is_refused_before_the_first_key(resnet_pann, tmp_path, monkeypatch):
+    import shutil
+    import yaml
+
+    from pann.fhe import backend as fhe
+    from pann.fhe import workdir
+    from pann.fhe.params import PRESET_DIR
+
+    pann, data = resnet_pann
+    preset = yaml.safe_load((PRESET_DIR / "insecure-test.yaml").read_text())
+    preset["orion"]["io_mode"] = "save"
+    usage = shutil.disk_usage(tmp_path)
+    # the disk says it has 10 MB free (the tests' ResNet needs about 180 MB)
+    monkeypatch.setattr(workdir.shutil, "disk_usage", lambda path: usage._replace(free=10**7))
+    import h5py
+
+    def contents(folder):  # the keys saved, and the layers whose encoded diagonals were saved
+        with h5py.File(folder / "keys.h5", "r") as keys, h5py.File(folder / "diagonals.h5", "r") as diagonals:
+            return sorted(keys), [name for name in diagonals if "plaintexts" in diagonals[name]]
+
+    removed, remove = [], workdir._remove
+    monkeypatch.setattr(workdir, "_remove", lambda folder: removed.append(contents(folder)) or remove(folder))
+    with pytest.raises(workdir.InsufficientDisk, match=r"^the work folder would hold about 0\.2 GB of keys and "
+                       r"diagonals but the disk under .* has 0\.0 GB free \(refused before any key was written\)"):
+        fhe.check(pann, data[:1], load_params(preset), calibration=data, workdir=tmp_path)
+    # no rotation key nor encoded diagonal written (only the secret key, and Orion's own copies of the layers'
+    # diagonals, which it saves before placing the bootstraps), and the folder removed
+    assert removed == [(["sk"], [])] and not list(tmp_path.iterdir())
+    # and the check it stopped half way left nothing of its scheme behind: the next one in this process runs (it
+    # aborted the process before the scheme was deleted on the way out)
+    monkeypatch.undo()
+    (result,) = fhe.check(pann, data[:1], "insecure-test", calibration=data).results
+    assert result.agrees
 
 
 def test_a_dead_checks_work_folder_is_removed_by_the_next_and_a_live_ones_is_kept(tmp_path, caplog):

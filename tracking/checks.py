@@ -65,6 +65,8 @@ def summary(report: dict[str, Any]) -> dict[str, float]:
                      # what 100 images would take: one compilation, then each image as these took on average
                      "estimated_seconds_100_images": report["compile_seconds"] + 100 * sum(r["seconds"] for r in results) / n,
                      "compile_seconds": report["compile_seconds"], "peak_memory_gib": report["peak_memory_gib"],
+                     # keys and diagonals on disk once compiled (none without a work folder)
+                     "work_folder_gb": (report.get("work_folder") or {}).get("gb"),
                      "cost_model_bootstraps": report["cost_model_bootstraps"]})
 
 

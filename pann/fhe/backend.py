@@ -17,7 +17,9 @@ import gc
 import importlib.metadata
 import io
 import logging
+import math
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,11 +28,12 @@ import torch
 from torch import fx, nn
 
 from pann.fhe.graph import Plan, UnsupportedLayerError, fold_prescales, largest_tensor, lower, plan_depth
-from pann.fhe.patches import ORIGINALS, check_signatures, single_bootstrapper, sparse_diagonalize, split_transforms
+from pann.fhe.patches import (ORIGINALS, before_first_transform, check_signatures, single_bootstrapper,
+                               sparse_diagonalize, split_transforms)
 from pann.fhe.reference import ImageResult, compare, plaintext, seconds_by_kind
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
 from pann.fhe.progress import CompileLines, Progress, images_left
-from pann.fhe.workdir import work_folder
+from pann.fhe.workdir import FolderSize, folder_gb, folder_size, refuse_unless_room, work_folder
 from pann.fhe import layers as fhe_layers
 __all__ = ["CheckReport", "FheUnavailable", "ImageResult", "Progress", "UnsupportedLayerError", "build_network", "check",
            "dry_run", "orion_modules"]
@@ -106,7 +109,10 @@ def _install_patches() -> None:
 
 
 def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, folder: Path, lines=None):
-    """Init the scheme, fit ranges on ``calibration``, compile: ``(scheme, input level)``."""
+    """Init the scheme, fit ranges on ``calibration``, compile: ``(scheme, input level, work folder size)``. Where
+    keys and diagonals go to ``folder`` (``io_mode: save``), its size is estimated once Orion has placed the
+    bootstraps, and the compilation refused then (:class:`~pann.fhe.workdir.InsufficientDisk`) if the disk cannot
+    hold it; otherwise the size is ``None``."""
     orion, _ = orion_modules()
     from orion.backend.python.bootstrapper import NewEvaluator
     from orion.backend.python.lt_evaluator import NewEvaluator as TransformEvaluator
@@ -114,12 +120,24 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
 
     config = copy.deepcopy(params.orion)
     config.setdefault("orion", {}).update(diags_path=str(folder / "diagonals.h5"), keys_path=str(folder / "keys.h5"))
+    sizes: list[FolderSize] = []
+
+    def size_the_folder() -> None:
+        ckks = params.orion["ckks_params"]
+        sizes.append(folder_size(_transforms(network, params.diagonals_per_transform), params.log_n,
+                                 len(ckks["LogQ"]), len(ckks["LogP"])))
+        refuse_unless_room(sizes[0], folder)
+
     with _quiet(lines):
         scheme = orion.init_scheme(config)
         scheme.bootstrapper = single_bootstrapper(NewEvaluator)(scheme)
+        evaluator = TransformEvaluator
         if params.diagonals_per_transform:
-            scheme.lt_evaluator = split_transforms(TransformEvaluator, CipherTensor,
-                                                   params.diagonals_per_transform)(scheme)
+            evaluator = split_transforms(evaluator, CipherTensor, params.diagonals_per_transform)
+        if params.orion.get("orion", {}).get("io_mode") == "save":
+            evaluator = before_first_transform(evaluator, size_the_folder)
+        if evaluator is not TransformEvaluator:
+            scheme.lt_evaluator = evaluator(scheme)
         loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(calibration.float()), batch_size=1)
         network.eval()
         with torch.no_grad():  # orion.fit runs with autograd on and would keep the whole graph
@@ -136,7 +154,24 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
     if params.diagonals_per_transform:
         logger.info("the linear layers' %d blocks in %d transforms of at most %d diagonals",
                     scheme.lt_evaluator.blocks, scheme.lt_evaluator.transforms, params.diagonals_per_transform)
-    return scheme, input_level
+    return scheme, input_level, (sizes[0] if sizes else None)
+
+
+def _transforms(network: nn.Module, diagonals_per_transform: int | None):
+    """``(level, diagonals, log2 of the baby-step giant-step ratio)`` of every Lattigo transform the compiled network's
+    linear layers make: one per block, or per part of a block (:func:`pann.fhe.patches.split_transforms`). The ratio's
+    logarithm as Orion's Go side takes it: ``int(ln(float32 ratio))``."""
+    from orion.nn.linear import LinearTransform
+    import numpy as np
+
+    for module in network.modules():
+        if isinstance(module, LinearTransform):
+            log_ratio = int(math.log(float(np.float32(module.bsgs_ratio))))
+            for block in module.diagonals.values():
+                indices = sorted(block)
+                step = diagonals_per_transform or len(indices)
+                for start in range(0, len(indices), step):
+                    yield module.level, indices[start:start + step], log_ratio
 
 
 def _fused_pairs(network: nn.Module) -> dict[str, str]:
@@ -184,6 +219,9 @@ class CheckReport:
     results: list[ImageResult]
     prescales_kept: int = 0  # ReLUs whose 1/B could not be folded into the layer before (after a residual add)
     batch: int = 1  # images run beside each other, layer by layer
+    # Keys and diagonals on disk (io_mode: save): the work folder's GB once compiled (its largest), the estimate
+    # the check made before the first key, and the rotation keys and diagonals it counted; None without a folder.
+    work_folder: dict | None = None
 
     def to_dict(self) -> dict:
         return {**{k: v for k, v in asdict(self).items() if k != "results"},
@@ -218,7 +256,9 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     diagonals are loaded once for all of them, and each image is given an equal share of that layer's time; the
     ciphertexts of the images beside it are all the memory it costs. Raises :class:`UnsupportedLayerError` for layers with no encrypted form,
     ``ValueError`` for bad parameters or when the memory estimate exceeds this machine's
-    available memory (before any key is made).
+    available memory (before any key is made), and :class:`~pann.fhe.workdir.InsufficientDisk` (an ``OSError``) when
+    the work folder's keys and diagonals would not fit on its disk (once Orion has placed the bootstraps, before the
+    first key: :func:`pann.fhe.workdir.folder_size`; the report's ``work_folder`` has that estimate and the size).
     """
     params = params if isinstance(params, Params) else load_params(params)
     if batch < 1:
@@ -239,42 +279,53 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     start = time.perf_counter()
     clock = lambda: time.perf_counter() - start  # noqa: E731
     lines = CompileLines(progress, clock) if progress else None
-    with work_folder(workdir) as folder:
-        scheme, input_level = _compile(network, params, calibration_inputs, folder, lines)
-        compile_seconds = clock()
-        logger.info("compiled in %.1f s; input at level %d", compile_seconds, input_level)
-        results: list[ImageResult] = []
-        kinds = {layer.name: layer.kind for layer in plan.layers}
-        fused = _fused_pairs(network) if trace else {}
-        transforms = scheme.lt_evaluator if params.diagonals_per_transform else None
-        batch = 1 if trace else min(batch, len(images))
-        for first in range(0, len(images), batch):
-            indices = list(range(first, min(first + batch, len(images))))
-            watches = [_Watch(progress if i == indices[-1] else None, clock, scheme.bootstrapper, i, len(images),
-                              results, kinds, transforms, len(indices)) for i in indices]
-            tracers = [_Trace(clear[i], fused, scheme.bootstrapper) for i in indices] if trace else None
-            results.extend(_run_batch(orion, network, inputs, logits, indices, input_level, depth, watches, tracers,
-                                      _together(transforms, watches)))
-            for r in results[first:]:
-                logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
-                            "%d bootstraps, %.1f s (%s)", r.index + 1, len(images), r.encrypted_class,
-                            r.plaintext_class, r.max_logit_error, r.bootstraps, r.seconds,
-                            ", ".join(f"{kind} {s:.1f} s" for kind, s in seconds_by_kind(r.layers).items()))
-                if transforms is not None:
-                    logger.info("image %d/%d: its linear layers spent %.1f s loading %.0f rotation keys and %.1f s "
-                                "loading diagonals%s", r.index + 1, len(images),
-                                *(sum(row[key] for row in r.layers) for key in ("key_seconds", "keys_loaded")),
-                                sum(row["diagonal_seconds"] for row in r.layers),
-                                f" (its share of {len(indices)} images')" if len(indices) > 1 else "")
-        if params.diagonals_per_transform:
-            logger.info("%d rotation keys loaded for %d image(s)", scheme.lt_evaluator.loads, len(images))
+    try:
+        with work_folder(workdir) as folder:
+            scheme, input_level, size = _compile(network, params, calibration_inputs, folder, lines)
+            compile_seconds = clock()
+            logger.info("compiled in %.1f s; input at level %d", compile_seconds, input_level)
+            disk = None if size is None else {"estimated_gb": round(size.gb, 4), "gb": round(folder_gb(folder), 4),
+                                              "rotation_keys": size.keys, "diagonals": size.diagonals}
+            if disk:
+                logger.info("the work folder holds %.1f GB (estimated before the first key: %.1f GB)", disk["gb"],
+                            disk["estimated_gb"])
+            results: list[ImageResult] = []
+            kinds = {layer.name: layer.kind for layer in plan.layers}
+            fused = _fused_pairs(network) if trace else {}
+            transforms = scheme.lt_evaluator if params.diagonals_per_transform else None
+            batch = 1 if trace else min(batch, len(images))
+            for first in range(0, len(images), batch):
+                indices = list(range(first, min(first + batch, len(images))))
+                watches = [_Watch(progress if i == indices[-1] else None, clock, scheme.bootstrapper, i, len(images),
+                                  results, kinds, transforms, len(indices)) for i in indices]
+                tracers = [_Trace(clear[i], fused, scheme.bootstrapper) for i in indices] if trace else None
+                results.extend(_run_batch(orion, network, inputs, logits, indices, input_level, depth, watches, tracers,
+                                          _together(transforms, watches)))
+                for r in results[first:]:
+                    logger.info("image %d/%d: encrypted class %d, plaintext class %d, max logit error %.3g, "
+                                "%d bootstraps, %.1f s (%s)", r.index + 1, len(images), r.encrypted_class,
+                                r.plaintext_class, r.max_logit_error, r.bootstraps, r.seconds,
+                                ", ".join(f"{kind} {s:.1f} s" for kind, s in seconds_by_kind(r.layers).items()))
+                    if transforms is not None:
+                        logger.info("image %d/%d: its linear layers spent %.1f s loading %.0f rotation keys and %.1f s "
+                                    "loading diagonals%s", r.index + 1, len(images),
+                                    *(sum(row[key] for row in r.layers) for key in ("key_seconds", "keys_loaded")),
+                                    sum(row["diagonal_seconds"] for row in r.layers),
+                                    f" (its share of {len(indices)} images')" if len(indices) > 1 else "")
+            if params.diagonals_per_transform:
+                logger.info("%d rotation keys loaded for %d image(s)", scheme.lt_evaluator.loads, len(images))
+    except BaseException as exc:
+        traceback.clear_frames(exc.__traceback__)  # the frames it passed through let go of Orion's objects
+        raise
+    finally:
         # Orion's modules hold ciphertext and plaintext ids in reference cycles, deleted by id when collected:
-        # collect them while their scheme lives, not later inside another check's scheme (whose ids they share).
-        del network, scheme
+        # collect them while their scheme lives, not later inside another check's scheme (whose ids they share;
+        # measured: a check refused half way through its compilation aborted the next one in the process).
+        network = scheme = None
         gc.collect()
         orion.delete_scheme()
     return CheckReport(params.name, params.secure, depth, bootstrapping, need, input_level, compile_seconds, results,
-                       len(kept), batch)
+                       len(kept), batch, disk)
 
 
 def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128") -> dict:

@@ -100,6 +100,9 @@ def _print_results(check, predicted: int, cost_preset: str) -> None:
             print(f"image {r.index}: " + ("every layer within 1% of its largest value in the clear" if off is None else
                   f"first layer off: {off['layer']} (error {off['max_error']:.3g} where values reach "
                   f"{off['max_abs']:.3g}; level {off['level']}, after {off['bootstraps']} bootstraps)"))
+    if check.work_folder:
+        print(f"work folder: {check.work_folder['gb']:.1f} GB of keys and diagonals once compiled (estimated "
+              f"{check.work_folder['estimated_gb']:.1f} GB before the first key), removed")
     per_image = sum(r.seconds for r in check.results) / len(check.results)
     print(f"{per_image:.1f} s per image; 100 images would take about {check.compile_seconds + 100 * per_image:.0f} s "
           f"(one compilation, then the images in batches of {check.batch})")

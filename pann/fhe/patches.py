@@ -15,6 +15,9 @@
    bootstrapper). :func:`split_transforms` makes one per part of at most ``n`` diagonals of a block
    and adds the parts' outputs: the same sum, a part's diagonals and keys in memory at a time.
 
+:func:`before_first_transform` adds a hook (it replaces nothing): the moment at which Orion has placed every
+bootstrap and not yet made a key, where :mod:`pann.fhe.backend` sizes the work folder.
+
 All are pinned to the signatures in :data:`PATCHED`; :func:`check_signatures` refuses
 another version of the library rather than patching it blindly.
 """
@@ -27,6 +30,7 @@ import logging
 import math
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 import numpy as np
 
@@ -125,6 +129,24 @@ def single_bootstrapper(base: type) -> type:
                 self.seconds += time.perf_counter() - start
 
     return SingleBootstrapper
+
+
+def before_first_transform(base: type, hook: Callable[[], None]) -> type:
+    """A subclass of Orion's linear-transform evaluator ``base`` that calls ``hook()`` once, before it generates its
+    first transform: when ``orion.compile`` has diagonalized every linear layer and placed every bootstrap (each
+    layer has its ``level``), and no rotation key or diagonal is made yet. What ``hook`` raises ends the
+    compilation there."""
+
+    class BeforeFirstTransform(base):
+        hooked = False
+
+        def generate_transforms(self, linear_layer):
+            if not self.hooked:
+                self.hooked = True
+                hook()
+            return super().generate_transforms(linear_layer)
+
+    return BeforeFirstTransform
 
 
 def hold_keys(held: set[int], needed: set[int]) -> tuple[set[int], set[int]]:
