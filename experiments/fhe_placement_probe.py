@@ -1,14 +1,16 @@
 """Where Orion places a network's bootstraps, and where it would with its latency weights scaled: no keys made.
 
-    PANN_DATA_DIR=../shared/data python experiments/fhe_placement_probe.py --run-id RUN [--params bootstrap-128] \
-        [--linear-scale 3.7] [--bootstrap-seconds 13.4] [--json OUT]
+    PANN_DATA_DIR=../shared/data python experiments/fhe_placement_probe.py (--run-id RUN | --alpha 8) \
+        [--params bootstrap-128] [--diagonals-per-transform 32] [--linear-scale 3.7] [--bootstrap-seconds 13.4] [--json OUT]
 
 Orion 1.0.2 places bootstraps by a shortest path over levels (``orion/core/level_dag.py``): a linear layer at level
 ``l`` weighs ``0.001 x diagonals x l`` per block, a bootstrap ``3.41 e^(0.18 L) + 4.81`` per ciphertext (``L``: the
 preset's levels). ``--linear-scale`` multiplies the first, ``--bootstrap-seconds`` replaces the second; without them
 Orion's own weights are used. The check (``pann.fhe.backend.check``, the search's answer of ``--run-id`` as ``pann
-fhe-check --run-id`` builds it) runs to the placement, then stops before any key is made (its work folder removed);
-printed: the bootstraps, the input level, and each linear layer's level and diagonals. With ``--images N`` the check
+fhe-check --run-id`` builds it, or with ``--alpha`` the uniform ResNet-20 of the named weights ``resnet20_cifar10``)
+runs to the placement and the work folder's estimate, then stops before any key is made (its work folder removed);
+printed: the bootstraps, the input level, each linear layer's level and diagonals, and the work folder's estimated
+size (with ``io_mode: save``; where it exceeds the free disk the check refuses, and that is printed). With ``--images N`` the check
 runs on (N test images, in batches of ``--batch``), and ``--json`` gets its report as ``pann fhe-check --json``'s
 results, with the peak resident memory.
 """
@@ -29,7 +31,9 @@ class _Placed(Exception):
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-id", required=True, help="a search's MLflow parent run (its answer)")
+    network = p.add_mutually_exclusive_group(required=True)
+    network.add_argument("--run-id", help="a search's MLflow parent run (its answer)")
+    network.add_argument("--alpha", type=float, help="the uniform ResNet-20 (weights resnet20_cifar10) at this alpha")
     p.add_argument("--tracking-uri", default="sqlite:///mlflow.db")
     p.add_argument("--params", default="bootstrap-128")
     p.add_argument("--linear-scale", type=float, help="multiply Orion's linear-layer weight by this")
@@ -56,11 +60,22 @@ def main() -> int:
         placed.update(bootstraps=bootstraps, input_level=input_level, layers=[
             {"layer": name, "level": level, "diagonals": sum(len(d) for d in modules[name].diagonals.values())}
             for name, level in linear.items() if getattr(modules.get(name), "diagonals", None)])
-        if args.images:
-            return input_level, bootstraps, slots
-        raise _Placed
+        return input_level, bootstraps, slots
+
+    refuse = fhe.refuse_unless_room
+
+    def estimate_and_stop(size, folder):
+        placed.update(work_folder_estimated_gb=round(size.gb, 4), rotation_keys=size.keys, diagonals=size.diagonals)
+        try:
+            refuse(size, folder)
+        except OSError as exc:
+            placed.update(refused=str(exc))
+            raise _Placed from None
+        if not args.images:
+            raise _Placed
 
     auto_bootstrap.BootstrapSolver.solve = solve_and_stop
+    fhe.refuse_unless_room = estimate_and_stop
     pann, images, fit_images = _answer(args, args.images or 1)
     params = load_params(args.params)
     if args.diagonals_per_transform:
@@ -77,6 +92,9 @@ def main() -> int:
     print(f"{placed['bootstraps']} bootstraps, input at level {placed['input_level']}")
     for row in placed["layers"]:
         print(f"  {row['layer']:40s} level {row['level']:3d}  {row['diagonals']:5d} diagonals")
+    if "work_folder_estimated_gb" in placed:
+        print(f"work folder: about {placed['work_folder_estimated_gb']:.1f} GB ({placed['rotation_keys']} rotation "
+              f"keys, {placed['diagonals']} diagonals)" + (f"; refused: {placed['refused']}" if "refused" in placed else ""))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({**vars(args), **placed}, f, indent=2)
@@ -96,13 +114,19 @@ def _weights(dag: type, linear_scale: float | None, bootstrap_seconds: float | N
 
 
 def _answer(args, images: int):
-    """The answer's PANN, ``images`` test images and the fit images, as ``pann fhe-check --run-id`` builds them."""
+    """The answer's PANN (or the uniform network's), ``images`` test images and the fit images, as ``pann fhe-check``
+    builds them."""
     import tempfile
 
     from mlflow import MlflowClient
 
     from pann.fhe.cli import _fhe_pann
     from tracking.checks import answer_source
+
+    if args.alpha is not None:
+        return _fhe_pann(argparse.Namespace(model="resnet20", weights="resnet20_cifar10", dataset="cifar10",
+                                            data_dir=None, spec=None, alpha=args.alpha, margin=1.2,
+                                            calibration_size=2000, images=images, fit_images=64))
 
     with tempfile.TemporaryDirectory(prefix="pann-probe-") as folder:
         source = answer_source(MlflowClient(args.tracking_uri), args.run_id, folder)
