@@ -332,6 +332,10 @@ def _add_fhe_check(sub) -> None:
     fc.add_argument("--diagonals-per-transform", type=_positive(int),
                     help="split each linear layer's blocks into transforms of at most N diagonals, one in memory at "
                          "a time: less memory, more time (default: the preset's; docs/fhe.md)")
+    fc.add_argument("--encode-when-loaded", action="store_true",
+                    help="with --diagonals-per-transform and a preset that saves keys and diagonals: save the "
+                         "diagonals' values, not their encodings, and encode each part's when it runs: a work folder "
+                         "about half the size (docs/fhe.md)")
     fc.add_argument("--json", action="store_true", help="machine-readable output")
     fc.add_argument("--dry-run", action="store_true",
                     help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")

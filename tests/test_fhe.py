@@ -369,6 +369,26 @@ def test_blocks_split_into_transforms_of_a_few_diagonals_compute_the_same_networ
     for folder in (report.work_folder, batch.work_folder):
         assert folder["gb"] == pytest.approx(folder["estimated_gb"], rel=0.005) and folder["rotation_keys"] > 0
     assert batch.work_folder["estimated_gb"] == report.work_folder["estimated_gb"]
+    # Diagonals encoded when loaded: no encoded diagonal on disk (a smaller folder, as estimated), the same keys
+    # loaded, and the same network.
+    preset["pann"]["encode_when_loaded"] = True
+    caplog.clear()
+    encoded = fhe.check(pann, data[:3], load_params(preset), calibration=data, workdir=tmp_path, batch=3)
+    (loads_encoded,) = [r.getMessage() for r in caplog.records if "rotation keys loaded for 3 image" in r.getMessage()]
+    assert loads_encoded == loads3 and not list(tmp_path.iterdir())
+    assert all(r.agrees and r.max_logit_error < TOLERANCE and r.bootstraps == result.bootstraps
+               for r in encoded.results)
+    folder = encoded.work_folder
+    assert folder["gb"] == pytest.approx(folder["estimated_gb"], rel=0.005) and folder["gb"] < batch.work_folder["gb"]
+    assert folder["rotation_keys"] == batch.work_folder["rotation_keys"]
+    preset["pann"]["diagonals_per_transform"] = None
+    with pytest.raises(ValueError, match=r"encode_when_loaded \(--encode-when-loaded\) needs the linear layers in "
+                                         r"parts"):  # before anything is encrypted
+        fhe.check(pann, data[:1], load_params(preset), calibration=data, workdir=tmp_path)
+    preset["pann"]["encode_when_loaded"] = "yes"
+    with pytest.raises(ValueError, match="pann.encode_when_loaded: expected true or false, got 'yes'"):
+        load_params(preset)
+    preset["pann"]["encode_when_loaded"] = False
     preset["pann"]["diagonals_per_transform"] = 0
     with pytest.raises(ValueError, match="pann.diagonals_per_transform: expected a positive number"):
         load_params(preset)

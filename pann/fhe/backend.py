@@ -125,7 +125,7 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
     def size_the_folder() -> None:
         ckks = params.orion["ckks_params"]
         sizes.append(folder_size(_transforms(network, params.diagonals_per_transform), params.log_n,
-                                 len(ckks["LogQ"]), len(ckks["LogP"])))
+                                 len(ckks["LogQ"]), len(ckks["LogP"]), encoded=not params.encode_when_loaded))
         refuse_unless_room(sizes[0], folder)
 
     with _quiet(lines):
@@ -133,7 +133,8 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
         scheme.bootstrapper = single_bootstrapper(NewEvaluator)(scheme)
         evaluator = TransformEvaluator
         if params.diagonals_per_transform:
-            evaluator = split_transforms(evaluator, CipherTensor, params.diagonals_per_transform)
+            evaluator = split_transforms(evaluator, CipherTensor, params.diagonals_per_transform,
+                                         params.encode_when_loaded)
         if params.orion.get("orion", {}).get("io_mode") == "save":
             evaluator = before_first_transform(evaluator, size_the_folder)
         if evaluator is not TransformEvaluator:
@@ -263,6 +264,8 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     params = params if isinstance(params, Params) else load_params(params)
     if batch < 1:
         raise ValueError(f"batch: expected at least 1 image, got {batch}")
+    if params.problems():
+        raise ValueError(f"FHE parameters {params.name}: " + "; ".join(params.problems()))
     orion, _ = orion_modules()
     plan, kept = encrypted_plan(pann, images)
     depth = plan_depth(plan)

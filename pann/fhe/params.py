@@ -33,7 +33,18 @@ class Params:
     docstring; ``parts``: the base measured with each block in parts of at most N diagonals).
     ``diagonals_per_transform``: at most this many diagonals of a linear layer's block in one Lattigo transform,
     so in memory at a time (:func:`pann.fhe.patches.split_transforms`); ``None``: a block is one transform.
+    ``encode_when_loaded``: with parts and keys on disk, no encoded diagonal is saved; each part's are encoded from
+    their values when it runs (a work folder about half the size, each diagonal encoded once per batch of images).
     """
+
+    def problems(self) -> list[str]:
+        """What is wrong with this combination of settings (each a line; none: it can run)."""
+        if self.encode_when_loaded and not (self.diagonals_per_transform
+                                            and self.orion.get("orion", {}).get("io_mode") == "save"):
+            return ["encode_when_loaded (--encode-when-loaded) needs the linear layers in parts "
+                    "(--diagonals-per-transform, or pann.diagonals_per_transform) and keys and diagonals on disk "
+                    "(orion.io_mode: save, as in bootstrap-128)"]
+        return []
 
     name: str
     orion: dict
@@ -42,6 +53,7 @@ class Params:
     memory_gib: dict
     diagonals_per_transform: int | None = None
     cost_preset: str = "orion-resnet"  # the cost model's preset (pann.cost) that counts these moduli's levels
+    encode_when_loaded: bool = False  # parts' diagonals saved as values, encoded when loaded (patches.split_transforms)
 
     @property
     def log_n(self) -> int:
@@ -129,7 +141,8 @@ def load_params(source: str | Path | dict) -> Params:
                   {"base": float(memory["base"]),
                    "bootstrapper": {int(k): float(v) for k, v in (memory.get("bootstrapper") or {}).items()},
                    "parts": {int(k): float(v) for k, v in (memory.get("parts") or {}).items()}},
-                  meta.get("diagonals_per_transform"), meta.get("cost_preset", "orion-resnet"))
+                  meta.get("diagonals_per_transform"), meta.get("cost_preset", "orion-resnet"),
+                  meta.get("encode_when_loaded", False))
 
 
 def _problems(data: dict) -> list[str]:
@@ -159,6 +172,8 @@ def _problems(data: dict) -> list[str]:
     if split is not None and not (isinstance(split, int) and not isinstance(split, bool) and split > 0):
         problems.append(f"pann.diagonals_per_transform: expected a positive number of diagonals (or none: a block "
                         f"is one transform), got {split!r}")
+    if not isinstance(meta.get("encode_when_loaded", False), bool):
+        problems.append(f"pann.encode_when_loaded: expected true or false, got {meta.get('encode_when_loaded')!r}")
     if not isinstance(meta.get("cost_preset", ""), str):
         problems.append(f"pann.cost_preset: expected the name of a cost preset (pann cost --preset), "
                         f"got {meta.get('cost_preset')!r}")

@@ -157,7 +157,7 @@ def hold_keys(held: set[int], needed: set[int]) -> tuple[set[int], set[int]]:
     return kept | needed, needed - kept
 
 
-def split_transforms(base: type, tensor: type, diagonals: int) -> type:
+def split_transforms(base: type, tensor: type, diagonals: int, encode_when_loaded: bool = False) -> type:
     """A subclass of Orion's linear-transform evaluator ``base`` that splits each block into transforms of at most
     ``diagonals`` diagonals (``tensor``: Orion's ``CipherTensor``).
 
@@ -174,6 +174,14 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
     diagonals from disk while transforms are evaluated (the rest of a linear layer's time is computing).
     ``together(layer, inputs)`` evaluates one layer on several ciphertexts (several images) at once, so each part's
     keys and diagonals are loaded once for all of them.
+
+    With ``encode_when_loaded`` (and keys on disk) no encoded diagonal is saved: a part's transform is made at
+    compilation only to learn (and save) its rotation keys, then deleted; when the layer runs, the part's diagonal
+    values are read from the copies Orion saves of every layer (``{layer}/diagonals/{row}_{col}/{index}``, ``N / 2``
+    floats each) and encoded into a new transform, which is deleted after its evaluation. An encoded diagonal at level
+    ``l`` takes ``(l + 1 + |P|) N`` words and its values ``N / 2``: the folder keeps the keys and about a tenth of
+    the rest, at the price of encoding each diagonal when it is loaded. ``transform_ids`` then lists each block's
+    parts by their index in ``parts``; ``diagonal_seconds`` counts reading and encoding.
     """
 
     class SplitTransforms(base):
@@ -183,6 +191,7 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
             self.blocks = self.transforms = self.loads = 0
             self.key_seconds = self.diagonal_seconds = 0.0
             self.results = {}  # id of an input tensor -> the layer's transforms of it, inside together()
+            self.parts: list[tuple] = []  # with encode_when_loaded: (layer, row, col, diagonals, level, ratio, keys)
 
         def generate_transforms(self, linear_layer):
             transform_ids = {}
@@ -192,15 +201,35 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
                 self.blocks += 1
                 for part, start in enumerate(range(0, len(indices), diagonals)):
                     chosen = indices[start:start + diagonals]
+                    self.transforms += 1
+                    if encode_when_loaded:  # a transform without its diagonals (Orion's "load" mode): its keys
+                        transform_id = self._transform(chosen, None, linear_layer.level, linear_layer.bsgs_ratio)
+                        self.generate_rotation_keys(transform_id)
+                        self.parts.append((linear_layer.name, row, col, chosen, linear_layer.level,
+                                           linear_layer.bsgs_ratio, set(self.get_required_rotation_keys(transform_id))))
+                        self.backend.DeleteLinearTransform(transform_id)
+                        transform_ids[(row, col)].append(len(self.parts) - 1)
+                        continue
                     data = [value for index in chosen for value in block[index]]
                     transform_id = self.backend.GenerateLinearTransform(
                         chosen, data, linear_layer.level, linear_layer.bsgs_ratio, self.io_mode)
                     transform_ids[(row, col)].append(transform_id)
-                    self.transforms += 1
                     self.generate_rotation_keys(transform_id)
                     if self.io_mode == "save":
                         self.save_plaintext_diagonals(linear_layer.name, transform_id, row, f"{col}_{part}", chosen)
             return transform_ids
+
+        def _transform(self, chosen, values, level, ratio) -> int:
+            """A new Lattigo transform of diagonals ``chosen`` at ``level``, encoding ``values`` (their ``N / 2``
+            floats each, one after the other); with ``values=None`` none is encoded (Orion's ``load`` mode)."""
+            import ctypes
+
+            data = (np.zeros(len(chosen) * self.params.get_slots(), np.float32) if values is None
+                    else np.ascontiguousarray(values, np.float32).ravel())
+            indices = (ctypes.c_int * len(chosen))(*chosen)
+            return self.backend.lib.GenerateLinearTransform(
+                indices, len(chosen), data.ctypes.data_as(ctypes.POINTER(ctypes.c_float)), data.size, level,
+                float(ratio), b"load" if values is None else b"none")
 
         def evaluate_transforms(self, linear_layer, in_ctensor):
             if id(in_ctensor) in self.results:
@@ -219,32 +248,45 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
                 self.results = {}
 
         def _evaluate(self, linear_layer, inputs):
+            import h5py
+
             shapes = linear_layer.output_shape, linear_layer.fhe_output_shape
             rows = [{} for _ in inputs]
-            for (row, col), parts in linear_layer.transform_ids.items():
-                for part, transform_id in enumerate(parts):
-                    if self.io_mode != "none":
-                        start = time.perf_counter()
-                        self._hold_keys(transform_id)
-                        loaded = time.perf_counter()
-                        self.load_plaintext_diagonals(linear_layer.name, row, f"{col}_{part}", transform_id)
-                        self.key_seconds += loaded - start
-                        self.diagonal_seconds += time.perf_counter() - loaded
-                    for sums, in_ctensor in zip(rows, inputs):
-                        out = tensor(self.scheme, self.backend.EvaluateLinearTransform(
-                            transform_id, in_ctensor.ids[col]), *shapes)
-                        sums[row] = out if row not in sums else sums[row] + out
-                    if self.io_mode != "none":
-                        self.remove_plaintext_diagonals(transform_id)
+            with (h5py.File(self.diags_path, "r") if encode_when_loaded else contextlib.nullcontext()) as saved:
+                for (row, col), parts in linear_layer.transform_ids.items():
+                    for part, transform_id in enumerate(parts):
+                        if self.io_mode != "none":
+                            start = time.perf_counter()
+                            if encode_when_loaded:
+                                name, _, _, chosen, level, ratio, keys = self.parts[transform_id]
+                                self._hold_keys(keys)
+                                loaded = time.perf_counter()
+                                block = saved[name]["diagonals"][f"{row}_{col}"]
+                                transform_id = self._transform(chosen, np.stack([block[str(i)][()] for i in chosen]),
+                                                               level, ratio)
+                            else:
+                                self._hold_keys(set(self.get_required_rotation_keys(transform_id)))
+                                loaded = time.perf_counter()
+                                self.load_plaintext_diagonals(linear_layer.name, row, f"{col}_{part}", transform_id)
+                            self.key_seconds += loaded - start
+                            self.diagonal_seconds += time.perf_counter() - loaded
+                        for sums, in_ctensor in zip(rows, inputs):
+                            out = tensor(self.scheme, self.backend.EvaluateLinearTransform(
+                                transform_id, in_ctensor.ids[col]), *shapes)
+                            sums[row] = out if row not in sums else sums[row] + out
+                        if encode_when_loaded:
+                            self.backend.DeleteLinearTransform(transform_id)
+                        elif self.io_mode != "none":
+                            self.remove_plaintext_diagonals(transform_id)
             return [tensor(self.scheme, [self.evaluator.rescale(sums[row].ids[0], in_place=False)
                                          for row in sorted(sums)], *shapes) for sums in rows]
 
-        def _hold_keys(self, transform_id):
-            """Load the rotation keys a part needs that are not loaded yet (consecutive parts share their baby
-            steps), after dropping the loaded ones where :func:`hold_keys` says so."""
+        def _hold_keys(self, needed: set[int]):
+            """Load the rotation keys ``needed`` by a part that are not loaded yet (consecutive parts share their
+            baby steps), after dropping the loaded ones where :func:`hold_keys` says so."""
             import h5py
 
-            held, load = hold_keys(self.held, set(self.get_required_rotation_keys(transform_id)))
+            held, load = hold_keys(self.held, needed)
             if not self.held <= held:
                 self.remove_rotation_keys()
             with h5py.File(self.keys_path, "r") as keys:
@@ -253,6 +295,8 @@ def split_transforms(base: type, tensor: type, diagonals: int) -> type:
             self.held, self.loads = held, self.loads + len(load)
 
         def delete_transforms(self, transform_ids):
+            if encode_when_loaded:  # each part's transform was deleted after it ran
+                return
             for parts in transform_ids.values():
                 for transform_id in parts:
                     self.backend.DeleteLinearTransform(transform_id)

@@ -87,13 +87,14 @@ class FolderSize:
 
 
 def folder_size(transforms: Iterable[tuple[int, Sequence[int], int]], log_n: int, q_primes: int,
-                p_primes: int) -> FolderSize:
+                p_primes: int, encoded: bool = True) -> FolderSize:
     """What Orion 1.0.2 saves (``io_mode: save``) for ``transforms``, each ``(level, nonzero diagonals, log2 of its
     baby-step giant-step ratio)``, under CKKS with ring degree ``N = 2^log_n``, ``q_primes`` ciphertext moduli and
     ``p_primes`` key-switching ones; in words of 8 bytes:
 
     - a diagonal, twice: encoded, a plaintext at its transform's level over the ``level + 1`` moduli of ``Q`` and all
-      of ``P``, ``(level + 1 + p_primes) N``; and Orion's own copy of its ``N / 2`` values;
+      of ``P``, ``(level + 1 + p_primes) N`` (not with ``encoded=False``: encoded when loaded,
+      :func:`pann.fhe.patches.split_transforms`); and Orion's own copy of its ``N / 2`` values;
     - a rotation key, once for the whole network (transforms share them, :func:`bsgs_rotations`), at the top level:
       ``dnum = ceil(q_primes / p_primes)`` digits of two polynomials over all moduli, ``2 dnum (q_primes + p_primes)
       N``; beside them, the secret key, ``(q_primes + p_primes) N``.
@@ -104,7 +105,7 @@ def folder_size(transforms: Iterable[tuple[int, Sequence[int], int]], log_n: int
     for level, indices, log_ratio in transforms:
         rotations |= bsgs_rotations(indices, n // 2, log_ratio)
         diagonals += len(indices)
-        diagonal_words += len(indices) * ((level + 1 + p_primes) * n + n // 2)
+        diagonal_words += len(indices) * ((level + 1 + p_primes) * n * encoded + n // 2)
     digits = -(-q_primes // p_primes)
     key_words = (len(rotations) * 2 * digits + 1) * (q_primes + p_primes) * n
     return FolderSize(len(rotations), diagonals, key_words * 8, diagonal_words * 8)
