@@ -179,7 +179,7 @@ def split_transforms(base: type, tensor: type, diagonals: int, encode_when_loade
     compilation only to learn (and save) its rotation keys, then deleted; when the layer runs, the part's diagonal
     values are read from the copies Orion saves of every layer (``{layer}/diagonals/{row}_{col}/{index}``, ``N / 2``
     floats each) and encoded into a new transform, which is deleted after its evaluation. An encoded diagonal at level
-    ``l`` takes ``(l + 1 + |P|) N`` words and its values ``N / 2``: the folder keeps the keys and about a tenth of
+    ``l`` takes ``(l + 1 + |P|) N`` words and its values ``N / 2``: the folder keeps the keys and a tenth or less of
     the rest, at the price of encoding each diagonal when it is loaded. ``transform_ids`` then lists each block's
     parts by their index in ``parts``; ``diagonal_seconds`` counts reading and encoding.
     """
