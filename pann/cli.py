@@ -334,8 +334,8 @@ def _add_fhe_check(sub) -> None:
                          "a time: less memory, more time (default: the preset's; docs/fhe.md)")
     fc.add_argument("--encode-when-loaded", action="store_true",
                     help="with --diagonals-per-transform and a preset that saves keys and diagonals: save the "
-                         "diagonals' values, not their encodings, and encode each part's when it runs: a work folder "
-                         "about half the size (docs/fhe.md)")
+                         "diagonals' values, not their encodings, and encode each part's when it runs: ResNet-20's "
+                         "work folder a third of the size or less, more time per image (docs/fhe.md)")
     fc.add_argument("--json", action="store_true", help="machine-readable output")
     fc.add_argument("--dry-run", action="store_true",
                     help="no encryption: depth, bootstrapping, memory estimate, Orion's cleartext error")

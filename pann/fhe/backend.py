@@ -28,8 +28,8 @@ import torch
 from torch import fx, nn
 
 from pann.fhe.graph import Plan, UnsupportedLayerError, fold_prescales, largest_tensor, lower, plan_depth
-from pann.fhe.patches import (ORIGINALS, before_first_transform, check_signatures, single_bootstrapper,
-                               sparse_diagonalize, split_transforms)
+from pann.fhe.patches import (ORIGINALS, before_first_transform, block_parts, check_signatures,
+                               single_bootstrapper, sparse_diagonalize, split_transforms)
 from pann.fhe.reference import ImageResult, compare, plaintext, seconds_by_kind
 from pann.fhe.params import Params, available_memory_gib, check_resources, load_params
 from pann.fhe.progress import CompileLines, Progress, images_left
@@ -135,7 +135,7 @@ def _compile(network: nn.Module, params: Params, calibration: torch.Tensor, fold
         if params.diagonals_per_transform:
             evaluator = split_transforms(evaluator, CipherTensor, params.diagonals_per_transform,
                                          params.encode_when_loaded)
-        if params.orion.get("orion", {}).get("io_mode") == "save":
+        if params.saves_to_disk:
             evaluator = before_first_transform(evaluator, size_the_folder)
         if evaluator is not TransformEvaluator:
             scheme.lt_evaluator = evaluator(scheme)
@@ -169,10 +169,8 @@ def _transforms(network: nn.Module, diagonals_per_transform: int | None):
         if isinstance(module, LinearTransform):
             log_ratio = int(math.log(float(np.float32(module.bsgs_ratio))))
             for block in module.diagonals.values():
-                indices = sorted(block)
-                step = diagonals_per_transform or len(indices)
-                for start in range(0, len(indices), step):
-                    yield module.level, indices[start:start + step], log_ratio
+                for part in block_parts(block, diagonals_per_transform):
+                    yield module.level, part, log_ratio
 
 
 def _fused_pairs(network: nn.Module) -> dict[str, str]:
@@ -264,8 +262,9 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
     params = params if isinstance(params, Params) else load_params(params)
     if batch < 1:
         raise ValueError(f"batch: expected at least 1 image, got {batch}")
-    if params.problems():
-        raise ValueError(f"FHE parameters {params.name}: " + "; ".join(params.problems()))
+    problems = params.problems()
+    if problems:
+        raise ValueError(f"FHE parameters {params.name}: " + "; ".join(problems))
     orion, _ = orion_modules()
     plan, kept = encrypted_plan(pann, images)
     depth = plan_depth(plan)

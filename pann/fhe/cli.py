@@ -55,8 +55,9 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
         params = dataclasses.replace(params, diagonals_per_transform=args.diagonals_per_transform)
     if getattr(args, "encode_when_loaded", False):
         params = dataclasses.replace(params, encode_when_loaded=True)
-    if params.problems():
-        raise UsageError(f"FHE parameters {params.name}: " + "; ".join(params.problems()))
+    problems = params.problems()
+    if problems:
+        raise UsageError(f"FHE parameters {params.name}: " + "; ".join(problems))
     os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
     os.environ.setdefault("GOMEMLIMIT", go_memory_limit(available_memory_gib()))  # and stays under what is free
     try:

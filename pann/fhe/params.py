@@ -34,17 +34,9 @@ class Params:
     ``diagonals_per_transform``: at most this many diagonals of a linear layer's block in one Lattigo transform,
     so in memory at a time (:func:`pann.fhe.patches.split_transforms`); ``None``: a block is one transform.
     ``encode_when_loaded``: with parts and keys on disk, no encoded diagonal is saved; each part's are encoded from
-    their values when it runs (a work folder about half the size, each diagonal encoded once per batch of images).
+    their values when it runs (ResNet-20's work folder a third of the size or less, each diagonal encoded once
+    per batch of images).
     """
-
-    def problems(self) -> list[str]:
-        """What is wrong with this combination of settings (each a line; none: it can run)."""
-        if self.encode_when_loaded and not (self.diagonals_per_transform
-                                            and self.orion.get("orion", {}).get("io_mode") == "save"):
-            return ["encode_when_loaded (--encode-when-loaded) needs the linear layers in parts "
-                    "(--diagonals-per-transform, or pann.diagonals_per_transform) and keys and diagonals on disk "
-                    "(orion.io_mode: save, as in bootstrap-128)"]
-        return []
 
     name: str
     orion: dict
@@ -54,6 +46,19 @@ class Params:
     diagonals_per_transform: int | None = None
     cost_preset: str = "orion-resnet"  # the cost model's preset (pann.cost) that counts these moduli's levels
     encode_when_loaded: bool = False  # parts' diagonals saved as values, encoded when loaded (patches.split_transforms)
+
+    @property
+    def saves_to_disk(self) -> bool:
+        """Whether keys and diagonals go to a work folder (``orion.io_mode: save``)."""
+        return self.orion.get("orion", {}).get("io_mode") == "save"
+
+    def problems(self) -> list[str]:
+        """What is wrong with this combination of settings (each a line; none: it can run)."""
+        if self.encode_when_loaded and not (self.diagonals_per_transform and self.saves_to_disk):
+            return ["encode_when_loaded (--encode-when-loaded) needs the linear layers in parts "
+                    "(--diagonals-per-transform, or pann.diagonals_per_transform) and keys and diagonals on disk "
+                    "(orion.io_mode: save, as in bootstrap-128)"]
+        return []
 
     @property
     def log_n(self) -> int:

@@ -157,6 +157,14 @@ def hold_keys(held: set[int], needed: set[int]) -> tuple[set[int], set[int]]:
     return kept | needed, needed - kept
 
 
+def block_parts(block, diagonals: int | None) -> list[list[int]]:
+    """A block's diagonal indices, sorted, in runs of at most ``diagonals`` (``None``: one run): the parts
+    :func:`split_transforms` makes a transform of."""
+    indices = sorted(block)
+    step = diagonals or len(indices) or 1
+    return [indices[start:start + step] for start in range(0, len(indices), step)]
+
+
 def split_transforms(base: type, tensor: type, diagonals: int, encode_when_loaded: bool = False) -> type:
     """A subclass of Orion's linear-transform evaluator ``base`` that splits each block into transforms of at most
     ``diagonals`` diagonals (``tensor``: Orion's ``CipherTensor``).
@@ -196,11 +204,9 @@ def split_transforms(base: type, tensor: type, diagonals: int, encode_when_loade
         def generate_transforms(self, linear_layer):
             transform_ids = {}
             for (row, col), block in linear_layer.diagonals.items():
-                indices = sorted(block)
                 transform_ids[(row, col)] = []
                 self.blocks += 1
-                for part, start in enumerate(range(0, len(indices), diagonals)):
-                    chosen = indices[start:start + diagonals]
+                for part, chosen in enumerate(block_parts(block, diagonals)):
                     self.transforms += 1
                     if encode_when_loaded:  # a transform without its diagonals (Orion's "load" mode): its keys
                         transform_id = self._transform(chosen, None, linear_layer.level, linear_layer.bsgs_ratio)

@@ -198,7 +198,7 @@ def work_folder(parent: str | Path | None = None) -> Iterator[Path]:
         if exc.errno != errno.ENOSPC and "No space left on device" not in str(exc):
             raise
         raise OSError(errno.ENOSPC, f"the disk under {folder.parent} filled up when the work folder held "
-                                    f"{_size_gib(folder) * 2**30 / 1e9:.1f} GB of keys and diagonals (removed "
+                                    f"{folder_gb(folder):.1f} GB of keys and diagonals (removed "
                                     "now): free disk space or give --workdir a larger disk") from None
     finally:
         _remove(folder)
