@@ -197,10 +197,17 @@ def test_the_memory_estimate_is_the_networks_and_refuses_what_does_not_fit():
         check_resources(params, 50, 16.0, 16 * 32 * 32)
 
 
-def test_go_heap_limit_leaves_the_python_side_its_room():
+def test_go_heap_limit_is_the_networks_share_of_its_estimate_and_leaves_the_python_side_its_room():
     assert go_memory_limit(22.6) == "18GiB"  # the encrypted ResNet-20 of docs/results.md, "What does it cost under encryption?"
     assert go_memory_limit(13.9, python_side_gib=2.0) == "11GiB"
     assert go_memory_limit(3.0) == "1GiB"
+    # ResNet-20 in parts of 32 under bootstrap-128 (estimated 15.2 GiB) and bootstrap-128-deep (16.4): Go gets what
+    # the estimate leaves beside the Python side's 1 GiB, rounded up; 18 GiB (22.6 available less 4) let its heap
+    # grow to 21.7 GiB and the run be killed.
+    assert go_memory_limit(22.6, estimated_gib=15.2) == "15GiB"
+    assert go_memory_limit(22.6, estimated_gib=16.4) == "16GiB"
+    assert go_memory_limit(10.0, estimated_gib=15.2) == "6GiB"  # what is available still binds
+    assert go_memory_limit(22.6, estimated_gib=0.5) == "1GiB"
 
 
 @needs_orion

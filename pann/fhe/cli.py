@@ -58,13 +58,14 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     problems = params.problems()
     if problems:
         raise UsageError(f"FHE parameters {params.name}: " + "; ".join(problems))
-    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
-    os.environ.setdefault("GOMEMLIMIT", go_memory_limit(available_memory_gib()))  # and stays under what is free
     try:
-        fhe.orion_modules()
+        fhe.orion_modules()  # imports Orion; Lattigo's Go runtime starts with the check's scheme, and reads these then
     except fhe.FheUnavailable as exc:
         raise UsageError(str(exc)) from None
     pann, images, fit_images = _fhe_pann(args)
+    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
+    os.environ.setdefault("GOMEMLIMIT", go_memory_limit(  # near the network's need, and under what is free
+        available_memory_gib(), fhe.estimated_memory_gib(pann, images, params)))
     predicted = _predicted_bootstraps(pann, params.cost_preset)
     if args.dry_run:
         print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))

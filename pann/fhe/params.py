@@ -214,16 +214,26 @@ def available_memory_gib(meminfo: str | Path = "/proc/meminfo") -> float:
 
 # What the process holds outside Lattigo's Go heap (Python, torch, Orion's network and data), with room to spare:
 # measured 1.5 GiB beside an 18 GiB Go heap for the encrypted ResNet-20 (docs/results.md, "What does it cost under
-# encryption?").
+# encryption?"); about 1 GiB in a network's estimated peak (bootstrap-128's base: "the Python side (about 1 GiB after
+# malloc_trim)").
 PYTHON_SIDE_GIB = 4.0
+PYTHON_SIDE_ESTIMATED_GIB = 1.0
 
 
-def go_memory_limit(available_gib: float, python_side_gib: float = PYTHON_SIDE_GIB) -> str:
-    """``GOMEMLIMIT`` for Lattigo's Go runtime: what is available less what the Python side holds, in whole GiB
-    (at least 1). Near this soft limit Go collects and returns freed memory to the system at once; without it the
-    heap that compilation leaves behind plus the bootstrapper outgrew a 23 GiB machine (docs/results.md, "What does it
-    cost under encryption?")."""
-    return f"{max(1, math.floor(available_gib - python_side_gib))}GiB"
+def go_memory_limit(available_gib: float, estimated_gib: float | None = None,
+                    python_side_gib: float = PYTHON_SIDE_GIB) -> str:
+    """``GOMEMLIMIT`` for Lattigo's Go runtime, in whole GiB (at least 1): Go's share of the network's estimated peak
+    (``estimated_gib`` less the 1 GiB of the Python side it counts, rounded up), and never more than what is
+    available less ``python_side_gib``.
+
+    Near this soft limit Go collects and returns freed memory to the system at once. Far above what the network needs
+    it binds too late: with only what was available less 4 GiB (18 GiB on a 23 GiB machine) the encrypted ResNet-20
+    in batches of 4 grew a 21.7 GiB Go heap and was killed, where 14 GiB (its estimate, 15.2, less the Python side)
+    kept it at a 14.9 GiB peak (docs/results.md, "Go's heap limited by the network's estimate")."""
+    limit = available_gib - python_side_gib
+    if estimated_gib is not None:
+        limit = min(limit, math.ceil(estimated_gib - PYTHON_SIDE_ESTIMATED_GIB))
+    return f"{max(1, math.floor(limit))}GiB"
 
 
 class InsufficientMemory(ValueError):
