@@ -6,7 +6,8 @@
 #   PANN_DATA_DIR=../shared/data bash experiments/encrypted_pair.sh RUN_ID OUT_DIR [IMAGES] [PARAMS] [ARGS...]
 #
 # RUN_ID: the search's MLflow parent run in ./mlflow.db, or alpha=A for the uniform ResNet-20 at alpha A (reported
-# as uniformA; e.g. alpha=4, every ReLU at the catalog's cheapest degree, whatever its accuracy); OUT_DIR: where the reports, logs and samples go; IMAGES for
+# as uniformA; e.g. alpha=4, every ReLU at the catalog's cheapest degree, whatever its accuracy); OUT_DIR: where the
+# reports, logs and samples go; IMAGES for
 # the answer (default 4; the uniform network gets UNIFORM_IMAGES, default 1); PARAMS: a preset name or YAML (default
 # bootstrap-128); ARGS: more pann fhe-check options for both (e.g. --diagonals-per-transform 32 --batch 4).
 # GOMEMLIMIT, GOGC and OMP_NUM_THREADS are taken from the environment when set (pann fhe-check's defaults otherwise).

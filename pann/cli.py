@@ -373,6 +373,9 @@ def run(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None,
     ``quiet_libraries`` (if given) silences the notices of the libraries the commands use.
     """
     args = parser.parse_args(argv)
+    if argv is None and args.command == "fhe-check":  # the program itself, not a caller in-process
+        from pann.fhe.cli import restart_with_go_settings
+        restart_with_go_settings(args)  # Lattigo's Go runtime reads the environment the process started with
     _configure_logging(getattr(args, "verbose", False))
     if quiet_libraries is not None and not getattr(args, "verbose", False):
         quiet_libraries()

@@ -6,6 +6,7 @@ Tests that need ``orion-fhe`` skip with the reason where it is not installed
 
 import dataclasses
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -197,16 +198,16 @@ def test_the_memory_estimate_is_the_networks_and_refuses_what_does_not_fit():
         check_resources(params, 50, 16.0, 16 * 32 * 32)
 
 
-def test_go_heap_limit_is_the_networks_share_of_its_estimate_and_leaves_the_python_side_its_room():
+def test_go_heap_limit_is_gos_share_of_the_estimate_and_leaves_the_python_side_its_room():
     assert go_memory_limit(22.6) == "18GiB"  # the encrypted ResNet-20 of docs/results.md, "What does it cost under encryption?"
     assert go_memory_limit(13.9, python_side_gib=2.0) == "11GiB"
     assert go_memory_limit(3.0) == "1GiB"
-    # ResNet-20 in parts of 32 under bootstrap-128 (estimated 15.2 GiB) and bootstrap-128-deep (16.4): Go gets what
-    # the estimate leaves beside the Python side's 1 GiB, rounded up; 18 GiB (22.6 available less 4) let its heap
-    # grow to 21.7 GiB and the run be killed.
-    assert go_memory_limit(22.6, estimated_gib=15.2) == "15GiB"
-    assert go_memory_limit(22.6, estimated_gib=16.4) == "16GiB"
-    assert go_memory_limit(10.0, estimated_gib=15.2) == "6GiB"  # what is available still binds
+    # Parts of 32 under bootstrap-128 (a full ciphertext's bootstrapper: estimated 15.8 GiB) and bootstrap-128-deep
+    # (17.0): Go gets what the estimate leaves beside the Python side's 1 GiB, rounded up; 18 GiB (22.6 available
+    # less 4) let ResNet-20's heap grow to 21.7 GiB and the run be killed.
+    assert go_memory_limit(22.6, estimated_gib=15.8) == "15GiB"
+    assert go_memory_limit(22.6, estimated_gib=17.0) == "16GiB"
+    assert go_memory_limit(10.0, estimated_gib=15.8) == "6GiB"  # what is available still binds
     assert go_memory_limit(22.6, estimated_gib=0.5) == "1GiB"
 
 
@@ -431,6 +432,26 @@ def test_importing_pann_never_imports_the_fhe_library():
     code = "import sys, pann.fhe.backend, pann.cli, pann.fhe.graph, pann.fhe.layers; print('orion' in sys.modules)"
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.stdout.strip() == "False", run.stderr
+
+
+@needs_orion
+def test_the_command_starts_again_with_the_go_settings_its_go_runtime_reads():
+    """Go reads GOGC and GOMEMLIMIT from the environment the process started with, so `pann fhe-check` starts
+    itself again with them where they are unset: the dry run reports them from /proc/self/environ."""
+    from pann.fhe.params import available_memory_gib
+
+    env = {key: value for key, value in os.environ.items() if key not in ("GOGC", "GOMEMLIMIT")}
+    command = [sys.executable, "-m", "pann.cli", "fhe-check", "--model", "resnet20", "--dataset", "synthetic",
+               "--calibration-size", "16", "--fit-images", "2", "--alpha", "8", "--images", "1",
+               "--params", "insecure-test", "--dry-run"]
+    run = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert run.returncode == 0, run.stderr
+    params = load_params("insecure-test")
+    limit = go_memory_limit(available_memory_gib(), params.estimated_memory_gib(params.slots))
+    assert json.loads(run.stdout)["go_runtime"] == {"GOGC": "20", "GOMEMLIMIT": limit} and limit == "2GiB"
+    given = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**env, "GOMEMLIMIT": "3GiB"})
+    assert given.returncode == 0, given.stderr
+    assert json.loads(given.stdout)["go_runtime"] == {"GOGC": "20", "GOMEMLIMIT": "3GiB"}  # the user's kept
 
 
 @needs_orion

@@ -330,13 +330,6 @@ def check(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict 
                        len(kept), batch, disk)
 
 
-def estimated_memory_gib(pann: fx.GraphModule, images: torch.Tensor, params: Params) -> float:
-    """The peak GiB :func:`check` will estimate for ``pann`` under ``params`` (no Orion needed, nothing refused):
-    what Lattigo's Go heap limit is set from before Lattigo loads (:func:`pann.fhe.params.go_memory_limit`)."""
-    plan, _ = encrypted_plan(pann, images)
-    return check_resources(params, plan_depth(plan), math.inf, largest_tensor(plan))[1]
-
-
 def dry_run(pann: fx.GraphModule, images: torch.Tensor, params: str | Path | dict | Params = "leveled-128") -> dict:
     """Everything :func:`check` decides before encrypting, and no keys: the layer count, the
     depth, whether it bootstraps under ``params``, the memory estimate, and the largest logit

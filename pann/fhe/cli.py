@@ -41,6 +41,52 @@ def _fhe_pann(args: argparse.Namespace):
     return pann, images, next(calibration.batches(args.fit_images))[0]
 
 
+GO_SETTINGS = ("GOGC", "GOMEMLIMIT")
+
+
+def restart_with_go_settings(args: argparse.Namespace) -> None:
+    """Start this command again (``os.execve``: same PID, same arguments) with ``GOGC=20`` and ``GOMEMLIMIT`` set
+    where the environment does not set them; return where it does, or where the parameters do not load (the check
+    then says why).
+
+    Lattigo runs in-process as a Go library, and Go's runtime reads its settings from the environment block the
+    process started with: a variable set later through ``os.environ`` never reaches it (measured: a 15 GiB limit so
+    set, the Go heap grew to 19.3 GiB; docs/results.md, "Go's heap limited by the parameters' estimate"). The limit is
+    Go's share of the largest estimate of the parameters (:meth:`Params.estimated_memory_gib` for a full ciphertext
+    bootstrapped, :func:`pann.fhe.params.go_memory_limit`), known before any network is built. Called from the
+    program's entry point only: a caller in-process (a test) never restarts."""
+    try:
+        params = _params(args)
+    except (OSError, ValueError):
+        return
+    estimate = params.estimated_memory_gib(params.slots if params.bootstraps else None)
+    settings = {"GOGC": "20", "GOMEMLIMIT": go_memory_limit(available_memory_gib(), estimate)}
+    missing = {key: value for key, value in settings.items() if key not in os.environ}
+    if missing:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+
+
+def go_runtime() -> dict[str, str | None]:
+    """``GOGC`` and ``GOMEMLIMIT`` as Go's runtime reads them: from the environment this process started with
+    (``/proc/self/environ``; the current environment where that cannot be read)."""
+    try:
+        started = dict(entry.split("=", 1) for entry in open("/proc/self/environ").read().split("\0") if "=" in entry)
+    except OSError:
+        started = dict(os.environ)
+    return {key: started.get(key) for key in GO_SETTINGS}
+
+
+def _params(args: argparse.Namespace):
+    params = load_params(args.params)
+    if getattr(args, "diagonals_per_transform", None):
+        params = dataclasses.replace(params, diagonals_per_transform=args.diagonals_per_transform)
+    if getattr(args, "encode_when_loaded", False):
+        params = dataclasses.replace(params, encode_when_loaded=True)
+    return params
+
+
 def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = None) -> None:
     """``pann fhe-check``: build the PANN, check it encrypted, print one row per image. ``record``, if given,
     receives the report (JSON-able: parameters, cost model, compile seconds, peak memory, per-image results)."""
@@ -50,25 +96,19 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
 
     if not args.model:
         raise UsageError("--model is required with --alpha or --spec")
-    params = load_params(args.params)
-    if getattr(args, "diagonals_per_transform", None):
-        params = dataclasses.replace(params, diagonals_per_transform=args.diagonals_per_transform)
-    if getattr(args, "encode_when_loaded", False):
-        params = dataclasses.replace(params, encode_when_loaded=True)
+    params = _params(args)
     problems = params.problems()
     if problems:
         raise UsageError(f"FHE parameters {params.name}: " + "; ".join(problems))
     try:
-        fhe.orion_modules()  # imports Orion; Lattigo's Go runtime starts with the check's scheme, and reads these then
+        fhe.orion_modules()
     except fhe.FheUnavailable as exc:
         raise UsageError(str(exc)) from None
     pann, images, fit_images = _fhe_pann(args)
-    os.environ.setdefault("GOGC", "20")  # Lattigo's Go heap collects sooner (docs/fhe.md)
-    os.environ.setdefault("GOMEMLIMIT", go_memory_limit(  # near the network's need, and under what is free
-        available_memory_gib(), fhe.estimated_memory_gib(pann, images, params)))
     predicted = _predicted_bootstraps(pann, params.cost_preset)
     if args.dry_run:
-        print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted}, indent=2))
+        print(json.dumps({**fhe.dry_run(pann, images, params), "cost_model_bootstraps": predicted,
+                          "go_runtime": go_runtime()}, indent=2))
         return
     show = progress_line(every_s=60)  # in place on a terminal; in a log, a line a minute and one per image
     with _sigterm_exits() as exit_if_stopped:
@@ -82,7 +122,7 @@ def fhe_check(args: argparse.Namespace, record: Callable[[dict], None] | None = 
     report = {"model": args.model, "weights": str(args.weights or ""), "spec": str(args.spec or ""),
               "alpha": args.alpha, "cost_model": params.cost_preset, "cost_model_bootstraps": predicted,
               "peak_memory_gib": _peak_memory_gib(), "diagonals_per_transform": params.diagonals_per_transform,
-              "go_runtime": {key: os.environ[key] for key in ("GOGC", "GOMEMLIMIT")}, **check.to_dict()}
+              "go_runtime": go_runtime(), **check.to_dict()}
     if record is not None:
         record(report)
     if args.json:
