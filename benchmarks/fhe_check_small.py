@@ -10,7 +10,8 @@ test accuracy on 1,000 test images, then encrypts the first --images test images
 with the plaintext PANN. --relus 1: conv-bn-ReLU-conv-bn-pool-linear (13 levels at alpha 8, fits the
 leveled preset); --relus 2 adds a ReLU after the second conv (22 levels, needs bootstrapping).
 --net mlp: flatten-linear(3072, 16)-ReLU-linear(16, 10) (11 levels: one bootstrap at 10 levels).
-Sets GOGC=20 unless set (Lattigo's Go heap then stays smaller; see docs/fhe.md).
+Starts itself again with GOGC=20 where it is unset (Go's runtime reads only the environment the process
+started with; docs/fhe.md).
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from pann.fhe import backend as fhe
+from pann.fhe.cli import restart_with_environment
 from pann.approximation.catalog import relu_for_precision
 from pann.conversion.flow import convert
 from pann.data import load_dataset
@@ -67,7 +68,7 @@ def main() -> None:
     parser.add_argument("--params", default="leveled-128")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
-    os.environ.setdefault("GOGC", "20")  # read by the Go runtime when Orion loads Lattigo
+    restart_with_environment({"GOGC": "20"})  # Go reads the environment the process starts with
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.manual_seed(0)
     train_set = load_dataset("cifar10", "train", SHARED)

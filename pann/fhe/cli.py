@@ -44,28 +44,36 @@ def _fhe_pann(args: argparse.Namespace):
 GO_SETTINGS = ("GOGC", "GOMEMLIMIT")
 
 
-def restart_with_go_settings(args: argparse.Namespace) -> None:
-    """Start this command again (``os.execve``: same PID, same arguments) with ``GOGC=20`` and ``GOMEMLIMIT`` set
-    where the environment does not set them; return where it does, or where the parameters do not load (the check
-    then says why).
+def restart_with_environment(settings: dict[str, str]) -> None:
+    """Start this program again (``os.execve``: the same PID and arguments) with ``settings`` added where the
+    environment does not set them; return where it sets them all (the user's values are kept).
 
-    Lattigo runs in-process as a Go library, and Go's runtime reads its settings from the environment block the
-    process started with: a variable set later through ``os.environ`` never reaches it (measured: a 15 GiB limit so
-    set, the Go heap grew to 19.3 GiB; docs/results.md, "Go's heap limited by the parameters' estimate"). The limit is
-    Go's share of the largest estimate of the parameters (:meth:`Params.estimated_memory_gib` for a full ciphertext
-    bootstrapped, :func:`pann.fhe.params.go_memory_limit`), known before any network is built. Called from the
-    program's entry point only: a caller in-process (a test) never restarts."""
-    try:
-        params = _params(args)
-    except (OSError, ValueError):
-        return
-    estimate = params.estimated_memory_gib(params.slots if params.bootstraps else None)
-    settings = {"GOGC": "20", "GOMEMLIMIT": go_memory_limit(available_memory_gib(), estimate)}
+    For what a Go library loaded in-process reads, as Lattigo: Go's runtime reads the environment block the process
+    started with, and a variable set later through ``os.environ`` never reaches it
+    (docs/measurements/fhe_default_gomemlimit/go_reads_the_starting_environment.txt). Call it from a program's entry
+    point only, before it has done anything it would have to undo."""
     missing = {key: value for key, value in settings.items() if key not in os.environ}
     if missing:
         sys.stdout.flush()
         sys.stderr.flush()
         os.execve(sys.executable, [sys.executable, *sys.orig_argv[1:]], {**os.environ, **missing})
+
+
+def restart_with_go_settings(args: argparse.Namespace) -> None:
+    """:func:`restart_with_environment` with ``GOGC=20`` and ``GOMEMLIMIT`` for the check ``args`` asks for; nothing
+    where the parameters do not load (the check then says why).
+
+    The limit is Go's share of the largest estimate of the parameters (:meth:`Params.estimated_memory_gib` for a
+    full ciphertext bootstrapped, :func:`pann.fhe.params.go_memory_limit`), known before any network is built: set
+    only through ``os.environ``, a 15 GiB limit never bound and the Go heap grew to 19.3 GiB (docs/results.md, "Go's
+    heap limited by the parameters' estimate"). Called from the program's entry point only: a caller in-process (a
+    test) never restarts."""
+    try:
+        params = _params(args)
+    except (OSError, ValueError):
+        return
+    estimate = params.estimated_memory_gib(params.slots if params.bootstraps else None)
+    restart_with_environment({"GOGC": "20", "GOMEMLIMIT": go_memory_limit(available_memory_gib(), estimate)})
 
 
 def go_runtime() -> dict[str, str | None]:
