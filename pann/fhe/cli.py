@@ -11,6 +11,7 @@ import resource
 import signal
 import sys
 import threading
+from pathlib import Path
 from collections.abc import Callable, Iterator
 
 from pann.approximation.catalog import check_alpha, relu_for_precision
@@ -80,7 +81,8 @@ def go_runtime() -> dict[str, str | None]:
     """``GOGC`` and ``GOMEMLIMIT`` as Go's runtime reads them: from the environment this process started with
     (``/proc/self/environ``; the current environment where that cannot be read)."""
     try:
-        started = dict(entry.split("=", 1) for entry in open("/proc/self/environ").read().split("\0") if "=" in entry)
+        block = Path("/proc/self/environ").read_bytes().decode(errors="replace")
+        started = dict(entry.split("=", 1) for entry in block.split("\0") if "=" in entry)
     except OSError:
         started = dict(os.environ)
     return {key: started.get(key) for key in GO_SETTINGS}
