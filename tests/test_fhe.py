@@ -203,8 +203,8 @@ def test_go_heap_limit_is_gos_share_of_the_estimate_and_leaves_the_python_side_i
     assert go_memory_limit(13.9, python_side_gib=2.0) == "11GiB"
     assert go_memory_limit(3.0) == "1GiB"
     # Parts of 32 under bootstrap-128 (a full ciphertext's bootstrapper: estimated 15.8 GiB) and bootstrap-128-deep
-    # (17.0): Go gets what the estimate leaves beside the Python side's 1 GiB, rounded up; 18 GiB (22.6 available
-    # less 4) let ResNet-20's heap grow to 21.7 GiB and the run be killed.
+    # (17.0): Go gets what the estimate leaves beside the Python side's 1 GiB, rounded up (with no limit in effect
+    # ResNet-20's heap grew to 21.7 GiB and the run was killed; 14 GiB kept it at 14.9).
     assert go_memory_limit(22.6, estimated_gib=15.8) == "15GiB"
     assert go_memory_limit(22.6, estimated_gib=17.0) == "16GiB"
     assert go_memory_limit(10.0, estimated_gib=15.8) == "6GiB"  # what is available still binds

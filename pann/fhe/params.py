@@ -226,11 +226,10 @@ def go_memory_limit(available_gib: float, estimated_gib: float | None = None,
     (``estimated_gib`` less the 1 GiB of the Python side it counts, rounded up), and never more than what is
     available less ``python_side_gib``.
 
-    Near this soft limit Go collects and returns freed memory to the system at once. Far above what a network needs
-    it binds too late: with 18 GiB (what was available less 4 on a 23 GiB machine) the encrypted ResNet-20 in batches
-    of 4 grew a 21.7 GiB Go heap and was killed, where 14 GiB kept it at a 14.9 GiB peak (docs/results.md, "Go's
-    heap limited by the parameters' estimate"). The variable must be in the environment the process starts with
-    (:func:`pann.fhe.cli.restart_with_go_settings`)."""
+    Near this soft limit Go collects and returns freed memory to the system at once: with 14 GiB the encrypted
+    ResNet-20 in batches of 4 peaked at 14.9 GiB; with no limit in effect its Go heap grew to 21.7 GiB and it was
+    killed (docs/results.md, "Go's heap limited by the parameters' estimate"). The variable must be in the
+    environment the process starts with (:func:`pann.fhe.cli.restart_with_go_settings`)."""
     limit = available_gib - python_side_gib
     if estimated_gib is not None:
         limit = min(limit, math.ceil(estimated_gib - PYTHON_SIDE_ESTIMATED_GIB))
